@@ -1,0 +1,99 @@
+//! Model analysis: which convolutions a model has, their filters and parameters, and where their
+//! activations are.
+
+pub mod site;
+
+use crate::error::Result;
+use crate::onnx::graph::{attr_int, node_label, GraphIndex};
+use crate::onnx::proto::ModelProto;
+use crate::onnx::tensor::{element_count_of, shape_of};
+
+/// One convolution of the main graph.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ConvInfo {
+    /// Position of the node in `graph.node`.
+    pub position: usize,
+    /// The node's name (or `Conv#<position>` when it has none).
+    pub name: String,
+    /// The value the convolution computes.
+    pub output: String,
+    /// The weight input; `constant` says whether it is a fixed initializer.
+    pub weight: String,
+    pub constant: bool,
+    /// Output channels (filters), input channels per group and kernel size.
+    pub filters: usize,
+    pub channels_per_group: usize,
+    pub kernel: Vec<usize>,
+    pub group: usize,
+    pub has_bias: bool,
+    /// Weights plus bias.
+    pub parameters: usize,
+}
+
+/// The convolutions of the main graph, in topological order.
+pub fn convolutions(model: &ModelProto) -> Result<Vec<ConvInfo>> {
+    let Some(graph) = model.graph.as_ref() else { return Ok(Vec::new()) };
+    let index = GraphIndex::new(graph)?;
+    let mut convs = Vec::new();
+    for &position in index.topological_order() {
+        let node = &graph.node[position];
+        if node.op_type.as_deref() != Some("Conv") || node.domain.as_deref().is_some_and(|d| !d.is_empty()) {
+            continue;
+        }
+        let weight = node.input.get(1).cloned().unwrap_or_default();
+        let constant = index.constant(&weight);
+        let shape = match constant {
+            Some(tensor) => shape_of(tensor)?,
+            None => Vec::new(),
+        };
+        let bias = node.input.get(2).filter(|b| !b.is_empty());
+        let bias_count = bias.and_then(|b| index.constant(b)).map(element_count_of).unwrap_or(0);
+        convs.push(ConvInfo {
+            position,
+            name: node_label(node, position),
+            output: node.output.first().cloned().unwrap_or_default(),
+            constant: constant.is_some(),
+            filters: shape.first().copied().unwrap_or(0),
+            channels_per_group: shape.get(1).copied().unwrap_or(0),
+            kernel: shape.iter().skip(2).copied().collect(),
+            group: attr_int(node, "group", 1).max(1) as usize,
+            has_bias: bias.is_some(),
+            parameters: shape.iter().product::<usize>() * usize::from(!shape.is_empty()) + bias_count,
+            weight,
+        });
+    }
+    Ok(convs)
+}
+
+/// Number of parameters in all initializers of the main graph.
+pub fn parameter_count(model: &ModelProto) -> usize {
+    model.graph.as_ref().map(|g| g.initializer.iter().map(element_count_of).sum()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn shared(name: &str) -> ModelProto {
+        crate::onnx::load_model(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models").join(name)).unwrap()
+    }
+
+    #[test]
+    fn resnet20_has_19_convolutions_with_688_filters() {
+        let model = shared("resnet20_cifar10.onnx");
+        let convs = convolutions(&model).unwrap();
+        assert_eq!(convs.len(), 19);
+        assert_eq!(convs.iter().map(|c| c.filters).sum::<usize>(), 688);
+        assert!(convs.iter().all(|c| c.constant && c.kernel == vec![3, 3]));
+    }
+
+    #[test]
+    fn depthwise_groups_are_read() {
+        let model = shared("tiny_dw_cifar10.onnx");
+        let convs = convolutions(&model).unwrap();
+        assert_eq!(convs.len(), 5);
+        assert_eq!(convs.iter().map(|c| c.filters).sum::<usize>(), 160);
+        assert!(convs.iter().any(|c| c.group > 1 && c.group == c.filters && c.channels_per_group == 1));
+    }
+}

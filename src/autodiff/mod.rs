@@ -1,0 +1,38 @@
+//! Reverse-mode differentiation of ONNX graphs, emitted as ONNX: ONNX Runtime's training API is not
+//! available in maintained builds (BRIEF §4), so the tool writes the backward pass itself and any
+//! backend runs it. [`training_step`] builds the graph of one SGD step (forward, mean softmax
+//! cross-entropy, gradients, `torch.optim.SGD` update); [`vjp`] exposes the underlying
+//! vector-Jacobian product for any value.
+//!
+//! Design:
+//! - **Facts first.** Element types and shapes of every forward value are inferred statically with
+//!   symbolic dimensions (`facts`), so rules know ranks, spatial sizes and broadcast axes while the
+//!   batch stays dynamic. Small integer tensors are evaluated, which makes the pads and Reshape
+//!   targets that shape subgraphs compute known constants.
+//! - **Pruning.** A value *depends* on the trainable tensors if a float path leads from one to it;
+//!   it is *needed* if, in addition, the loss is reachable from it. Only nodes with a needed output
+//!   are differentiated, and only their needed inputs get gradients. Integer and boolean values
+//!   never carry gradients, so shape subgraphs (Shape, Gather on shapes, Unsqueeze, Concat of
+//!   shapes, ConstantOfShape, Cast, Range, …) and comparisons drop out on their own, whatever
+//!   operators they use. A needed node without a rule, or a needed input its rule cannot
+//!   differentiate, is an `Error::Unsupported` naming the node and operator.
+//! - **Accumulation.** Nodes are visited in reverse topological order, so every consumer of a value
+//!   has contributed before the value's producer is processed; a value read by several consumers
+//!   (or twice by one) gets the `Sum` of its contributions.
+//! - **Rules** (`rules/`, one module per operator family) emit backward nodes from the forward
+//!   values, which the step graph keeps: forward nodes that neither the loss nor a backward node
+//!   reads are dropped. Every added name comes from `NameGen` under `deeppatch/`. The emitted
+//!   operators all exist in opset 9 (ReduceSum, Unsqueeze, Slice and Pad are written in the form of
+//!   the model's opset), so the model's opset is kept; opsets below 9 are refused.
+
+mod backprop;
+mod emit;
+mod facts;
+mod geometry;
+mod rules;
+mod step;
+#[cfg(test)]
+mod testing;
+
+pub use backprop::{vjp, Vjp};
+pub use step::{training_step, Parameter, StepOptions, TrainingStep};

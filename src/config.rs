@@ -1,0 +1,301 @@
+//! The YAML configuration: every field validated, every field overridable by a command-line flag.
+//! Precedence: built-in defaults < configuration file < flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{BackendKind, Device};
+use crate::data::{DataFormat, Layout};
+use crate::error::{Error, Result};
+
+/// The σ values of the blur augmentor (BRIEF §2).
+pub const SIGMAS: [f32; 6] = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0];
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub data: DataConfig,
+    pub preprocess: PreprocessConfig,
+    pub backend: BackendConfig,
+    pub eval: EvalConfig,
+}
+
+/// Where the images are and how the validation split is drawn.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Folder holding the training and test data (`train/` and `test/` image folders, CIFAR
+    /// binary batches or NPY pairs).
+    pub root: Option<PathBuf>,
+    pub format: DataFormat,
+    /// Share of the training data held out as T_val (stratified).
+    pub val_fraction: f64,
+    /// Number of validation images instead of a fraction.
+    pub val_size: Option<usize>,
+    /// Seed of the split and of every random draw.
+    pub seed: u64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig { root: None, format: DataFormat::Auto, val_fraction: 0.02, val_size: None, seed: 2022 }
+    }
+}
+
+/// How 8-bit images become the model's input tensor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreprocessConfig {
+    /// Multiplier applied to 8-bit values before normalisation.
+    pub scale: f32,
+    /// Per-channel mean and standard deviation, after scaling.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    pub layout: Layout,
+    /// The model input that receives the images (default: the model's only input).
+    pub input: Option<String>,
+    /// The model output holding the logits (default: the model's first output).
+    pub output: Option<String>,
+}
+
+impl Default for PreprocessConfig {
+    fn default() -> Self {
+        PreprocessConfig {
+            scale: 1.0 / 255.0,
+            mean: vec![0.0, 0.0, 0.0],
+            std: vec![1.0, 1.0, 1.0],
+            layout: Layout::Nchw,
+            input: None,
+            output: None,
+        }
+    }
+}
+
+/// Which inference engine runs the models.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    pub kind: BackendKind,
+    pub device: Device,
+    /// Intra-op threads (default: the engine's choice, all cores).
+    pub threads: Option<usize>,
+}
+
+/// Evaluation settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    pub batch_size: usize,
+    /// Blur levels of the robustness columns.
+    pub sigmas: Vec<f32>,
+    /// Evaluate on a stratified subset of this many test images.
+    pub limit: Option<usize>,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig { batch_size: 256, sigmas: SIGMAS.to_vec(), limit: None }
+    }
+}
+
+impl Config {
+    /// Reads and validates a YAML configuration file.
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut config: Config = serde_yaml::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        // Relative paths in a file are relative to that file, so a pipeline can run it from anywhere.
+        if let (Some(root), Some(folder)) = (config.data.root.as_mut(), path.parent()) {
+            if root.is_relative() {
+                *root = folder.join(&*root);
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field; the error names the field and what is allowed.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |field: &str, message: String| Err(Error::Config(format!("{field}: {message}")));
+        let d = &self.data;
+        if !(d.val_fraction > 0.0 && d.val_fraction < 1.0) {
+            return fail("data.val_fraction", format!("{} is not in (0, 1)", d.val_fraction));
+        }
+        if d.val_size == Some(0) {
+            return fail("data.val_size", "must be at least 1".into());
+        }
+        let p = &self.preprocess;
+        if !(p.scale.is_finite() && p.scale > 0.0) {
+            return fail("preprocess.scale", format!("{} is not a positive number", p.scale));
+        }
+        if p.mean.is_empty() || p.mean.len() != p.std.len() {
+            return fail("preprocess.mean", format!("{} values for {} std values; give one per channel", p.mean.len(), p.std.len()));
+        }
+        if let Some(bad) = p.mean.iter().find(|m| !m.is_finite()) {
+            return fail("preprocess.mean", format!("{bad} is not a finite number"));
+        }
+        if let Some(bad) = p.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return fail("preprocess.std", format!("{bad} is not a positive number"));
+        }
+        if self.backend.threads == Some(0) {
+            return fail("backend.threads", "must be at least 1".into());
+        }
+        let e = &self.eval;
+        if e.batch_size == 0 {
+            return fail("eval.batch_size", "must be at least 1".into());
+        }
+        if let Some(bad) = e.sigmas.iter().find(|s| !(s.is_finite() && **s > 0.0 && **s <= 32.0)) {
+            return fail("eval.sigmas", format!("{bad} is not in (0, 32]"));
+        }
+        if e.limit == Some(0) {
+            return fail("eval.limit", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The data root, or an error saying how to give one.
+    pub fn data_root(&self) -> Result<&Path> {
+        self.data.root.as_deref().ok_or_else(|| Error::Config("data.root: no data given (use --data DIR or data.root in the configuration)".into()))
+    }
+}
+
+/// Command-line flags that override configuration fields, one per field.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// Data folder (data.root).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Data format: auto, folder, cifar10, cifar100, npy (data.format).
+    #[arg(long)]
+    pub format: Option<DataFormat>,
+    /// Validation share of the training data (data.val_fraction).
+    #[arg(long)]
+    pub val_fraction: Option<f64>,
+    /// Validation images instead of a share (data.val_size).
+    #[arg(long)]
+    pub val_size: Option<usize>,
+    /// Seed of the split and random draws (data.seed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Scale of 8-bit values (preprocess.scale).
+    #[arg(long)]
+    pub scale: Option<f32>,
+    /// Per-channel mean, comma separated (preprocess.mean).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel standard deviation, comma separated (preprocess.std).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub std: Option<Vec<f32>>,
+    /// Tensor layout: nchw or nhwc (preprocess.layout).
+    #[arg(long)]
+    pub layout: Option<Layout>,
+    /// Model input fed with images (preprocess.input).
+    #[arg(long)]
+    pub input: Option<String>,
+    /// Model output holding the logits (preprocess.output).
+    #[arg(long)]
+    pub output: Option<String>,
+    /// Inference backend: tract or ort (backend.kind).
+    #[arg(long)]
+    pub backend: Option<BackendKind>,
+    /// Device: cpu, cuda or cuda:N (backend.device).
+    #[arg(long)]
+    pub device: Option<Device>,
+    /// Intra-op threads (backend.threads).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Batch size (eval.batch_size).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Blur levels, comma separated (eval.sigmas).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub sigmas: Option<Vec<f32>>,
+    /// Evaluate on a stratified subset of N test images (eval.limit).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+}
+
+impl Overrides {
+    /// Applies the flags given on top of `config` and validates the result.
+    pub fn apply(&self, mut config: Config) -> Result<Config> {
+        fn set<T: Clone>(target: &mut T, value: &Option<T>) {
+            if let Some(v) = value {
+                *target = v.clone();
+            }
+        }
+        let c = &mut config;
+        if self.data.is_some() {
+            c.data.root = self.data.clone();
+        }
+        set(&mut c.data.format, &self.format);
+        set(&mut c.data.val_fraction, &self.val_fraction);
+        if self.val_size.is_some() {
+            c.data.val_size = self.val_size;
+        }
+        set(&mut c.data.seed, &self.seed);
+        set(&mut c.preprocess.scale, &self.scale);
+        set(&mut c.preprocess.mean, &self.mean);
+        set(&mut c.preprocess.std, &self.std);
+        set(&mut c.preprocess.layout, &self.layout);
+        if self.input.is_some() {
+            c.preprocess.input = self.input.clone();
+        }
+        if self.output.is_some() {
+            c.preprocess.output = self.output.clone();
+        }
+        set(&mut c.backend.kind, &self.backend);
+        set(&mut c.backend.device, &self.device);
+        if self.threads.is_some() {
+            c.backend.threads = self.threads;
+        }
+        set(&mut c.eval.batch_size, &self.batch_size);
+        set(&mut c.eval.sigmas, &self.sigmas);
+        if self.limit.is_some() {
+            c.eval.limit = self.limit;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        let config: Config = serde_yaml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn defaults_are_the_papers() {
+        let config = parse("{}").unwrap();
+        assert_eq!(config.data.val_fraction, 0.02);
+        assert_eq!(config.data.seed, 2022);
+        assert_eq!(config.eval.sigmas, SIGMAS.to_vec());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let typo = parse("data:\n  val_fracton: 0.1\n").unwrap_err().to_string();
+        assert!(typo.contains("val_fracton"), "{typo}");
+        let range = parse("data:\n  val_fraction: 1.5\n").unwrap_err().to_string();
+        assert!(range.contains("data.val_fraction"), "{range}");
+        let std = parse("preprocess:\n  mean: [0.5, 0.5, 0.5]\n  std: [0.2, 0.0, 0.2]\n").unwrap_err().to_string();
+        assert!(std.contains("preprocess.std"), "{std}");
+        let backend = parse("backend:\n  kind: tensorrt\n").unwrap_err().to_string();
+        assert!(backend.contains("tensorrt"), "{backend}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let config = parse("eval:\n  batch_size: 64\n").unwrap();
+        let flags = Overrides { batch_size: Some(32), mean: Some(vec![0.1, 0.2, 0.3]), std: Some(vec![1.0; 3]), ..Default::default() };
+        let merged = flags.apply(config).unwrap();
+        assert_eq!(merged.eval.batch_size, 32);
+        assert_eq!(merged.preprocess.mean, vec![0.1, 0.2, 0.3]);
+    }
+}

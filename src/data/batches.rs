@@ -1,0 +1,161 @@
+//! Batches prepared on a background thread while the consumer (an inference backend) computes,
+//! so corruption and preprocessing never leave the backend waiting.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use ndarray::ArrayD;
+
+use super::preprocess::{make_batch, Corruption, Preprocess};
+use super::Dataset;
+use crate::error::{Error, Result};
+
+/// Batches kept ready ahead of the consumer: one being consumed, two waiting.
+const DEPTH: usize = 2;
+
+/// One model input with what it holds.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub input: ArrayD<f32>,
+    pub labels: Vec<i64>,
+    /// Positions of the images in the data set.
+    pub indices: Vec<usize>,
+    /// Position of the batch's corruption in the list given to [`BatchStream::new`].
+    pub corruption: usize,
+}
+
+/// Walks `indices` in batches once per corruption (all batches of the first corruption, then the
+/// second, ...). Iterating yields the batches in that order; an error ends the stream after it is
+/// yielded. Dropping the stream stops the producer.
+pub struct BatchStream {
+    receiver: Option<Receiver<Result<Batch>>>,
+    producer: Option<JoinHandle<()>>,
+    /// An error found before any batch could be produced.
+    failed: Option<Error>,
+}
+
+impl BatchStream {
+    /// Starts producing batches of `batch_size` images of `indices` of `data` for each of
+    /// `corruptions`.
+    pub fn new(data: Arc<Dataset>, indices: Vec<usize>, corruptions: Vec<Corruption>, preprocess: Preprocess, batch_size: usize) -> BatchStream {
+        if batch_size == 0 {
+            return BatchStream::failed(Error::Config("batch size must be at least 1".into()));
+        }
+        let (sender, receiver) = bounded(DEPTH);
+        let spawned = std::thread::Builder::new()
+            .name("deeppatch-batches".into())
+            .spawn(move || produce(&data, &indices, &corruptions, &preprocess, batch_size, &sender));
+        match spawned {
+            Ok(handle) => BatchStream { receiver: Some(receiver), producer: Some(handle), failed: None },
+            Err(e) => BatchStream::failed(Error::Internal(format!("cannot start the batch thread: {e}"))),
+        }
+    }
+
+    fn failed(error: Error) -> BatchStream {
+        BatchStream { receiver: None, producer: None, failed: Some(error) }
+    }
+}
+
+/// The producer's loop; it ends early when the stream is dropped (the send fails) or after
+/// sending an error.
+fn produce(data: &Dataset, indices: &[usize], corruptions: &[Corruption], preprocess: &Preprocess, batch_size: usize, sender: &Sender<Result<Batch>>) {
+    for (position, corruption) in corruptions.iter().enumerate() {
+        for chunk in indices.chunks(batch_size) {
+            let batch = make_batch(data, chunk, corruption, preprocess).map(|input| Batch {
+                input,
+                labels: chunk.iter().map(|&i| data.labels[i]).collect(),
+                indices: chunk.to_vec(),
+                corruption: position,
+            });
+            let failed = batch.is_err();
+            if sender.send(batch).is_err() || failed {
+                return;
+            }
+        }
+    }
+}
+
+impl Iterator for BatchStream {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        if let Some(error) = self.failed.take() {
+            return Some(Err(error));
+        }
+        match self.receiver.as_ref()?.recv() {
+            Ok(batch) => Some(batch),
+            Err(_) => {
+                // The producer is done; a panic there must not pass for the end of the data.
+                self.receiver = None;
+                match self.producer.take().map(JoinHandle::join) {
+                    Some(Err(_)) => Some(Err(Error::Internal("the batch producer panicked".into()))),
+                    _ => None,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for BatchStream {
+    fn drop(&mut self) {
+        // Closing the channel first makes the producer's next send fail, so the join is short.
+        self.receiver = None;
+        if let Some(handle) = self.producer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::data::Images;
+
+    fn data(n: usize) -> Arc<Dataset> {
+        Arc::new(Dataset {
+            images: Images::U8Hwc { data: (0..n * 4 * 4 * 3).map(|i| (i % 251) as u8).collect(), n, h: 4, w: 4, c: 3 },
+            labels: (0..n as i64).map(|i| i % 3).collect(),
+            classes: vec!["a".into(), "b".into(), "c".into()],
+            source: PathBuf::from("memory"),
+        })
+    }
+
+    #[test]
+    fn walks_every_corruption_in_batches() {
+        let data = data(12);
+        let indices: Vec<usize> = (0..10).rev().collect();
+        let corruptions = vec![Corruption::Clean, Corruption::Blur(1.0)];
+        let stream = BatchStream::new(data.clone(), indices.clone(), corruptions.clone(), Preprocess::default(), 4);
+        let batches: Vec<Batch> = stream.collect::<Result<_>>().unwrap();
+        let shape: Vec<(usize, usize)> = batches.iter().map(|b| (b.corruption, b.labels.len())).collect();
+        assert_eq!(shape, [(0, 4), (0, 4), (0, 2), (1, 4), (1, 4), (1, 2)]);
+        let last = &batches[5];
+        assert_eq!(last.indices, [1, 0]);
+        assert_eq!(last.labels, [1, 0]);
+        assert_eq!(last.input, make_batch(&data, &[1, 0], &corruptions[1], &Preprocess::default()).unwrap());
+    }
+
+    #[test]
+    fn errors_end_the_stream() {
+        let wrong = Preprocess { mean: vec![0.0], std: vec![1.0], ..Preprocess::default() };
+        let mut stream = BatchStream::new(data(5), (0..5).collect(), vec![Corruption::Clean], wrong, 2);
+        assert!(matches!(stream.next(), Some(Err(Error::Config(_)))));
+        assert!(stream.next().is_none());
+        let mut empty = BatchStream::new(data(5), (0..5).collect(), vec![Corruption::Clean], Preprocess::default(), 0);
+        assert!(matches!(empty.next(), Some(Err(Error::Config(_)))));
+        assert!(empty.next().is_none());
+    }
+
+    #[test]
+    fn dropping_stops_the_producer() {
+        let started = Instant::now();
+        let mut stream = BatchStream::new(data(2000), (0..2000).collect(), vec![Corruption::Blur(3.0); 50], Preprocess::default(), 1);
+        assert!(stream.next().is_some());
+        drop(stream);
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    }
+}

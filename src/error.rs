@@ -1,0 +1,71 @@
+//! The library's error type. Every variant names the file, node or field at fault, and maps to one
+//! of the exit codes of the command line (BRIEF §6).
+
+use std::path::{Path, PathBuf};
+
+/// Errors of the library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value or a command-line argument is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+
+    /// A model file cannot be read as ONNX (truncated, malformed, hostile).
+    #[error("{}: {message}", path.display())]
+    Model { path: PathBuf, message: String },
+
+    /// A well-formed model that this tool cannot handle.
+    #[error("unsupported model: node '{node}' ({op_type}): {message}")]
+    Unsupported { node: String, op_type: String, message: String },
+
+    /// A model-level inconsistency that is not tied to a single node (missing input, cycle, ...).
+    #[error("invalid model: {0}")]
+    InvalidGraph(String),
+
+    /// A data set or data file that cannot be used.
+    #[error("{}: {message}", path.display())]
+    Data { path: PathBuf, message: String },
+
+    /// An operating-system error on a named file.
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, #[source] source: std::io::Error },
+
+    /// The inference backend failed or is not available.
+    #[error("backend {backend}: {message}")]
+    Backend { backend: &'static str, message: String },
+
+    /// A broken invariant of the tool itself.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result alias of the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Exit code of the command line for this error: 2 usage or configuration, 3 unsupported or
+    /// unreadable model, 4 data, 1 internal (backend failures included).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) => 2,
+            Error::Model { .. } | Error::Unsupported { .. } | Error::InvalidGraph(_) => 3,
+            Error::Data { .. } | Error::Io { .. } => 4,
+            Error::Backend { .. } | Error::Internal(_) => 1,
+        }
+    }
+
+    /// An I/O error on `path`.
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io { path: path.as_ref().to_path_buf(), source }
+    }
+
+    /// A data error on `path`.
+    pub fn data(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
+        Error::Data { path: path.as_ref().to_path_buf(), message: message.into() }
+    }
+
+    /// A model error on `path`.
+    pub fn model(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
+        Error::Model { path: path.as_ref().to_path_buf(), message: message.into() }
+    }
+}

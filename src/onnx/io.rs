@@ -1,0 +1,293 @@
+//! Loading and saving models: bounded reads, external data confined to the model's folder, atomic
+//! writes that never replace the input model.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Component, Path, PathBuf};
+
+use prost::Message;
+
+use super::graph::GraphIndex;
+use super::proto::{tensor_proto::DataLocation, GraphProto, ModelProto, StringStringEntryProto, TensorProto};
+use crate::error::{Error, Result};
+
+/// Protobuf cannot encode a message of 2 GiB or more; larger models keep tensors in a side file.
+const PROTOBUF_LIMIT: usize = (1 << 31) - 1;
+/// Tensors at least this large go to the side file when external data is used.
+const EXTERNAL_THRESHOLD: usize = 1024;
+
+/// Reads an ONNX model, resolves external data into memory and checks that its graph is acyclic.
+pub fn load_model(path: &Path) -> Result<ModelProto> {
+    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut model = decode_model(&bytes, path)?;
+    let folder = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    for_each_tensor_mut(&mut model, &mut |tensor| inline_external_data(tensor, &folder, path))?;
+    Ok(model)
+}
+
+/// Decodes and validates a model held in memory; `origin` names it in errors.
+pub fn decode_model(bytes: &[u8], origin: &Path) -> Result<ModelProto> {
+    let model = ModelProto::decode(bytes)
+        .map_err(|e| Error::model(origin, format!("not a valid ONNX model ({e})")))?;
+    let graph = model.graph.as_ref().ok_or_else(|| Error::model(origin, "the model has no graph"))?;
+    if graph.node.is_empty() {
+        return Err(Error::model(origin, "the model's graph has no nodes"));
+    }
+    if model.ir_version.unwrap_or(0) < 3 {
+        return Err(Error::model(origin, format!("IR version {} is not supported (3 or newer)", model.ir_version.unwrap_or(0))));
+    }
+    GraphIndex::new(graph).map_err(|e| Error::model(origin, e.to_string()))?;
+    Ok(model)
+}
+
+/// How `save_model` stores tensors.
+#[derive(Debug, Clone, Default)]
+pub struct SaveOptions {
+    /// Store large tensors in `<model file name>.data` beside the model. `None` decides by size:
+    /// external only when the inline encoding would exceed protobuf's 2 GiB limit.
+    pub external_data: Option<bool>,
+    /// A path the output must not be (the model this one was derived from).
+    pub protect: Option<PathBuf>,
+}
+
+/// Writes `model` to `path` atomically (temporary file in the same folder, then rename).
+pub fn save_model(model: &ModelProto, path: &Path, options: &SaveOptions) -> Result<()> {
+    if let Some(input) = &options.protect {
+        if same_file(input, path) {
+            return Err(Error::Config(format!(
+                "output {} is the input model; refusing to overwrite it",
+                path.display()
+            )));
+        }
+    }
+    let external = options.external_data.unwrap_or_else(|| model.encoded_len() > PROTOBUF_LIMIT);
+    if !external {
+        return write_atomically(path, &model.encode_to_vec());
+    }
+    let data_name = format!(
+        "{}.data",
+        path.file_name().and_then(|n| n.to_str()).ok_or_else(|| Error::Config(format!("bad output path {}", path.display())))?
+    );
+    let mut model = model.clone();
+    let mut blob = Vec::new();
+    for_each_tensor_mut(&mut model, &mut |tensor| {
+        externalise(tensor, &data_name, &mut blob);
+        Ok(())
+    })?;
+    let data_path = path.with_file_name(&data_name);
+    write_atomically(&data_path, &blob)?;
+    write_atomically(path, &model.encode_to_vec())
+}
+
+/// Writes bytes to `path` through a temporary file in the same folder, so readers never see a
+/// partial file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".deeppatch-")
+        .suffix(".tmp")
+        .tempfile_in(&folder)
+        .map_err(|e| Error::io(&folder, e))?;
+    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (fs::canonicalize(a), fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Visits every tensor of the model: initializers, constant attributes and sparse tensors, in the
+/// main graph, in subgraphs and in functions.
+fn for_each_tensor_mut(model: &mut ModelProto, visit: &mut dyn FnMut(&mut TensorProto) -> Result<()>) -> Result<()> {
+    if let Some(graph) = model.graph.as_mut() {
+        graph_tensors_mut(graph, visit)?;
+    }
+    for function in &mut model.functions {
+        for node in &mut function.node {
+            for attribute in &mut node.attribute {
+                attribute_tensors_mut(attribute, visit)?;
+            }
+        }
+    }
+    for info in &mut model.training_info {
+        for graph in [info.initialization.as_mut(), info.algorithm.as_mut()].into_iter().flatten() {
+            graph_tensors_mut(graph, visit)?;
+        }
+    }
+    Ok(())
+}
+
+fn graph_tensors_mut(graph: &mut GraphProto, visit: &mut dyn FnMut(&mut TensorProto) -> Result<()>) -> Result<()> {
+    for tensor in &mut graph.initializer {
+        visit(tensor)?;
+    }
+    for sparse in &mut graph.sparse_initializer {
+        for tensor in [sparse.values.as_mut(), sparse.indices.as_mut()].into_iter().flatten() {
+            visit(tensor)?;
+        }
+    }
+    for node in &mut graph.node {
+        for attribute in &mut node.attribute {
+            attribute_tensors_mut(attribute, visit)?;
+        }
+    }
+    Ok(())
+}
+
+fn attribute_tensors_mut(
+    attribute: &mut super::proto::AttributeProto,
+    visit: &mut dyn FnMut(&mut TensorProto) -> Result<()>,
+) -> Result<()> {
+    for tensor in attribute.t.iter_mut().chain(attribute.tensors.iter_mut()) {
+        visit(tensor)?;
+    }
+    for sparse in attribute.sparse_tensor.iter_mut().chain(attribute.sparse_tensors.iter_mut()) {
+        for tensor in [sparse.values.as_mut(), sparse.indices.as_mut()].into_iter().flatten() {
+            visit(tensor)?;
+        }
+    }
+    for graph in attribute.g.iter_mut().chain(attribute.graphs.iter_mut()) {
+        graph_tensors_mut(graph, visit)?;
+    }
+    Ok(())
+}
+
+fn external_field<'t>(tensor: &'t TensorProto, key: &str) -> Option<&'t str> {
+    tensor.external_data.iter().find(|e| e.key.as_deref() == Some(key)).and_then(|e| e.value.as_deref())
+}
+
+/// Replaces a tensor's external reference by its bytes, refusing locations outside `folder`.
+fn inline_external_data(tensor: &mut TensorProto, folder: &Path, model_path: &Path) -> Result<()> {
+    if tensor.data_location != Some(DataLocation::External as i32) {
+        return Ok(());
+    }
+    let name = tensor.name.clone().unwrap_or_default();
+    let bad = |message: String| Error::model(model_path, format!("external data of tensor '{name}': {message}"));
+    let location = external_field(tensor, "location").ok_or_else(|| bad("no location given".into()))?;
+    let relative = Path::new(location);
+    if relative.is_absolute() || relative.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+        return Err(bad(format!("location '{location}' leaves the model's folder")));
+    }
+    let file_path = folder.join(relative);
+    let canonical_folder = fs::canonicalize(folder).map_err(|e| Error::io(folder, e))?;
+    let canonical_file = fs::canonicalize(&file_path).map_err(|e| Error::io(&file_path, e))?;
+    if !canonical_file.starts_with(&canonical_folder) {
+        return Err(bad(format!("location '{location}' resolves outside the model's folder")));
+    }
+    let parse = |key: &str| -> Result<Option<u64>> {
+        external_field(tensor, key)
+            .map(|v| v.parse::<u64>().map_err(|_| bad(format!("{key} '{v}' is not a number"))))
+            .transpose()
+    };
+    let offset = parse("offset")?.unwrap_or(0);
+    let mut file = fs::File::open(&canonical_file).map_err(|e| Error::io(&file_path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(&file_path, e))?.len();
+    let length = parse("length")?.unwrap_or(file_len.saturating_sub(offset));
+    if offset.checked_add(length).is_none_or(|end| end > file_len) {
+        return Err(bad(format!("offset {offset} + length {length} exceeds the file's {file_len} bytes")));
+    }
+    let mut bytes = vec![0u8; length as usize];
+    file.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(&file_path, e))?;
+    file.read_exact(&mut bytes).map_err(|e| Error::io(&file_path, e))?;
+    tensor.raw_data = Some(bytes);
+    tensor.external_data.clear();
+    tensor.data_location = None;
+    Ok(())
+}
+
+/// Moves a large tensor's raw bytes into `blob`, leaving a reference (offsets aligned to 4 KiB, as
+/// onnx's own writer does, so runtimes can map them).
+fn externalise(tensor: &mut TensorProto, data_name: &str, blob: &mut Vec<u8>) {
+    let Some(raw) = tensor.raw_data.as_ref() else { return };
+    if raw.len() < EXTERNAL_THRESHOLD {
+        return;
+    }
+    blob.resize(blob.len().next_multiple_of(4096), 0);
+    let offset = blob.len();
+    blob.extend_from_slice(raw);
+    let entry = |key: &str, value: String| StringStringEntryProto { key: Some(key.into()), value: Some(value) };
+    tensor.external_data = vec![
+        entry("location", data_name.to_string()),
+        entry("offset", offset.to_string()),
+        entry("length", raw.len().to_string()),
+    ];
+    tensor.raw_data = None;
+    tensor.data_location = Some(DataLocation::External as i32);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared_model(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models").join(name)
+    }
+
+    #[test]
+    fn round_trip_keeps_every_byte() {
+        let path = shared_model("tiny_cnn_cifar10.onnx");
+        let original = fs::read(&path).unwrap();
+        let model = load_model(&path).unwrap();
+        assert_eq!(model.encode_to_vec(), original);
+    }
+
+    #[test]
+    fn external_data_round_trip_and_confinement() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = load_model(&shared_model("tiny_cnn_cifar10.onnx")).unwrap();
+        let out = dir.path().join("m.onnx");
+        save_model(&model, &out, &SaveOptions { external_data: Some(true), ..Default::default() }).unwrap();
+        assert!(dir.path().join("m.onnx.data").exists());
+        assert!(fs::metadata(&out).unwrap().len() < 20_000);
+        let back = load_model(&out).unwrap();
+        assert_eq!(back, model);
+
+        // Point one tensor outside the folder: the load must refuse it.
+        let mut hostile = ModelProto::decode(fs::read(&out).unwrap().as_slice()).unwrap();
+        let graph = hostile.graph.as_mut().unwrap();
+        let tensor = graph.initializer.iter_mut().find(|t| t.data_location == Some(1)).unwrap();
+        tensor.external_data[0].value = Some("../../etc/passwd".into());
+        let bad = dir.path().join("hostile.onnx");
+        fs::write(&bad, hostile.encode_to_vec()).unwrap();
+        let message = load_model(&bad).unwrap_err().to_string();
+        assert!(message.contains("leaves the model's folder"), "{message}");
+    }
+
+    #[test]
+    fn refuses_to_overwrite_the_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.onnx");
+        fs::copy(shared_model("tiny_dw_cifar10.onnx"), &path).unwrap();
+        let model = load_model(&path).unwrap();
+        let err = save_model(&model, &path, &SaveOptions { protect: Some(path.clone()), ..Default::default() });
+        assert!(matches!(err, Err(Error::Config(_))));
+    }
+
+    #[test]
+    fn truncated_and_random_bytes_are_errors() {
+        let bytes = fs::read(shared_model("tiny_dw_cifar10.onnx")).unwrap();
+        for cut in [1, 100, bytes.len() / 2, bytes.len() - 1] {
+            assert!(decode_model(&bytes[..cut], Path::new("cut.onnx")).is_err(), "cut at {cut}");
+        }
+        let mut state = 0x9E3779B97F4A7C15u64;
+        for _ in 0..200 {
+            let noise: Vec<u8> = (0..512)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            assert!(decode_model(&noise, Path::new("noise.onnx")).is_err());
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The γ decision subgraph: the Corrective Rate at the first patched layer (BRIEF §2.4) and the
+//! per-sample adaptation flags derived from it.
+//!
+//! CR_n = |{neurons where exactly one of z⁻ > 0, z⁺ > 0}| / |z⁺|, with z⁻ the blamed original
+//! channels and z⁺ the replacement channels, both after the layer's own BatchNormalization and
+//! activation. z⁻ is read from the original model's own value, so it is bit-for-bit the value the
+//! model computes; z⁺ is computed beside it from the replacement filters alone.
+
+use super::spec::{Decision, Direction};
+use super::PatchedParams;
+use crate::analysis::site::Site;
+use crate::analysis::ConvInfo;
+use crate::error::Result;
+use crate::onnx::builder::{int, Builder, BOOL, FLOAT};
+use crate::onnx::proto::GraphProto;
+
+/// Names of the decision's values.
+pub struct DecisionValues {
+    /// CR per sample, [N] float.
+    pub cr: String,
+    /// The adaptation flag per sample (rule and `deeppatch_decision`), [N] bool.
+    pub adapted: String,
+    /// Whether any sample is adapted, a bool scalar (the `If` condition).
+    pub any: String,
+}
+
+/// Emits the CR and the decision for the layer at `site`, whose merged parameters are `params`.
+/// `cr_name` and `adapted_name` are the names of the monitoring outputs.
+#[allow(clippy::too_many_arguments)]
+pub fn emit(
+    builder: &mut Builder,
+    graph: &GraphProto,
+    site: &Site,
+    conv: &ConvInfo,
+    params: &PatchedParams,
+    blamed: &[usize],
+    decision: &Decision,
+    switch: &str,
+    cr_name: &str,
+    adapted_name: &str,
+) -> Result<DecisionValues> {
+    let channels = builder.ints(&blamed.iter().map(|&c| c as i64).collect::<Vec<_>>());
+    let original = builder.op("Gather", &[&site.output, &channels], vec![int("axis", 1)]);
+
+    let conv_node = &graph.node[site.conv];
+    let mut replacement = if conv.group == 1 {
+        // The replacement filters alone: k output channels, the cheapest exact way.
+        let mut inputs = vec![site.input.as_str(), params.replacement_weight.as_str()];
+        inputs.extend(params.replacement_bias.as_deref());
+        builder.op("Conv", &inputs, conv_node.attribute.clone())
+    } else {
+        // A grouped filter reads one group's channels: run the merged layer and keep the blamed ones.
+        let mut inputs = vec![site.input.as_str(), params.weight.as_str()];
+        inputs.extend(params.bias.as_deref());
+        let full = builder.op("Conv", &inputs, conv_node.attribute.clone());
+        builder.op("Gather", &[&full, &channels], vec![int("axis", 1)])
+    };
+    if let Some(bn_position) = site.batchnorm {
+        let bn = &graph.node[bn_position];
+        let merged: Vec<String> = match &params.batchnorm {
+            Some((_, names)) => names.to_vec(),
+            None => bn.input[1..5].to_vec(),
+        };
+        let mut inputs = vec![replacement];
+        for name in &merged {
+            inputs.push(builder.op("Gather", &[name, &channels], vec![int("axis", 0)]));
+        }
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        replacement = builder.op("BatchNormalization", &refs, bn.attribute.clone());
+    }
+    if let Some(activation_position) = site.activation {
+        let activation = &graph.node[activation_position];
+        let mut inputs = vec![replacement.as_str()];
+        inputs.extend(activation.input.iter().skip(1).map(String::as_str));
+        replacement = builder.op(activation.op_type.as_deref().unwrap_or("Relu"), &inputs, activation.attribute.clone());
+    }
+
+    let zero = builder.scalar(FLOAT, 0.0)?;
+    let original_active = builder.op("Greater", &[&original, &zero], vec![]);
+    let replacement_active = builder.op("Greater", &[&replacement, &zero], vec![]);
+    let disagree = builder.op("Xor", &[&original_active, &replacement_active], vec![]);
+    let counts = builder.op("Cast", &[&disagree], vec![int("to", FLOAT as i64)]);
+    let rank = conv.kernel.len() + 2;
+    let axes: Vec<i64> = (1..rank as i64).collect();
+    builder.reduce_named("ReduceMean", &counts, &axes, false, cr_name);
+
+    let Decision::Cr { boundary, direction, .. } = decision;
+    let boundary = builder.scalar(FLOAT, f64::from(*boundary))?;
+    let comparison = match direction {
+        Direction::Below => "Less",
+        Direction::Above => "Greater",
+    };
+    let rule = builder.op(comparison, &[cr_name, &boundary], vec![]);
+    builder.op_named("And", &[&rule, switch], vec![], adapted_name);
+    let flags = builder.op("Cast", &[adapted_name], vec![int("to", FLOAT as i64)]);
+    let most = builder.reduce("ReduceMax", &flags, &[], false);
+    let any = builder.op("Cast", &[&most], vec![int("to", BOOL as i64)]);
+    Ok(DecisionValues { cr: cr_name.to_string(), adapted: adapted_name.to_string(), any })
+}

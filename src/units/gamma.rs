@@ -1,0 +1,203 @@
+//! The γ-patched model: the deliverable (BRIEF §2 "Inference semantics").
+//!
+//! Main graph, in order:
+//! 1. the `ScatterND` merges of the replacement parameters (constants, folded at load time);
+//! 2. the original nodes, untouched except that graph outputs are renamed `deeppatch/original/…`;
+//! 3. the decision at the first patched layer (CR, per-sample flags, "any adapted");
+//! 4. `If(any adapted)`: the else branch passes the original outputs through (clean batches pay
+//!    only for the decision); the then branch gathers the adapted samples, runs a copy of the model
+//!    on the merged parameters for them only, and scatters their outputs over the original ones.
+//!
+//! The original computation is never altered, so a non-adapted sample's output is bit-identical
+//! to the original model's; every sample's output depends only on that sample.
+
+use std::collections::HashMap;
+
+use serde_json::json;
+
+use super::{decision, merge_parameters, spec::PatchSpec, with_patched_inputs, ADAPTED_OUTPUT, CR_OUTPUT, DECISION_INPUT};
+use crate::analysis::site::site;
+use crate::error::{Error, Result};
+use crate::onnx::builder::{graph_attribute, ints, Builder, BOOL, FLOAT};
+use crate::onnx::graph::{renamed_values, GraphIndex};
+use crate::onnx::proto::{
+    tensor_shape_proto::{dimension::Value as Dim, Dimension},
+    type_proto, GraphProto, ModelProto, NodeProto, StringStringEntryProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use crate::onnx::tensor::from_bool;
+
+/// Metadata key under which the rewrite records what `strip` needs to undo it.
+pub const LAYOUT_KEY: &str = "deeppatch.layout";
+
+/// Builds the γ-patched model of `model` for `spec`.
+pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
+    let graph = model.graph.as_ref().ok_or_else(|| Error::InvalidGraph("the model has no graph".into()))?;
+    if graph.input.iter().any(|i| i.name.as_deref() == Some(DECISION_INPUT)) {
+        return Err(Error::Config(format!("the model is already patched (it has the input '{DECISION_INPUT}'); strip it first")));
+    }
+    if model.ir_version.unwrap_or(0) < 4 {
+        return Err(Error::InvalidGraph("IR version 4 or newer is needed (an input with a default initializer)".into()));
+    }
+    let convs = spec.validate(model)?;
+    let index = GraphIndex::new(graph)?;
+    let order: HashMap<usize, usize> = index.topological_order().iter().enumerate().map(|(rank, &p)| (p, rank)).collect();
+    let first = (0..convs.len()).min_by_key(|&i| order[&convs[i].position]).unwrap_or(0);
+    let first_site = site(&index, convs[first].position);
+    let runtime_inputs: Vec<&ValueInfoProto> =
+        graph.input.iter().filter(|i| index.is_runtime_input(i.name.as_deref().unwrap_or(""))).collect();
+
+    let mut builder = Builder::new(graph, crate::onnx::default_opset(model));
+    builder.reserve(&[DECISION_INPUT, ADAPTED_OUTPUT, CR_OUTPUT]);
+    let layers: Vec<_> = convs.iter().cloned().zip(spec.layers.iter().cloned()).collect();
+    let patched = merge_parameters(&mut builder, graph, &layers)?;
+    let merges = std::mem::take(&mut builder.nodes);
+
+    // The original nodes, their graph outputs renamed so the If can produce the real names.
+    let outputs: Vec<&ValueInfoProto> = graph.output.iter().collect();
+    let renamed: HashMap<String, String> = outputs
+        .iter()
+        .filter_map(|o| o.name.clone())
+        .map(|name| {
+            let fresh = builder.fresh(&format!("original/{}", name.trim_start_matches('/')));
+            (name, fresh)
+        })
+        .collect();
+    let original_nodes: Vec<NodeProto> = graph.node.iter().map(|n| renamed_values(n, &renamed)).collect();
+
+    let decision = decision::emit(
+        &mut builder,
+        graph,
+        &first_site,
+        &convs[first],
+        &patched[first],
+        &spec.layers[first].blamed,
+        &spec.decision,
+        DECISION_INPUT,
+        CR_OUTPUT,
+        ADAPTED_OUTPUT,
+    )?;
+    let decision_nodes = std::mem::take(&mut builder.nodes);
+
+    // Then branch: the adapted samples through the merged parameters.
+    let rows = builder.op("NonZero", &[&decision.adapted], vec![]);
+    let rows = builder.op("Transpose", &[&rows], vec![ints("perm", &[1, 0])]);
+    let mut adapted_names: HashMap<String, String> = HashMap::new();
+    for input in &runtime_inputs {
+        let name = input.name.clone().unwrap_or_default();
+        let gathered = builder.op("GatherND", &[&name, &rows], vec![]);
+        adapted_names.insert(name, gathered);
+    }
+    for node in &graph.node {
+        for output in node.output.iter().filter(|o| !o.is_empty()) {
+            let fresh = builder.fresh(&format!("adapted/{}", output.trim_start_matches('/')));
+            adapted_names.insert(output.clone(), fresh);
+        }
+    }
+    let mut then_nodes = std::mem::take(&mut builder.nodes);
+    for (position, node) in graph.node.iter().enumerate() {
+        let mut copy = renamed_values(&with_patched_inputs(node, position, &patched), &adapted_names);
+        let label = node.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| format!("{}_{position}", node.op_type.as_deref().unwrap_or("node")));
+        copy.name = Some(builder.fresh(&format!("adapted/{}", label.trim_start_matches('/'))));
+        then_nodes.push(copy);
+    }
+    let then_outputs: Vec<ValueInfoProto> = outputs
+        .iter()
+        .map(|output| {
+            let name = output.name.clone().unwrap_or_default();
+            let merged = builder.op("ScatterND", &[&renamed[&name], &rows, &adapted_names[&name]], vec![]);
+            retyped(output, &merged)
+        })
+        .collect();
+    then_nodes.append(&mut builder.nodes);
+    let else_outputs: Vec<ValueInfoProto> = outputs
+        .iter()
+        .map(|output| {
+            let passed = builder.op("Identity", &[&renamed[output.name.as_deref().unwrap_or_default()]], vec![]);
+            retyped(output, &passed)
+        })
+        .collect();
+    let else_nodes = std::mem::take(&mut builder.nodes);
+    let then_branch = GraphProto { name: Some(builder.fresh("adapted")), node: then_nodes, output: then_outputs, ..Default::default() };
+    let else_branch = GraphProto { name: Some(builder.fresh("original")), node: else_nodes, output: else_outputs, ..Default::default() };
+    let route = NodeProto {
+        name: Some(builder.fresh("route")),
+        op_type: Some("If".into()),
+        input: vec![decision.any.clone()],
+        output: outputs.iter().map(|o| o.name.clone().unwrap_or_default()).collect(),
+        attribute: vec![graph_attribute("then_branch", then_branch), graph_attribute("else_branch", else_branch)],
+        ..Default::default()
+    };
+
+    let mut out = model.clone();
+    let g = out.graph.as_mut().ok_or_else(|| Error::Internal("graph vanished".into()))?;
+    let layout = json!({
+        "merge_nodes": merges.len(),
+        "original_nodes": original_nodes.len(),
+        "initializers": g.initializer.len(),
+        "inputs": g.input.len(),
+        "outputs": g.output.len(),
+        "renamed": renamed,
+    });
+    let batch = batch_dimension(&runtime_inputs);
+    g.node = merges.into_iter().chain(original_nodes).chain(decision_nodes).chain(std::iter::once(route)).collect();
+    g.initializer.append(&mut builder.initializers);
+    g.initializer.push(from_bool(DECISION_INPUT, &[], &[true]));
+    g.input.push(tensor_info(DECISION_INPUT, BOOL, vec![]));
+    g.output.push(tensor_info(ADAPTED_OUTPUT, BOOL, vec![batch.clone()]));
+    g.output.push(tensor_info(CR_OUTPUT, FLOAT, vec![batch]));
+    set_metadata(&mut out, spec, &convs, layout);
+    Ok(out)
+}
+
+/// `output`'s type under a new name.
+fn retyped(output: &ValueInfoProto, name: &str) -> ValueInfoProto {
+    ValueInfoProto { name: Some(name.to_string()), r#type: output.r#type.clone(), ..Default::default() }
+}
+
+/// The batch dimension of the first runtime input (its symbol, or "N").
+fn batch_dimension(inputs: &[&ValueInfoProto]) -> Dimension {
+    inputs
+        .first()
+        .and_then(|i| match i.r#type.as_ref()?.value.as_ref()? {
+            type_proto::Value::TensorType(t) => t.shape.as_ref()?.dim.first().cloned(),
+            _ => None,
+        })
+        .unwrap_or(Dimension { value: Some(Dim::DimParam("N".into())), denotation: None })
+}
+
+fn tensor_info(name: &str, element_type: i32, dims: Vec<Dimension>) -> ValueInfoProto {
+    ValueInfoProto {
+        name: Some(name.to_string()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(element_type),
+                shape: Some(TensorShapeProto { dim: dims }),
+            })),
+            denotation: None,
+        }),
+        ..Default::default()
+    }
+}
+
+fn set_metadata(model: &mut ModelProto, spec: &PatchSpec, convs: &[crate::analysis::ConvInfo], layout: serde_json::Value) {
+    let blamed: serde_json::Map<String, serde_json::Value> =
+        convs.iter().zip(&spec.layers).map(|(c, l)| (c.name.clone(), json!(l.blamed))).collect();
+    let super::Decision::Cr { boundary, direction, mu_clean, mu_aug } = &spec.decision;
+    let mut entries = vec![
+        ("deeppatch.version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        ("deeppatch.kappa".to_string(), spec.kappa.to_string()),
+        ("deeppatch.blamed".to_string(), serde_json::Value::Object(blamed).to_string()),
+        ("deeppatch.decision".to_string(), serde_json::to_string(&spec.decision).unwrap_or_default()),
+        ("deeppatch.boundary".to_string(), boundary.to_string()),
+        ("deeppatch.direction".to_string(), serde_json::to_value(direction).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()),
+        (LAYOUT_KEY.to_string(), layout.to_string()),
+    ];
+    for (key, value) in [("deeppatch.mu_clean", mu_clean), ("deeppatch.mu_aug", mu_aug)] {
+        if let Some(v) = value {
+            entries.push((key.to_string(), v.to_string()));
+        }
+    }
+    entries.extend(spec.metadata.iter().map(|(k, v)| (format!("deeppatch.{k}"), v.clone())));
+    model.metadata_props.retain(|p| !p.key.as_deref().unwrap_or("").starts_with("deeppatch"));
+    model.metadata_props.extend(entries.into_iter().map(|(k, v)| StringStringEntryProto { key: Some(k), value: Some(v) }));
+}
