@@ -116,12 +116,33 @@ impl Inspection {
                 if c.constant { "" } else { "  (weights not constant: not patchable)" }
             );
         }
-        if self.deeppatch.is_empty() {
-            let _ = writeln!(out, "\nno DeepPatch units");
-        } else {
-            let _ = writeln!(out, "\nDeepPatch metadata:");
-            for (k, v) in &self.deeppatch {
-                let _ = writeln!(out, "  {k}: {v}");
+        let meta = |key: &str| self.deeppatch.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        match meta("deeppatch.blamed").and_then(|b| serde_json::from_str::<std::collections::BTreeMap<String, Vec<usize>>>(b).ok()) {
+            None => {
+                let _ = writeln!(out, "\nno DeepPatch units");
+            }
+            Some(blamed) => {
+                let _ = writeln!(
+                    out,
+                    "\nDeepPatch units (κ = {}): boundary {} ({}), decision {}",
+                    meta("deeppatch.kappa").unwrap_or("?"),
+                    meta("deeppatch.boundary").unwrap_or("?"),
+                    match meta("deeppatch.direction") {
+                        Some("below") => "adapt when CR < boundary",
+                        Some("above") => "adapt when CR > boundary",
+                        _ => "?",
+                    },
+                    meta("deeppatch.decision").unwrap_or("?"),
+                );
+                for c in &self.convolutions {
+                    if let Some(channels) = blamed.get(&c.name) {
+                        let _ = writeln!(out, "  {:<width$}  {} of {} filters replaced", c.name, channels.len(), c.filters);
+                    }
+                }
+                let _ = writeln!(out, "metadata:");
+                for (k, v) in self.deeppatch.iter().filter(|(k, _)| k != "deeppatch.layout") {
+                    let _ = writeln!(out, "  {k}: {v}");
+                }
             }
         }
         out

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use onnx_deeppatch::config::{Config, Overrides};
 use onnx_deeppatch::progress::{self, LogFormat};
-use onnx_deeppatch::{bench, eval, inspect, onnx, report};
+use onnx_deeppatch::{bench, eval, inspect, onnx, report, units};
 
 #[derive(Parser)]
 #[command(name = "onnx-deeppatch", version, about = "Make a deployed ONNX image classifier robust to blur and spatial shifts without losing standard accuracy (DeepPatch)")]
@@ -48,6 +48,39 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         report_svg: Option<PathBuf>,
     },
+    /// Rewrite a model with a patch: the γ-patched model (default), the β model or an α model.
+    Patch {
+        model: PathBuf,
+        output: PathBuf,
+        /// Patch specification (JSON, its arrays in the .npz beside it).
+        #[arg(long, value_name = "FILE", required_unless_present_any = ["random_spec", "conv"])]
+        spec: Option<PathBuf>,
+        /// Blame the first ⌊κ·m⌋ filters of every convolution, with fresh Kaiming-uniform replacements.
+        #[arg(long, conflicts_with = "spec")]
+        random_spec: bool,
+        /// κ of --random-spec.
+        #[arg(long, default_value_t = 0.25)]
+        kappa: f64,
+        /// Seed of --random-spec.
+        #[arg(long, default_value_t = 2022)]
+        seed: u64,
+        /// adapt-all, adapt-none, or a CR boundary value.
+        #[arg(long)]
+        boundary: Option<units::Boundary>,
+        /// Build the β model (every unit on its replacement filters) instead of the γ model.
+        #[arg(long)]
+        beta: bool,
+        /// Build an α model: zero --channels of this convolution.
+        #[arg(long, value_name = "CONV", requires = "channels", conflicts_with_all = ["spec", "random_spec", "beta"])]
+        conv: Option<String>,
+        #[arg(long, value_delimiter = ',', num_args = 1..)]
+        channels: Option<Vec<usize>>,
+        /// Also write the spec used (with --random-spec).
+        #[arg(long, value_name = "FILE")]
+        save_spec: Option<PathBuf>,
+    },
+    /// Turn a γ-patched model back into the original computation.
+    Strip { patched: PathBuf, output: PathBuf },
     /// Benchmarks measured side by side in one run.
     #[command(subcommand)]
     Bench(Bench),
@@ -117,6 +150,30 @@ fn run(command: Command) -> anyhow::Result<()> {
             write_report(report_json.as_deref(), || Ok(serde_json::to_string_pretty(&report::json(&outcome.report))? + "\n"))?;
             write_report(report_md.as_deref(), || Ok(report::markdown(&outcome.report)))?;
             write_report(report_svg.as_deref(), || Ok(report::chart(&outcome.report)))?;
+        }
+        Command::Patch { model, output, spec, random_spec, kappa, seed, boundary, beta, conv, channels, save_spec } => {
+            let proto = onnx::load_model(&model)?;
+            let patched = if let Some(conv) = conv {
+                units::alpha_model(&proto, &conv, &channels.unwrap_or_default())?
+            } else {
+                let mut spec = match spec {
+                    Some(path) => units::PatchSpec::load(&path)?,
+                    None if random_spec => units::spec::random_spec(&proto, kappa, seed, units::Decision::adapt_all())?,
+                    None => anyhow::bail!("give --spec FILE or --random-spec"),
+                };
+                if let Some(boundary) = boundary {
+                    spec.set_boundary(boundary);
+                }
+                if let Some(path) = save_spec {
+                    spec.save(&path)?;
+                }
+                if beta { units::beta_model(&proto, &spec)?.0 } else { units::gamma_model(&proto, &spec)? }
+            };
+            onnx::save_model(&patched, &output, &onnx::SaveOptions { protect: Some(model), ..Default::default() })?;
+        }
+        Command::Strip { patched, output } => {
+            let proto = onnx::load_model(&patched)?;
+            onnx::save_model(&units::strip(&proto)?, &output, &onnx::SaveOptions { protect: Some(patched), ..Default::default() })?;
         }
         Command::Bench(Bench::Eval { model, common, rounds }) => {
             let config = common.resolve()?;

@@ -30,14 +30,16 @@ pub struct ConvInfo {
     pub parameters: usize,
 }
 
-/// The convolutions of the main graph, in topological order.
+/// The convolutions of the main graph, in topological order; those the tool added itself (named
+/// under `deeppatch/`) are not the model's own and are left out.
 pub fn convolutions(model: &ModelProto) -> Result<Vec<ConvInfo>> {
     let Some(graph) = model.graph.as_ref() else { return Ok(Vec::new()) };
     let index = GraphIndex::new(graph)?;
     let mut convs = Vec::new();
     for &position in index.topological_order() {
         let node = &graph.node[position];
-        if node.op_type.as_deref() != Some("Conv") || node.domain.as_deref().is_some_and(|d| !d.is_empty()) {
+        let added = node.name.as_deref().is_some_and(|n| n.starts_with(crate::onnx::builder::PREFIX));
+        if added || node.op_type.as_deref() != Some("Conv") || node.domain.as_deref().is_some_and(|d| !d.is_empty()) {
             continue;
         }
         let weight = node.input.get(1).cloned().unwrap_or_default();

@@ -171,7 +171,7 @@ pub(crate) fn backpropagate(forward: &Forward, b: &mut Builder, seeds: &[(String
                 return Err(ctx.error(format!("gradients of '{input}' (data type {dtype}) are not supported")));
             }
         }
-        b.set_scope(&format!("grad/{}", ctx.label));
+        b.set_scope(&format!("grad/{}", ctx.label.trim_start_matches('/')));
         let dy: Vec<Option<String>> = node.output.iter().map(|o| accumulate(b, grads.remove(o))).collect();
         let dx = (rule.backward)(&ctx, b, &dy, &wanted)?;
         for (i, input) in node.input.iter().enumerate().filter(|(i, _)| wanted[*i]) {

@@ -103,6 +103,13 @@ impl Window {
     }
 }
 
+/// Every multi-index of a box of `sizes`, in row-major order (kernel taps, output positions).
+pub(crate) fn grid(sizes: &[i64]) -> Vec<Vec<i64>> {
+    sizes.iter().fold(vec![Vec::new()], |prefixes, &size| {
+        prefixes.iter().flat_map(|p| (0..size).map(move |t| [p.as_slice(), &[t]].concat())).collect()
+    })
+}
+
 /// One axis of a Slice, normalised as ONNX defines it: the elements `start + j · step` for
 /// `j < len`, all inside `[0, size)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -190,6 +190,14 @@ impl Builder {
         output
     }
 
+    /// `x` without its size-1 axes `axes`.
+    pub fn squeeze(&mut self, x: &str, axes: &[usize]) -> String {
+        let axes: Vec<i64> = axes.iter().map(|&a| a as i64).collect();
+        let output = self.fresh("Squeeze");
+        self.with_axes("Squeeze", x, &axes, vec![], &output);
+        output
+    }
+
     /// Operators whose `axes` became an input: ReduceSum, Squeeze and Unsqueeze at opset 13, the
     /// other reductions at opset 18. An empty `axes` is left out (reduce over all axes).
     fn with_axes(&mut self, op: &str, x: &str, axes: &[i64], mut attributes: Vec<AttributeProto>, output: &str) {

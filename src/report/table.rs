@@ -3,7 +3,7 @@
 use super::{sigma_key, AccuracyRow, Report};
 
 fn header(rows: &[AccuracyRow]) -> Vec<String> {
-    let sigmas = rows.first().map(|r| r.blur.iter().map(|(s, _)| format!("blur{}", sigma_key(*s))).collect()).unwrap_or_else(Vec::new);
+    let sigmas: Vec<String> = rows.first().map(|r| r.blur.iter().map(|(s, _)| format!("blur{}", sigma_key(*s))).collect()).unwrap_or_default();
     let mut columns = vec!["model".to_string(), "std".to_string()];
     columns.extend(sigmas);
     columns.extend(["nRob".to_string(), "joint".to_string()]);

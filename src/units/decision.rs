@@ -4,7 +4,7 @@
 //! CR_n = |{neurons where exactly one of z⁻ > 0, z⁺ > 0}| / |z⁺|, with z⁻ the blamed original
 //! channels and z⁺ the replacement channels, both after the layer's own BatchNormalization and
 //! activation. z⁻ is read from the original model's own value, so it is bit-for-bit the value the
-//! model computes; z⁺ is computed beside it from the replacement filters alone.
+//! model computes; z⁺ comes from the merged layer, computed exactly as the adapted path computes it.
 
 use super::spec::{Decision, Direction};
 use super::PatchedParams;
@@ -42,31 +42,21 @@ pub fn emit(
     let channels = builder.ints(&blamed.iter().map(|&c| c as i64).collect::<Vec<_>>());
     let original = builder.op("Gather", &[&site.output, &channels], vec![int("axis", 1)]);
 
+    // The merged layer, exactly as the adapted path computes it, then its blamed channels: z⁺ is
+    // then bit-identical to the replacement path's own activations.
     let conv_node = &graph.node[site.conv];
-    let mut replacement = if conv.group == 1 {
-        // The replacement filters alone: k output channels, the cheapest exact way.
-        let mut inputs = vec![site.input.as_str(), params.replacement_weight.as_str()];
-        inputs.extend(params.replacement_bias.as_deref());
-        builder.op("Conv", &inputs, conv_node.attribute.clone())
-    } else {
-        // A grouped filter reads one group's channels: run the merged layer and keep the blamed ones.
-        let mut inputs = vec![site.input.as_str(), params.weight.as_str()];
-        inputs.extend(params.bias.as_deref());
-        let full = builder.op("Conv", &inputs, conv_node.attribute.clone());
-        builder.op("Gather", &[&full, &channels], vec![int("axis", 1)])
-    };
+    let mut inputs = vec![site.input.as_str(), params.weight.as_str()];
+    inputs.extend(params.bias.as_deref());
+    let mut replacement = builder.op("Conv", &inputs, conv_node.attribute.clone());
     if let Some(bn_position) = site.batchnorm {
         let bn = &graph.node[bn_position];
-        let merged: Vec<String> = match &params.batchnorm {
-            Some((_, names)) => names.to_vec(),
+        let parameters: Vec<String> = match &params.batchnorm {
+            Some((_, merged)) => merged.to_vec(),
             None => bn.input[1..5].to_vec(),
         };
-        let mut inputs = vec![replacement];
-        for name in &merged {
-            inputs.push(builder.op("Gather", &[name, &channels], vec![int("axis", 0)]));
-        }
-        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        replacement = builder.op("BatchNormalization", &refs, bn.attribute.clone());
+        let mut inputs = vec![replacement.as_str()];
+        inputs.extend(parameters.iter().map(String::as_str));
+        replacement = builder.op("BatchNormalization", &inputs, bn.attribute.clone());
     }
     if let Some(activation_position) = site.activation {
         let activation = &graph.node[activation_position];
@@ -74,6 +64,7 @@ pub fn emit(
         inputs.extend(activation.input.iter().skip(1).map(String::as_str));
         replacement = builder.op(activation.op_type.as_deref().unwrap_or("Relu"), &inputs, activation.attribute.clone());
     }
+    let replacement = builder.op("Gather", &[&replacement, &channels], vec![int("axis", 1)]);
 
     let zero = builder.scalar(FLOAT, 0.0)?;
     let original_active = builder.op("Greater", &[&original, &zero], vec![]);

@@ -18,7 +18,7 @@ use serde_json::json;
 use super::{decision, merge_parameters, spec::PatchSpec, with_patched_inputs, ADAPTED_OUTPUT, CR_OUTPUT, DECISION_INPUT};
 use crate::analysis::site::site;
 use crate::error::{Error, Result};
-use crate::onnx::builder::{graph_attribute, ints, Builder, BOOL, FLOAT};
+use crate::onnx::builder::{graph_attribute, int, ints, Builder, BOOL, FLOAT};
 use crate::onnx::graph::{renamed_values, GraphIndex};
 use crate::onnx::proto::{
     tensor_shape_proto::{dimension::Value as Dim, Dimension},
@@ -78,14 +78,20 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     )?;
     let decision_nodes = std::mem::take(&mut builder.nodes);
 
-    // Then branch: the adapted samples through the merged parameters.
-    let rows = builder.op("NonZero", &[&decision.adapted], vec![]);
-    let rows = builder.op("Transpose", &[&rows], vec![ints("perm", &[1, 0])]);
+    // Then branch: each adapted sample alone through the merged parameters (a Scan over the
+    // adapted rows), so its output never depends on how many others share its batch — runtimes
+    // pick kernels by batch size, and the merged parameters live outside the branch where they are
+    // not pre-packed.
+    let gathered: Vec<String> = runtime_inputs.iter().map(|i| i.name.clone().unwrap_or_default()).collect();
+    let then_head = std::mem::take(&mut builder.nodes);
+
     let mut adapted_names: HashMap<String, String> = HashMap::new();
+    let mut body_inputs = Vec::new();
     for input in &runtime_inputs {
         let name = input.name.clone().unwrap_or_default();
-        let gathered = builder.op("GatherND", &[&name, &rows], vec![]);
-        adapted_names.insert(name, gathered);
+        let sample = builder.fresh(&format!("sample/{}", name.trim_start_matches('/')));
+        body_inputs.push(without_batch(input, &sample));
+        adapted_names.insert(name, builder.unsqueeze(&sample, &[0]));
     }
     for node in &graph.node {
         for output in node.output.iter().filter(|o| !o.is_empty()) {
@@ -93,18 +99,41 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
             adapted_names.insert(output.clone(), fresh);
         }
     }
-    let mut then_nodes = std::mem::take(&mut builder.nodes);
+    let mut body_nodes = std::mem::take(&mut builder.nodes);
     for (position, node) in graph.node.iter().enumerate() {
         let mut copy = renamed_values(&with_patched_inputs(node, position, &patched), &adapted_names);
         let label = node.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| format!("{}_{position}", node.op_type.as_deref().unwrap_or("node")));
         copy.name = Some(builder.fresh(&format!("adapted/{}", label.trim_start_matches('/'))));
-        then_nodes.push(copy);
+        body_nodes.push(copy);
     }
-    let then_outputs: Vec<ValueInfoProto> = outputs
+    let body_outputs: Vec<ValueInfoProto> = outputs
         .iter()
         .map(|output| {
+            let squeezed = builder.squeeze(&adapted_names[output.name.as_deref().unwrap_or_default()], &[0]);
+            without_batch(output, &squeezed)
+        })
+        .collect();
+    body_nodes.append(&mut builder.nodes);
+    let body = GraphProto { name: Some(builder.fresh("per_sample")), node: body_nodes, input: body_inputs, output: body_outputs, ..Default::default() };
+    let per_sample: Vec<String> = outputs.iter().map(|o| builder.fresh(&format!("adapted/{}", o.name.as_deref().unwrap_or("output").trim_start_matches('/')))).collect();
+    let scan = NodeProto {
+        name: Some(builder.fresh("each_adapted_sample")),
+        op_type: Some("Scan".into()),
+        input: gathered,
+        output: per_sample.clone(),
+        attribute: vec![graph_attribute("body", body), int("num_scan_inputs", runtime_inputs.len() as i64)],
+        ..Default::default()
+    };
+    let mut then_nodes = then_head;
+    then_nodes.push(scan);
+    let then_outputs: Vec<ValueInfoProto> = outputs
+        .iter()
+        .zip(&per_sample)
+        .map(|(output, samples)| {
             let name = output.name.clone().unwrap_or_default();
-            let merged = builder.op("ScatterND", &[&renamed[&name], &rows, &adapted_names[&name]], vec![]);
+            let rank = output_rank(output);
+            let flags = builder.reshape(&decision.adapted, &std::iter::once(-1).chain(std::iter::repeat_n(1, rank.saturating_sub(1))).collect::<Vec<i64>>());
+            let merged = builder.op("Where", &[&flags, samples, &renamed[&name]], vec![]);
             retyped(output, &merged)
         })
         .collect();
@@ -152,6 +181,27 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
 /// `output`'s type under a new name.
 fn retyped(output: &ValueInfoProto, name: &str) -> ValueInfoProto {
     ValueInfoProto { name: Some(name.to_string()), r#type: output.r#type.clone(), ..Default::default() }
+}
+
+/// The rank of a tensor value (1 when unknown).
+fn output_rank(value: &ValueInfoProto) -> usize {
+    match value.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => t.shape.as_ref().map_or(1, |s| s.dim.len()),
+        _ => 1,
+    }
+}
+
+/// `value`'s type without its first (batch) dimension, under a new name: one sample's value.
+fn without_batch(value: &ValueInfoProto, name: &str) -> ValueInfoProto {
+    let mut info = retyped(value, name);
+    if let Some(type_proto::Value::TensorType(t)) = info.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+        if let Some(shape) = t.shape.as_mut() {
+            if !shape.dim.is_empty() {
+                shape.dim.remove(0);
+            }
+        }
+    }
+    info
 }
 
 /// The batch dimension of the first runtime input (its symbol, or "N").

@@ -19,7 +19,7 @@ pub mod strip;
 pub use alpha::alpha_model;
 pub use beta::beta_model;
 pub use gamma::gamma_model;
-pub use spec::{Decision, Direction, LayerPatch, PatchSpec};
+pub use spec::{Boundary, Decision, Direction, LayerPatch, PatchSpec};
 pub use strip::strip;
 
 use crate::analysis::ConvInfo;

@@ -229,3 +229,41 @@ pub fn model_sha256(model: &ModelProto) -> String {
     let digest = sha2::Sha256::digest(prost::Message::encode_to_vec(model));
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A boundary given on the command line: one that adapts every sample, none, or a value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Boundary {
+    AdaptAll,
+    AdaptNone,
+    Value(f32),
+}
+
+impl std::str::FromStr for Boundary {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "adapt-all" => Ok(Boundary::AdaptAll),
+            "adapt-none" => Ok(Boundary::AdaptNone),
+            value => value
+                .parse::<f32>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .map(Boundary::Value)
+                .ok_or_else(|| format!("'{value}' is not adapt-all, adapt-none or a number")),
+        }
+    }
+}
+
+impl PatchSpec {
+    /// Replaces the decision's boundary (a value keeps the recorded direction and means).
+    pub fn set_boundary(&mut self, boundary: Boundary) {
+        self.decision = match (boundary, &self.decision) {
+            (Boundary::AdaptAll, _) => Decision::adapt_all(),
+            (Boundary::AdaptNone, _) => Decision::adapt_none(),
+            (Boundary::Value(value), Decision::Cr { direction, mu_clean, mu_aug, .. }) => {
+                Decision::Cr { boundary: value, direction: *direction, mu_clean: *mu_clean, mu_aug: *mu_aug }
+            }
+        };
+    }
+}

@@ -1,10 +1,11 @@
 //! Conv with groups, strides, dilations, explicit or automatic pads and a bias. The input gradient
-//! is a ConvTranspose with the forward geometry; the weight gradient is a grouped Conv that
-//! correlates the input with the output gradient, with the batch as the reduction channel.
+//! is a Conv with the flipped kernel (unit strides) or a ConvTranspose with the forward geometry;
+//! the weight gradient is one matrix product per kernel tap between the output gradient and the
+//! input positions the tap reads.
 
 use super::{first, Builder, Ctx, Differentiable, Registry};
 use crate::autodiff::emit::{int, ints};
-use crate::autodiff::geometry::Window;
+use crate::autodiff::geometry::{grid, Window};
 use crate::error::Result;
 use crate::onnx::graph::{attr_int, attr_ints};
 
@@ -57,13 +58,19 @@ fn conv(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], wanted: &[bool]) -> R
         return Err(ctx.error("kernel_shape differs from the weight's shape"));
     }
     let group = attr_int(ctx.node, "group", 1);
+    let channels = ctx.dims(x, 1..2)?[0];
+    let filters = weight[0];
+    if group < 1 || channels % group != 0 || filters % group != 0 {
+        return Err(ctx.error(format!("group {group} does not divide {channels} channels and {filters} filters")));
+    }
     let window = Window::new(ctx.node, &spatial, kernel).map_err(|m| ctx.error(m))?;
+    let grouping = Grouping { groups: group, channels: channels / group, filters: filters / group };
     let mut result = vec![None; ctx.node.input.len()];
     if wanted[0] {
-        result[0] = Some(scatter(ctx, b, &dy, w, group, &window)?);
+        result[0] = Some(input_gradient(ctx, b, &dy, &grouping, &window)?);
     }
     if wanted[1] {
-        result[1] = Some(weight_gradient(ctx, b, &dy, group, &window, weight[0])?);
+        result[1] = Some(weight_gradient(ctx, b, &dy, &grouping, &window)?);
     }
     if wanted.get(2).copied().unwrap_or(false) {
         let others: Vec<usize> = std::iter::once(0).chain(2..rank).collect();
@@ -72,49 +79,98 @@ fn conv(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], wanted: &[bool]) -> R
     Ok(result)
 }
 
-/// dW[m, c, k] = Σ_n Σ_o dY[n, m, o] · X[n, g·C/G + c, o·s + k·d − pad]: a Conv whose "batch" is
-/// the input channel within the group, whose channels are (group, sample) pairs and whose kernel is
-/// dY with samples as input channels; strides and dilations swap roles. Its output can exceed the
-/// kernel when the forward windows left a remainder; the excess is cut off.
-fn weight_gradient(ctx: &Ctx, b: &mut Builder, dy: &str, group: i64, window: &Window, filters: i64) -> Result<String> {
-    let x = ctx.input(0);
-    let rank = window.input.len() + 2;
-    let channels = ctx.dims(x, 1..2)?[0];
-    if group < 1 || channels % group != 0 || filters % group != 0 {
-        return Err(ctx.error(format!("group {group} does not divide {channels} channels and {filters} filters")));
+/// Groups, and input channels and filters per group.
+struct Grouping {
+    groups: i64,
+    channels: i64,
+    filters: i64,
+}
+
+/// dX. With unit strides and pads within the kernel's reach this is a plain Conv of the output
+/// gradient with the kernel flipped in space and its channel axes swapped per group (runtimes
+/// execute Conv several times faster than ConvTranspose); otherwise a ConvTranspose.
+fn input_gradient(ctx: &Ctx, b: &mut Builder, dy: &str, grouping: &Grouping, window: &Window) -> Result<String> {
+    let w = ctx.input(1);
+    let spatial = window.input.len();
+    let reach: Vec<i64> = (0..spatial).map(|a| window.extent(a) - 1).collect();
+    let correlates =
+        window.strides.iter().all(|&s| s == 1) && (0..spatial).all(|a| window.begin[a] <= reach[a] && window.end[a] <= reach[a]);
+    if !correlates {
+        return scatter(ctx, b, dy, w, grouping.groups, window);
     }
-    let per_group = channels / group;
-    let swap_first: Vec<usize> = [1, 0].into_iter().chain(2..rank).collect();
-    let inputs = if group == 1 {
-        b.transpose(x, &swap_first)
+    let Grouping { groups, channels, filters } = *grouping;
+    let split = b.reshape(w, &[&[groups, filters, channels], window.kernel.as_slice()].concat());
+    let perm: Vec<usize> = [0, 2, 1].into_iter().chain(3..spatial + 3).collect();
+    let swapped = b.transpose(&split, &perm);
+    let regrouped = b.reshape(&swapped, &[&[groups * channels, filters], window.kernel.as_slice()].concat());
+    let axes: Vec<usize> = (2..spatial + 2).collect();
+    let flipped = b.slice(&regrouped, &vec![-1; spatial], &vec![i64::MIN; spatial], &axes, &vec![-1; spatial])?;
+    let pads: Vec<i64> = (0..spatial).map(|a| reach[a] - window.begin[a]).chain((0..spatial).map(|a| reach[a] - window.end[a])).collect();
+    let attributes = vec![ints("dilations", &window.dilations), ints("pads", &pads), int("group", groups)];
+    Ok(b.op("Conv", &[dy, &flipped], attributes))
+}
+
+/// dW[m, c, k] = Σ_n Σ_o dY[n, m, o] · Xpad[n, g·C/G + c, o·s + k·d]: for each kernel tap k, one
+/// matrix product per group over the N·|positions| terms, between the output gradient and the
+/// input positions the tap reads. Those pairs are lined up in one of two ways, whichever copies
+/// fewer elements per tap: slicing the (channels-last) padded input at the tap, or, with unit
+/// strides, shifting the output gradient by the tap inside a canvas the size of the padded input
+/// (cheaper when few filters train). Dense products run several times faster on the runtimes than
+/// a convolution whose kernel would be the output gradient.
+fn weight_gradient(ctx: &Ctx, b: &mut Builder, dy: &str, grouping: &Grouping, window: &Window) -> Result<String> {
+    let x = ctx.input(0);
+    let Grouping { groups, channels, filters } = *grouping;
+    let spatial = window.input.len();
+    let rank = spatial + 2;
+    let padded_size: Vec<i64> = (0..spatial).map(|a| window.input[a] + window.begin[a] + window.end[a]).collect();
+    // The padded input as [G, N, *padded, C/G] and the output gradient as [G, M/G, N, *output].
+    let pads = [&[0, 0], window.begin.as_slice(), &[0, 0], window.end.as_slice()].concat();
+    let padded = b.pad(x, &pads);
+    let split = b.reshape(&padded, &[&[0, groups, channels], padded_size.as_slice()].concat());
+    let perm: Vec<usize> = [1, 0].into_iter().chain(3..rank + 1).chain([2]).collect();
+    let inputs = b.transpose(&split, &perm);
+    let split = b.reshape(dy, &[&[0, groups, filters], window.output.as_slice()].concat());
+    let perm: Vec<usize> = [1, 2, 0].into_iter().chain(3..rank + 1).collect();
+    let gradient = b.transpose(&split, &perm);
+
+    let shift_gradient = window.strides.iter().all(|&s| s == 1)
+        && filters * padded_size.iter().product::<i64>() < channels * window.output.iter().product::<i64>();
+    let (whole_gradient, whole_inputs) = if shift_gradient {
+        (None, Some(b.reshape(&inputs, &[groups, -1, channels])))
     } else {
-        let split = b.reshape(x, &[&[0, group, per_group], window.input.as_slice()].concat());
-        let perm: Vec<usize> = [2, 1, 0].into_iter().chain(3..rank + 1).collect();
-        let moved = b.transpose(&split, &perm);
-        b.reshape(&moved, &[&[per_group, -1], window.input.as_slice()].concat())
+        (Some(b.reshape(&gradient, &[groups, filters, -1])), None)
     };
-    let kernel = b.transpose(dy, &swap_first);
-    let attributes = vec![
-        ints("strides", &window.dilations),
-        ints("dilations", &window.strides),
-        ints("pads", &[window.begin.as_slice(), &window.end].concat()),
-        int("group", group),
-    ];
-    let correlation = b.op("Conv", &[&inputs, &kernel], attributes);
-    let spatial = rank - 2;
-    let reach: Vec<i64> = (0..spatial)
-        .map(|a| {
-            let span = window.input[a] + window.begin[a] + window.end[a] - ((window.output[a] - 1) * window.strides[a] + 1);
-            span / window.dilations[a] + 1
-        })
-        .collect();
-    let trimmed = if reach == window.kernel {
-        correlation
-    } else {
-        let axes: Vec<usize> = (2..rank).collect();
-        b.slice(&correlation, &vec![0; spatial], &window.kernel, &axes, &vec![1; spatial])?
-    };
-    Ok(b.transpose(&trimmed, &swap_first))
+    let mut products = Vec::new();
+    for tap in grid(&window.kernel) {
+        let starts: Vec<i64> = (0..spatial).map(|a| tap[a] * window.dilations[a]).collect();
+        let left = match &whole_gradient {
+            Some(whole) => whole.clone(),
+            None => {
+                let mut pads = vec![0; 2 * (rank + 1)];
+                for a in 0..spatial {
+                    pads[a + 3] = starts[a];
+                    pads[rank + 1 + a + 3] = padded_size[a] - starts[a] - window.output[a];
+                }
+                let shifted = b.pad(&gradient, &pads);
+                b.reshape(&shifted, &[groups, filters, -1])
+            }
+        };
+        let right = match &whole_inputs {
+            Some(whole) => whole.clone(),
+            None => {
+                let ends: Vec<i64> = (0..spatial).map(|a| starts[a] + (window.output[a] - 1) * window.strides[a] + 1).collect();
+                let axes: Vec<usize> = (2..rank).collect();
+                let read = b.slice(&inputs, &starts, &ends, &axes, &window.strides)?;
+                b.reshape(&read, &[groups, -1, channels])
+            }
+        };
+        let product = b.op("MatMul", &[&left, &right], vec![]);
+        products.push(b.unsqueeze(&product, &[3]));
+    }
+    let products: Vec<&str> = products.iter().map(String::as_str).collect();
+    let taps = if products.len() == 1 { products[0].to_string() } else { b.op("Concat", &products, vec![int("axis", 3)]) };
+    // [G, M/G, C/G, taps] is [M, C/G, *kernel] in row-major order.
+    Ok(b.reshape(&taps, &[&[groups * filters, channels], window.kernel.as_slice()].concat()))
 }
 
 #[cfg(test)]
@@ -147,6 +203,15 @@ mod tests {
         let attributes =
             vec![int("group", 2), ints("strides", &[2, 3]), ints("dilations", &[2, 1]), ints("pads", &[0, 1, 2, 0])];
         conv_case(&[2, 4, 10, 9], &[6, 2, 3, 2], true, attributes);
+    }
+
+    #[test]
+    fn conv_unit_stride_as_a_flipped_correlation() {
+        // Grouped and dilated with asymmetric pads: the Conv form of the input gradient.
+        let attributes = vec![int("group", 2), ints("dilations", &[2, 1]), ints("pads", &[2, 0, 1, 1])];
+        conv_case(&[2, 4, 7, 6], &[6, 2, 3, 2], true, attributes);
+        // Pads beyond the kernel's reach fall back to ConvTranspose.
+        conv_case(&[1, 2, 5, 5], &[3, 2, 2, 2], false, vec![ints("pads", &[2, 0, 0, 3])]);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use super::conv::scatter;
 use super::{first, only, Builder, Ctx, Differentiable, Registry};
 use crate::autodiff::emit::int;
-use crate::autodiff::geometry::Window;
+use crate::autodiff::geometry::{grid, Window};
 use crate::error::Result;
 use crate::onnx::graph::{attr_int, attr_ints};
 
@@ -27,12 +27,6 @@ fn geometry(ctx: &Ctx) -> Result<(Window, i64)> {
     Ok((window, dims[0]))
 }
 
-/// Every multi-index of a box of `sizes`, in row-major order (kernel taps, output positions).
-fn grid(sizes: &[i64]) -> Vec<Vec<i64>> {
-    sizes.iter().fold(vec![Vec::new()], |prefixes, &size| {
-        prefixes.iter().flat_map(|p| (0..size).map(move |t| [p.as_slice(), &[t]].concat())).collect()
-    })
-}
 
 /// The gradient goes to the element each window took its maximum from: the runtime's own choice,
 /// read from the Indices output of a copy of the node. A table gives, per kernel tap and output

@@ -88,8 +88,7 @@ fn split(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], _: &[bool]) -> Resul
 }
 
 /// Scatters the gradient back to the sliced positions, axis by axis: reverse a negative step,
-/// spread a step s > 1 by interleaving s − 1 zeros (Unsqueeze, Pad, Reshape), then pad to place the
-/// block at its offset.
+/// spread a step s > 1 by interleaving s − 1 zeros, then pad to place the block at its offset.
 fn slice(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], _: &[bool]) -> Result<Vec<Option<String>>> {
     let (x, count) = (ctx.input(0), ctx.node.input.len());
     let shape = ctx.shape(x)?;
@@ -110,28 +109,10 @@ fn slice(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], _: &[bool]) -> Resul
         let step = range.step.abs();
         let mut len = range.len;
         if step > 1 {
-            let widened = b.unsqueeze(&g, &[axis + 1]);
-            let mut pads = vec![0; 2 * (rank + 1)];
-            pads[rank + 1 + axis + 1] = step - 1;
-            let spread = b.pad(&widened, &pads);
-            len *= step;
-            let target: Vec<i64> = (0..rank)
-                .map(|j| match j.cmp(&axis) {
-                    std::cmp::Ordering::Less => 0,
-                    std::cmp::Ordering::Equal => len,
-                    std::cmp::Ordering::Greater => dims[j].unwrap_or(-1),
-                })
-                .collect();
-            if target.iter().filter(|&&d| d == -1).count() > 1 {
-                return Err(ctx.error("a Slice with steps needs the axes after the sliced one static"));
-            }
-            g = b.reshape(&spread, &target);
+            g = b.interleave(&g, axis, step, &dims, ctx.dtype(x)).map_err(|m| ctx.error(m))?;
+            len = (len - 1) * step + 1;
         }
         let lowest = range.lowest();
-        if lowest + len > size {
-            len = size - lowest;
-            g = b.slice(&g, &[0], &[len], &[axis], &[1])?;
-        }
         let mut pads = vec![0; 2 * rank];
         pads[axis] = lowest;
         pads[rank + axis] = size - lowest - len;

@@ -1,0 +1,139 @@
+//! The γ-patched model's contract (BRIEF §2 "Inference semantics", §3) on every shared model, with
+//! random replacement filters at κ = 0.25: checked by an independent onnxruntime script, against a
+//! plain Rust computation of the Corrective Rate, across backends, and through `strip`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{ArrayD, Axis, IxDyn, Slice};
+use onnx_deeppatch::analysis::site::site;
+use onnx_deeppatch::backend::{open_session, BackendKind, BackendOptions};
+use onnx_deeppatch::data::npy::{read_npy, NpyData};
+use onnx_deeppatch::onnx::graph::GraphIndex;
+use onnx_deeppatch::onnx::proto::{ModelProto, ValueInfoProto};
+use onnx_deeppatch::onnx::load_model;
+use onnx_deeppatch::units::{beta_model, PatchSpec};
+use onnx_deeppatch::Tensor;
+
+/// The first `n` images of the shared preprocessed test batch.
+fn images(n: usize) -> Tensor {
+    let array = read_npy(&common::shared().join("reference/cifar10_test256_nchw.npy")).unwrap();
+    let NpyData::F32(values) = array.data else { panic!("float32 expected") };
+    let full = ArrayD::from_shape_vec(IxDyn(&array.shape), values).unwrap();
+    Tensor::F32(full.slice_axis(Axis(0), Slice::from(0..n)).to_owned())
+}
+
+fn run(model: &ModelProto, kind: BackendKind, x: &Tensor) -> Vec<(String, Tensor)> {
+    let mut session = open_session(&prost::Message::encode_to_vec(model), &BackendOptions { kind, ..Default::default() }).unwrap();
+    let names = session.output_names().to_vec();
+    names.into_iter().zip(session.run(&[("input", x)]).unwrap()).collect()
+}
+
+fn output<'o>(outputs: &'o [(String, Tensor)], name: &str) -> &'o Tensor {
+    &outputs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no output {name}")).1
+}
+
+fn patch(model: &Path, out: &Path, extra: &[&str]) {
+    let mut args: Vec<std::ffi::OsString> = vec!["patch".into(), model.into(), out.into()];
+    args.extend(extra.iter().map(|a| a.into()));
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let result = common::cli(&refs);
+    assert!(result.status.success(), "patch failed: {}", String::from_utf8_lossy(&result.stderr));
+}
+
+/// `model` with the value `name` added as a graph output.
+fn exposing(model: &ModelProto, name: &str) -> ModelProto {
+    let mut copy = model.clone();
+    copy.graph.as_mut().unwrap().output.push(ValueInfoProto { name: Some(name.into()), ..Default::default() });
+    copy
+}
+
+/// The CR of each sample computed in plain Rust from the first patched layer's activations of the
+/// original model (z⁻) and of the β model (z⁺), as counts of disagreeing neurons.
+fn cr_counts(original: &ModelProto, spec: &PatchSpec, x: &Tensor) -> (Vec<usize>, usize) {
+    let graph = original.graph.as_ref().unwrap();
+    let index = GraphIndex::new(graph).unwrap();
+    let convs = spec.validate(original).unwrap();
+    let first = convs.iter().min_by_key(|c| index.topological_order().iter().position(|&p| p == c.position)).unwrap();
+    let layer = spec.layers.iter().zip(&convs).find(|(_, c)| c.position == first.position).unwrap().0;
+    let z = site(&index, first.position).output;
+    let activations = |model: &ModelProto| output(&run(&exposing(model, &z), BackendKind::Ort, x), &z).as_f32().unwrap().clone();
+    let (minus, plus) = (activations(original), activations(&beta_model(original, spec).unwrap().0));
+    let per_sample = layer.blamed.len() * minus.shape()[2..].iter().product::<usize>();
+    let counts = (0..minus.shape()[0])
+        .map(|n| {
+            let (a, b) = (minus.index_axis(Axis(0), n), plus.index_axis(Axis(0), n));
+            layer.blamed.iter().map(|&c| a.index_axis(Axis(0), c).iter().zip(b.index_axis(Axis(0), c)).filter(|(p, q)| (**p > 0.0) != (**q > 0.0)).count()).sum()
+        })
+        .collect();
+    (counts, per_sample)
+}
+
+fn check_model(name: &str, source: PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |f: &str| dir.path().join(f);
+    let spec_path = path("spec.json");
+    patch(&source, &path("all.onnx"), &["--random-spec", "--kappa", "0.25", "--seed", "7", "--boundary", "adapt-all", "--save-spec", spec_path.to_str().unwrap()]);
+    patch(&source, &path("none.onnx"), &["--spec", spec_path.to_str().unwrap(), "--boundary", "adapt-none"]);
+
+    // CR: the monitoring output equals the Rust count on the same activations, exactly.
+    let original = load_model(&source).unwrap();
+    let spec = PatchSpec::load(&spec_path).unwrap();
+    let x = images(64);
+    let none = load_model(&path("none.onnx")).unwrap();
+    let cr = output(&run(&none, BackendKind::Ort, &x), "deeppatch_cr").as_f32().unwrap().clone();
+    let (counts, per_sample) = cr_counts(&original, &spec, &x);
+    for (n, (&count, &rate)) in counts.iter().zip(cr.iter()).enumerate() {
+        assert_eq!((rate * per_sample as f32).round() as usize, count, "{name} sample {n}: CR {rate} vs {count}/{per_sample}");
+    }
+
+    // A boundary at the median CR gives a mixed batch.
+    let mut sorted: Vec<f32> = cr.iter().copied().collect();
+    sorted.sort_by(f32::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    patch(&source, &path("mixed.onnx"), &["--spec", spec_path.to_str().unwrap(), "--boundary", &median.to_string()]);
+
+    let reference = common::shared().join("reference/cifar10_test256_nchw.npy");
+    let text = common::run_python("check_patched.py", os_args![source, path("all.onnx"), path("none.onnx"), path("mixed.onnx"), spec_path, reference]);
+    assert!(text.contains("all checks passed"), "{name}: {text}");
+
+    // Backends agree on the mixed model: same routing, same classes, logits within 1e-3.
+    let mixed = load_model(&path("mixed.onnx")).unwrap();
+    let (ort, tract) = (run(&mixed, BackendKind::Ort, &x), run(&mixed, BackendKind::Tract, &x));
+    assert_eq!(output(&ort, "deeppatch_adapted"), output(&tract, "deeppatch_adapted"), "{name}: routing differs");
+    let (a, b) = (output(&ort, "logits").as_f32().unwrap(), output(&tract, "logits").as_f32().unwrap());
+    for (p, q) in a.iter().zip(b.iter()) {
+        assert!((p - q).abs() <= 1e-3 * p.abs().max(1.0), "{name}: ort {p} vs tract {q}");
+    }
+
+    // strip gives the original model back, message for message.
+    let result = common::cli(os_args!["strip", path("mixed.onnx"), path("stripped.onnx")]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert_eq!(load_model(&path("stripped.onnx")).unwrap(), original, "{name}: strip did not restore the original");
+
+    // File size: the replacement weights plus at most 64 KiB.
+    let replacement_bytes: usize = spec.layers.iter().map(|l| 4 * (l.weight.len() + l.bias.as_ref().map_or(0, |b| b.len()))).sum();
+    let overhead = std::fs::metadata(path("mixed.onnx")).unwrap().len() as usize - std::fs::metadata(&source).unwrap().len() as usize;
+    assert!(overhead <= replacement_bytes + 64 * 1024, "{name}: {overhead} bytes added for {replacement_bytes} bytes of filters");
+}
+
+#[test]
+fn resnet20() {
+    check_model("resnet20", common::shared_model("resnet20_cifar10"));
+}
+
+#[test]
+fn tiny_cnn() {
+    check_model("tiny_cnn", common::shared_model("tiny_cnn_cifar10"));
+}
+
+#[test]
+fn tiny_dw() {
+    check_model("tiny_dw", common::shared_model("tiny_dw_cifar10"));
+}
+
+#[test]
+fn tiny_vgg() {
+    check_model("tiny_vgg", common::fixture("models/tiny_vgg_cifar10.onnx"));
+}
