@@ -68,3 +68,83 @@ pub fn eval_throughput(model_path: &std::path::Path, config: &Config, rounds: us
         ratio: best_eval / best_inference,
     })
 }
+
+/// Latency of a γ-patched model against its original, one case.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyCase {
+    pub batch: usize,
+    /// "clean" (no sample adapted: the decision runs, the original path answers), "half" (boundary
+    /// at the batch's median CR) or "adapted" (every sample adapted).
+    pub case: String,
+    pub adapted_share: f64,
+    pub original_ms: f64,
+    pub patched_ms: f64,
+    pub ratio: f64,
+}
+
+/// What `bench patch` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct PatchCost {
+    pub kappa: f64,
+    pub cases: Vec<LatencyCase>,
+    pub original_bytes: usize,
+    pub patched_bytes: usize,
+    pub replacement_bytes: usize,
+}
+
+/// Builds γ-patched models of `model_path` with random replacement filters at `kappa` and times
+/// them against the original on real test images, alternating the two `rounds` times and keeping
+/// the fastest mean of each.
+pub fn patch_cost(model_path: &std::path::Path, config: &Config, kappa: f64, rounds: usize) -> Result<PatchCost> {
+    use crate::units::{gamma_model, spec::random_spec, Boundary, Decision};
+    let model = crate::onnx::load_model(model_path)?;
+    let io = ModelIo::resolve(&model, &config.preprocess)?;
+    let data = crate::data::load_split(config.data_root()?, crate::data::Split::Test, config.data.format)?;
+    let preprocess = preprocess_for(&config.preprocess, &data)?;
+    let count = data.len().min(256);
+    let images = make_batch(&data, &(0..count).collect::<Vec<_>>(), &Corruption::Clean, &preprocess)?;
+    let options = BackendOptions { kind: config.backend.kind, device: config.backend.device, threads: config.backend.threads };
+    let encode = |m: &crate::onnx::proto::ModelProto| prost::Message::encode_to_vec(m);
+
+    let mut spec = random_spec(&model, kappa, config.data.seed, Decision::adapt_none())?;
+    let clean = gamma_model(&model, &spec)?;
+    let mut probe = open_session(&encode(&clean), &options)?;
+    let cr_position = probe.output_names().iter().position(|n| n == crate::units::CR_OUTPUT).unwrap_or(0);
+    let mut cr: Vec<f32> = probe.run(&[(io.input.as_str(), &Tensor::F32(images.clone()))])?[cr_position].as_f32()?.iter().copied().collect();
+    cr.sort_by(f32::total_cmp);
+    spec.set_boundary(Boundary::Value(cr[cr.len() / 2]));
+    let half = gamma_model(&model, &spec)?;
+    spec.set_boundary(Boundary::AdaptAll);
+    let adapted = gamma_model(&model, &spec)?;
+
+    let mut original = open_session(&encode(&model), &options)?;
+    let mut cases = Vec::new();
+    for (batch, case, patched) in [(1, "clean", &clean), (1, "adapted", &adapted), (count, "clean", &clean), (count, "half", &half), (count, "adapted", &adapted)] {
+        let input = Tensor::F32(images.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..batch)).to_owned());
+        let mut session = open_session(&encode(patched), &options)?;
+        let flags_at = session.output_names().iter().position(|n| n == crate::units::ADAPTED_OUTPUT).unwrap_or(0);
+        let flags = session.run(&[(io.input.as_str(), &input)])?;
+        let adapted_share = flags[flags_at].as_bool()?.iter().filter(|&&a| a).count() as f64 / batch as f64;
+        let repeats = (2048 / batch).clamp(3, 200);
+        let (mut best_original, mut best_patched) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..rounds.max(1) {
+            for (best, session) in [(&mut best_original, &mut original), (&mut best_patched, &mut session)] {
+                let start = Instant::now();
+                for _ in 0..repeats {
+                    session.run(&[(io.input.as_str(), &input)])?;
+                }
+                *best = best.min(start.elapsed().as_secs_f64() * 1e3 / repeats as f64);
+            }
+        }
+        cases.push(LatencyCase {
+            batch,
+            case: case.to_string(),
+            adapted_share,
+            original_ms: best_original,
+            patched_ms: best_patched,
+            ratio: best_patched / best_original,
+        });
+    }
+    let replacement_bytes = spec.layers.iter().map(|l| 4 * (l.weight.len() + l.bias.as_ref().map_or(0, |b| b.len()))).sum();
+    Ok(PatchCost { kappa, cases, original_bytes: encode(&model).len(), patched_bytes: encode(&half).len(), replacement_bytes })
+}

@@ -27,34 +27,22 @@ impl ModelIo {
         let initialized: std::collections::HashSet<&str> = graph.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
         let inputs: Vec<&str> = graph.input.iter().filter_map(|v| v.name.as_deref()).filter(|n| !initialized.contains(n)).collect();
         let outputs: Vec<&str> = graph.output.iter().filter_map(|v| v.name.as_deref()).collect();
-        let input = match &config.input {
-            Some(name) if inputs.contains(&name.as_str()) => name.clone(),
-            Some(name) => {
-                return Err(Error::Config(format!(
-                    "preprocess.input: the model has no input '{name}' (its inputs: {})",
-                    inputs.join(", ")
-                )))
-            }
-            None if inputs.len() == 1 => inputs[0].to_string(),
-            None => {
-                return Err(Error::Config(format!(
-                    "preprocess.input: the model has {} inputs ({}); name the image input",
-                    inputs.len(),
-                    inputs.join(", ")
-                )))
-            }
-        };
-        let output = match &config.output {
-            Some(name) if outputs.contains(&name.as_str()) => name.clone(),
-            Some(name) => {
-                return Err(Error::Config(format!(
-                    "preprocess.output: the model has no output '{name}' (its outputs: {})",
-                    outputs.join(", ")
-                )))
-            }
-            None => outputs.first().map(|s| s.to_string()).ok_or_else(|| Error::InvalidGraph("the model has no output".into()))?,
-        };
+        let only_input = (inputs.len() == 1).then(|| inputs[0]);
+        let input = choose("preprocess.input", "input", config.input.as_deref(), &inputs, only_input)?;
+        let output = choose("preprocess.output", "output", config.output.as_deref(), &outputs, outputs.first().copied())?;
         Ok(ModelIo { input, output })
+    }
+}
+
+/// The configured name if the model has it, else the default; errors name the field and list what
+/// the model has.
+fn choose(field: &str, kind: &str, requested: Option<&str>, available: &[&str], default: Option<&str>) -> Result<String> {
+    let listed = available.join(", ");
+    match (requested, default) {
+        (Some(name), _) if available.contains(&name) => Ok(name.to_string()),
+        (Some(name), _) => Err(Error::Config(format!("{field}: the model has no {kind} '{name}' (its {kind}s: {listed})"))),
+        (None, Some(name)) => Ok(name.to_string()),
+        (None, None) => Err(Error::Config(format!("{field}: the model has {} {kind}s ({listed}); name one", available.len()))),
     }
 }
 

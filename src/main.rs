@@ -97,6 +97,17 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Latency and size of a γ-patched model (random filters at --kappa) against the original.
+    Patch {
+        model: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 0.25)]
+        kappa: f64,
+        /// Alternating rounds of each; the fastest of each counts.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
 }
 
 /// The configuration file and the flags that override its fields.
@@ -177,8 +188,11 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Bench(Bench::Eval { model, common, rounds }) => {
             let config = common.resolve()?;
-            let result = bench::eval_throughput(&model, &config, rounds)?;
-            println!("{}", serde_json::to_string_pretty(&result)?);
+            println!("{}", serde_json::to_string_pretty(&bench::eval_throughput(&model, &config, rounds)?)?);
+        }
+        Command::Bench(Bench::Patch { model, common, kappa, rounds }) => {
+            let config = common.resolve()?;
+            println!("{}", serde_json::to_string_pretty(&bench::patch_cost(&model, &config, kappa, rounds)?)?);
         }
     }
     Ok(())

@@ -137,3 +137,8 @@ fn tiny_dw() {
 fn tiny_vgg() {
     check_model("tiny_vgg", common::fixture("models/tiny_vgg_cifar10.onnx"));
 }
+
+#[test]
+fn branchy_cnn_with_dilation_same_padding_and_concat() {
+    check_model("branchy_cnn", common::fixture("models/branchy_cnn.onnx"));
+}

@@ -18,7 +18,7 @@ use serde_json::json;
 use super::{decision, merge_parameters, spec::PatchSpec, with_patched_inputs, ADAPTED_OUTPUT, CR_OUTPUT, DECISION_INPUT};
 use crate::analysis::site::site;
 use crate::error::{Error, Result};
-use crate::onnx::builder::{graph_attribute, int, ints, Builder, BOOL, FLOAT};
+use crate::onnx::builder::{graph_attribute, int, Builder, BOOL, FLOAT};
 use crate::onnx::graph::{renamed_values, GraphIndex};
 use crate::onnx::proto::{
     tensor_shape_proto::{dimension::Value as Dim, Dimension},
