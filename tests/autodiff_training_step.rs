@@ -10,8 +10,8 @@ use ndarray::{Array2, ArrayD, Axis, Ix1, Ix2, IxDyn};
 use onnx_deeppatch::autodiff::{training_step, StepOptions, TrainingStep};
 use onnx_deeppatch::backend::{open_session, BackendKind, BackendOptions};
 use onnx_deeppatch::onnx::proto::{
-    tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto,
-    TypeProto, ValueInfoProto,
+    tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use onnx_deeppatch::onnx::{load_model, tensor::from_f32, tensor::to_f32};
 use onnx_deeppatch::{Error, Tensor};
@@ -23,8 +23,11 @@ use rand_chacha::ChaCha8Rng;
 fn batch(count: usize) -> (ArrayD<f32>, Vec<i64>) {
     let bytes = std::fs::read(common::shared().join("reference/cifar10_test256_nchw.npy")).unwrap();
     let header = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let values: Vec<f32> =
-        bytes[header..].chunks_exact(4).take(count * 3 * 32 * 32).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let values: Vec<f32> = bytes[header..]
+        .chunks_exact(4)
+        .take(count * 3 * 32 * 32)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     let labels = (0..count as i64).map(|i| i * 39 / 1000).collect();
     (ArrayD::from_shape_vec(IxDyn(&[count, 3, 32, 32]), values).unwrap(), labels)
 }
@@ -54,7 +57,8 @@ fn run_step(
         feeds.push((p.momentum.clone(), Tensor::F32(state[&p.momentum].clone())));
     }
     let feeds: Vec<(&str, &Tensor)> = feeds.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let mut session = open_session(&step.model.encode_to_vec(), &BackendOptions { kind, ..Default::default() }).unwrap();
+    let mut session =
+        open_session(&step.model.encode_to_vec(), &BackendOptions { kind, ..Default::default() }).unwrap();
     let names = session.output_names().to_vec();
     let outputs = session.run(&feeds).unwrap();
     let mut correct = -1;
@@ -103,7 +107,9 @@ fn autodiff_tiny_cnn_step_matches_an_independent_sgd_step() {
     // loss, its gradient and torch.optim.SGD's update written out with ndarray in float64.
     let mut features_model = model.clone();
     features_model.graph.as_mut().unwrap().output[0].name = Some("/Flatten_output_0".into());
-    let mut session = open_session(&features_model.encode_to_vec(), &BackendOptions { kind: BackendKind::Ort, ..Default::default() }).unwrap();
+    let mut session =
+        open_session(&features_model.encode_to_vec(), &BackendOptions { kind: BackendKind::Ort, ..Default::default() })
+            .unwrap();
     let features = session.run(&[("input", &Tensor::F32(images.clone()))]).unwrap().remove(0).into_f32().unwrap();
     let features: Array2<f64> = features.mapv(f64::from).into_dimensionality::<Ix2>().unwrap();
     let state = initial_state(&model, &step, 1);
@@ -118,16 +124,23 @@ fn autodiff_tiny_cnn_step_matches_an_independent_sgd_step() {
         let max = row.fold(f64::MIN, |m, &v| m.max(v));
         let total: f64 = row.iter().map(|v| (v - max).exp()).sum();
         loss += total.ln() + max - row[label as usize];
-        correct += i64::from(row.iter().enumerate().fold((0, f64::MIN), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0 == label as usize);
+        correct += i64::from(
+            row.iter().enumerate().fold((0, f64::MIN), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0
+                == label as usize,
+        );
         row.mapv_inplace(|v| (v - max).exp() / total / n);
         row[label as usize] -= 1.0 / n;
     }
     loss /= n;
-    let gradients = [("fc.weight", residual.t().dot(&features).into_dyn()), ("fc.bias", residual.sum_axis(Axis(0)).into_dyn())];
+    let gradients =
+        [("fc.weight", residual.t().dot(&features).into_dyn()), ("fc.bias", residual.sum_axis(Axis(0)).into_dyn())];
 
     for kind in [BackendKind::Ort, BackendKind::Tract] {
         let (outputs, graph_correct) = run_step(&step, kind, &images, &labels, &state, lr);
-        assert!((f64::from(outputs[&step.loss].iter().copied().sum::<f32>()) - loss).abs() < 1e-5 * loss, "{kind}: loss");
+        assert!(
+            (f64::from(outputs[&step.loss].iter().copied().sum::<f32>()) - loss).abs() < 1e-5 * loss,
+            "{kind}: loss"
+        );
         assert_eq!(graph_correct, correct, "{kind}: correct predictions");
         for (p, (name, gradient)) in step.parameters.iter().zip(&gradients) {
             assert_eq!(&p.name, name);
@@ -191,7 +204,10 @@ fn autodiff_every_shared_model_steps_alike_on_both_runtimes() {
             for (output, value) in &ort {
                 let scale = value.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
                 let gap = max_gap(value, &tract[output]);
-                assert!(gap <= 1e-4 * scale, "{name}, batch {count}: {output} differs by {gap:.2e} (scale {scale:.2e})");
+                assert!(
+                    gap <= 1e-4 * scale,
+                    "{name}, batch {count}: {output} differs by {gap:.2e} (scale {scale:.2e})"
+                );
             }
             for p in &step.parameters {
                 assert!(p.reaches_loss);
@@ -219,7 +235,9 @@ fn check_naming(model: &ModelProto, step: &TrainingStep) {
             assert!(known.contains(output.as_str()) || output.starts_with("deeppatch/"), "{output}");
         }
     }
-    for value in graph.input.iter().chain(&graph.output).map(|v| v.name()).chain(graph.initializer.iter().map(|t| t.name())) {
+    for value in
+        graph.input.iter().chain(&graph.output).map(|v| v.name()).chain(graph.initializer.iter().map(|t| t.name()))
+    {
         assert!(known.contains(value) || value.starts_with("deeppatch/"), "{value}");
     }
     assert_eq!(step.model.opset_import, model.opset_import);
@@ -245,12 +263,18 @@ fn check_with_onnx(model: &ModelProto, name: &str) {
 fn tensor_info(name: &str, elem_type: i32, dims: &[i64]) -> ValueInfoProto {
     let dim = dims
         .iter()
-        .map(|&d| tensor_shape_proto::Dimension { value: Some(tensor_shape_proto::dimension::Value::DimValue(d)), ..Default::default() })
+        .map(|&d| tensor_shape_proto::Dimension {
+            value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
+            ..Default::default()
+        })
         .collect();
     ValueInfoProto {
         name: Some(name.into()),
         r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: Some(elem_type), shape: Some(TensorShapeProto { dim }) })),
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem_type),
+                shape: Some(TensorShapeProto { dim }),
+            })),
             ..Default::default()
         }),
         ..Default::default()
@@ -306,9 +330,19 @@ fn autodiff_an_operator_without_a_rule_is_named_only_on_the_gradient_path() {
     // A shape computation off the float path carries no gradient whatever operators it uses.
     let shape_path = vec![
         node("shape", "Shape", &["first"], vec![]),
-        node("as_float", "Cast", &["shape"], vec![AttributeProto { name: Some("to".into()), r#type: Some(2), i: Some(1), ..Default::default() }]),
+        node(
+            "as_float",
+            "Cast",
+            &["shape"],
+            vec![AttributeProto { name: Some("to".into()), r#type: Some(2), i: Some(1), ..Default::default() }],
+        ),
         node("rounded", "Round", &["as_float"], vec![]),
-        node("back", "Cast", &["rounded"], vec![AttributeProto { name: Some("to".into()), r#type: Some(2), i: Some(7), ..Default::default() }]),
+        node(
+            "back",
+            "Cast",
+            &["rounded"],
+            vec![AttributeProto { name: Some("to".into()), r#type: Some(2), i: Some(7), ..Default::default() }],
+        ),
         node("same", "Reshape", &["first", "back"], vec![]),
     ];
     let model = two_layer_model(shape_path, "same");
@@ -338,12 +372,17 @@ fn autodiff_misuse_is_reported() {
                 output: vec!["drop".into()],
                 ..Default::default()
             },
-            node("mode", "Constant", &[], vec![AttributeProto {
-                name: Some("value".into()),
-                r#type: Some(4),
-                t: Some(onnx_deeppatch::onnx::tensor::from_bool("", &[], &[true])),
-                ..Default::default()
-            }]),
+            node(
+                "mode",
+                "Constant",
+                &[],
+                vec![AttributeProto {
+                    name: Some("value".into()),
+                    r#type: Some(4),
+                    t: Some(onnx_deeppatch::onnx::tensor::from_bool("", &[], &[true])),
+                    ..Default::default()
+                }],
+            ),
         ],
         "drop",
     );

@@ -45,13 +45,16 @@ impl<'m> Forward<'m> {
     /// Checks that `name` is a float graph input or initializer, something a gradient can be taken
     /// with respect to.
     pub fn check_source(&self, name: &str) -> Result<()> {
-        let defined = self.graph.input.iter().any(|i| i.name.as_deref() == Some(name)) || self.index.initializer(name).is_some();
+        let defined =
+            self.graph.input.iter().any(|i| i.name.as_deref() == Some(name)) || self.index.initializer(name).is_some();
         if !defined || self.index.producer(name).is_some() {
             return Err(Error::InvalidGraph(format!("'{name}' is neither an input nor an initializer of the model")));
         }
         let dtype = self.facts.get(name).map_or(0, |f| f.dtype);
         if dtype != FLOAT && dtype != DOUBLE {
-            return Err(Error::InvalidGraph(format!("'{name}' is not a float32 or float64 tensor (data type {dtype})")));
+            return Err(Error::InvalidGraph(format!(
+                "'{name}' is not a float32 or float64 tensor (data type {dtype})"
+            )));
         }
         Ok(())
     }
@@ -114,7 +117,12 @@ fn accumulate(b: &mut Builder, contributions: Option<Vec<String>>) -> Option<Str
 /// Emits the gradients of the `seeds` (pairs of a forward value and the name of its gradient, both
 /// already defined) with respect to the sources `wrt`, which the caller has checked. One entry per
 /// source: `None` when no seed depends on it.
-pub(crate) fn backpropagate(forward: &Forward, b: &mut Builder, seeds: &[(String, String)], wrt: &[String]) -> Result<Vec<Option<String>>> {
+pub(crate) fn backpropagate(
+    forward: &Forward,
+    b: &mut Builder,
+    seeds: &[(String, String)],
+    wrt: &[String],
+) -> Result<Vec<Option<String>>> {
     let graph = forward.graph;
     let order = forward.index.topological_order();
     let carries = |value: &str| {
@@ -140,6 +148,7 @@ pub(crate) fn backpropagate(forward: &Forward, b: &mut Builder, seeds: &[(String
         }
     }
 
+    let rows = needed_rows(forward, &needs);
     let registry = Registry::new();
     let mut grads: HashMap<String, Vec<String>> = HashMap::new();
     for (value, grad) in seeds {
@@ -147,7 +156,7 @@ pub(crate) fn backpropagate(forward: &Forward, b: &mut Builder, seeds: &[(String
     }
     for position in active {
         let node = &graph.node[position];
-        let ctx = Ctx::new(node, position, &forward.facts);
+        let ctx = Ctx::new(node, position, &forward.facts, &rows);
         let domain = node.domain.as_deref().unwrap_or("");
         let rule = match registry.get(ctx.op()) {
             Some(rule) if domain.is_empty() || domain == "ai.onnx" => rule,
@@ -175,12 +184,37 @@ pub(crate) fn backpropagate(forward: &Forward, b: &mut Builder, seeds: &[(String
         let dy: Vec<Option<String>> = node.output.iter().map(|o| accumulate(b, grads.remove(o))).collect();
         let dx = (rule.backward)(&ctx, b, &dy, &wanted)?;
         for (i, input) in node.input.iter().enumerate().filter(|(i, _)| wanted[*i]) {
-            let g = dx.get(i).cloned().flatten().ok_or_else(|| Error::Internal(format!("the {} rule gave no gradient for input {i}", ctx.op())))?;
+            let g = dx
+                .get(i)
+                .cloned()
+                .flatten()
+                .ok_or_else(|| Error::Internal(format!("the {} rule gave no gradient for input {i}", ctx.op())))?;
             grads.entry(input.clone()).or_default().push(g);
         }
     }
     b.set_scope("grad");
     Ok(wrt.iter().map(|w| accumulate(b, grads.remove(w))).collect())
+}
+
+/// Values whose gradient is read only at some rows: the output of a ScatterND without reduction
+/// that writes whole rows (constant indices of shape [k, 1]) when only its updates need a
+/// gradient. Its rule gathers the scattered rows and nothing else reads the value's gradient.
+fn needed_rows(forward: &Forward, needs: &HashSet<&str>) -> HashMap<String, Vec<i64>> {
+    let mut rows = HashMap::new();
+    for node in &forward.graph.node {
+        let [data, indices, updates] = node.input.as_slice() else { continue };
+        let plain = node.attribute.iter().all(|a| a.name() != "reduction" || a.s.as_deref() == Some(b"none"));
+        if node.op_type() != "ScatterND" || !plain || needs.contains(data.as_str()) || !needs.contains(updates.as_str())
+        {
+            continue;
+        }
+        let Some(fact) = forward.facts.get(indices) else { continue };
+        let whole_rows = fact.shape.as_ref().is_some_and(|s| s.len() == 2 && s[1].value() == Some(1));
+        if let (true, Some(selected)) = (whole_rows, fact.ints()) {
+            rows.insert(node.output[0].clone(), selected);
+        }
+    }
+    rows
 }
 
 /// What the assembled model exposes besides the forward inputs it still reads.
@@ -238,7 +272,8 @@ pub(crate) fn assemble(forward: &Forward, b: Builder, interface: Interface) -> M
         .cloned()
         .chain(b.initializers.iter().cloned())
         .collect();
-    let value_info = graph.value_info.iter().filter(|v| v.name.as_deref().is_some_and(|n| produced.contains(n))).cloned().collect();
+    let value_info =
+        graph.value_info.iter().filter(|v| v.name.as_deref().is_some_and(|n| produced.contains(n))).cloned().collect();
     let model = forward.model;
     ModelProto {
         ir_version: model.ir_version,
@@ -281,7 +316,7 @@ pub struct Vjp {
 pub fn vjp(model: &ModelProto, output: &str, wrt: &[&str]) -> Result<Vjp> {
     let forward = Forward::new(model)?;
     let dtype = forward.facts.get(output).map_or(0, |f| f.dtype);
-    if !forward.graph.node.iter().any(|n| n.output.iter().any(|o| o == output)) || !(dtype == FLOAT || dtype == DOUBLE) {
+    if forward.index.producer(output).is_none() || !(dtype == FLOAT || dtype == DOUBLE) {
         return Err(Error::InvalidGraph(format!("'{output}' is not a float32 or float64 value computed by the model")));
     }
     let wrt = sources(&forward, wrt)?;

@@ -22,11 +22,8 @@ use crate::tensor::Tensor;
 /// Integer tensors larger than this are not evaluated (shape subgraphs are tiny).
 const VALUE_LIMIT: usize = 4096;
 
-pub(crate) const FLOAT: i32 = DataType::Float as i32;
-pub(crate) const DOUBLE: i32 = DataType::Double as i32;
-pub(crate) const INT64: i32 = DataType::Int64 as i32;
+pub(crate) use crate::onnx::builder::{BOOL, DOUBLE, FLOAT, INT64};
 const INT32: i32 = DataType::Int32 as i32;
-const BOOL: i32 = DataType::Bool as i32;
 
 /// Whether values of `dtype` carry gradients.
 pub(crate) fn is_float(dtype: i32) -> bool {
@@ -55,7 +52,11 @@ impl Dim {
     }
 
     fn normalized(coef: i64, symbols: Vec<u32>) -> Dim {
-        if coef == 0 { Dim::known(0) } else { Dim { coef, symbols } }
+        if coef == 0 {
+            Dim::known(0)
+        } else {
+            Dim { coef, symbols }
+        }
     }
 
     fn mul(&self, other: &Dim) -> Option<Dim> {
@@ -141,12 +142,14 @@ impl Facts {
         let mut facts = Facts { facts: HashMap::new(), symbols: HashMap::new(), next_symbol: 0, opset };
         for input in &graph.input {
             let Some(name) = input.name.clone() else { continue };
-            let Some(type_proto::Value::TensorType(tensor)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+            let Some(type_proto::Value::TensorType(tensor)) = input.r#type.as_ref().and_then(|t| t.value.as_ref())
+            else {
                 continue;
             };
-            let shape = tensor.shape.as_ref().map(|shape| {
-                shape.dim.iter().map(|d| facts.declared_dim(d.value.as_ref())).collect()
-            });
+            let shape = tensor
+                .shape
+                .as_ref()
+                .map(|shape| shape.dim.iter().map(|d| facts.declared_dim(d.value.as_ref())).collect());
             facts.facts.insert(name, Fact::of(tensor.elem_type.unwrap_or(0), shape));
         }
         for tensor in &graph.initializer {
@@ -230,10 +233,40 @@ impl Facts {
         let count = node.output.len();
         let first = match op {
             "Constant" => constant_fact(node),
-            "Identity" | "Dropout" | "Relu" | "Sigmoid" | "Tanh" | "Exp" | "Log" | "Neg" | "Abs" | "Sqrt" | "Reciprocal"
-            | "Erf" | "Floor" | "Ceil" | "Round" | "Clip" | "LeakyRelu" | "HardSigmoid" | "HardSwish" | "Softmax"
-            | "LogSoftmax" | "Elu" | "Selu" | "Softplus" | "Softsign" | "Gelu" | "Sign" | "BatchNormalization"
-            | "LRN" | "InstanceNormalization" | "LayerNormalization" | "PRelu" => {
+            "Identity"
+            | "Dropout"
+            | "Relu"
+            | "Sigmoid"
+            | "Tanh"
+            | "Exp"
+            | "Log"
+            | "Neg"
+            | "Abs"
+            | "Sqrt"
+            | "Reciprocal"
+            | "Erf"
+            | "Floor"
+            | "Ceil"
+            | "Round"
+            | "Clip"
+            | "LeakyRelu"
+            | "HardSigmoid"
+            | "HardSwish"
+            | "Softmax"
+            | "LogSoftmax"
+            | "Elu"
+            | "Selu"
+            | "Softplus"
+            | "Softsign"
+            | "Gelu"
+            | "Sign"
+            | "BatchNormalization"
+            | "LRN"
+            | "InstanceNormalization"
+            | "LayerNormalization"
+            | "PRelu"
+            | "ScatterND"
+            | "ScatterElements" => {
                 let value = match op {
                     "Identity" => fact_of(0).and_then(|f| f.value.clone()),
                     "Neg" => fact_of(0).and_then(|f| f.value.as_ref()).and_then(|v| map_values(v, Dim::neg)),
@@ -247,8 +280,10 @@ impl Facts {
                 Fact { dtype: to, shape: shape_of(0), value }
             }
             "Not" | "IsNaN" | "IsInf" => Fact::of(BOOL, shape_of(0)),
-            "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Mod" | "Max" | "Min" | "Sum" | "Mean" | "Equal" | "Less" | "Greater"
-            | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" | "Xor" | "Where" => self.broadcast_node(op, inputs),
+            "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Mod" | "Max" | "Min" | "Sum" | "Mean" | "Equal" | "Less"
+            | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" | "Xor" | "Where" => {
+                self.broadcast_node(op, inputs)
+            }
             "Shape" => match shape_of(0) {
                 Some(shape) => {
                     let rank = shape.len() as i64;
@@ -280,10 +315,15 @@ impl Facts {
                 Some(fact) => {
                     let rank = fact.shape.as_ref().map_or(0, Vec::len);
                     let perm = transpose_perm(node, rank);
-                    let shape = fact.shape.as_ref().map(|s| perm.iter().map(|&p| s.get(p).cloned().unwrap_or_default()).collect());
-                    let value = fact.value.as_ref().filter(|v| v.ndim() == perm.len()).map(|v| {
-                        v.view().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned()
-                    });
+                    let shape = fact
+                        .shape
+                        .as_ref()
+                        .map(|s| perm.iter().map(|&p| s.get(p).cloned().unwrap_or_default()).collect());
+                    let value = fact
+                        .value
+                        .as_ref()
+                        .filter(|v| v.ndim() == perm.len())
+                        .map(|v| v.view().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned());
                     Fact { dtype: fact.dtype, shape, value }
                 }
                 None => Fact::default(),
@@ -296,8 +336,10 @@ impl Facts {
                 match fact_of(0).and_then(|f| f.value.clone()) {
                     Some(dims) => {
                         let shape: Vec<Dim> = dims.iter().cloned().collect();
-                        let filled = tensor.map(tensor_fact).and_then(|f| f.value).and_then(|v| v.iter().next().cloned());
-                        let sizes: Option<Vec<usize>> = shape.iter().map(|d| usize::try_from(d.value()?).ok()).collect();
+                        let filled =
+                            tensor.map(tensor_fact).and_then(|f| f.value).and_then(|v| v.iter().next().cloned());
+                        let sizes: Option<Vec<usize>> =
+                            shape.iter().map(|d| usize::try_from(d.value()?).ok()).collect();
                         match (filled, sizes) {
                             (Some(element), Some(sizes)) if sizes.iter().product::<usize>() <= VALUE_LIMIT => {
                                 Fact::with_value(dtype, ArrayD::from_elem(IxDyn(&sizes), element))
@@ -315,7 +357,10 @@ impl Facts {
                         let count = ((limit - start) as f64 / delta as f64).ceil().max(0.0) as i64;
                         let values: Vec<Dim> = (0..count).map(|i| Dim::known(start + i * delta)).collect();
                         if values.len() <= VALUE_LIMIT {
-                            Fact::with_value(dtype_of(0), ArrayD::from_shape_vec(IxDyn(&[values.len()]), values).unwrap_or_default())
+                            Fact::with_value(
+                                dtype_of(0),
+                                ArrayD::from_shape_vec(IxDyn(&[values.len()]), values).unwrap_or_default(),
+                            )
                         } else {
                             Fact::of(dtype_of(0), Some(vec![Dim::known(count)]))
                         }
@@ -333,18 +378,21 @@ impl Facts {
             }
             "Tile" => {
                 let shape = match (shape_of(0), fact_of(1).and_then(Fact::ints)) {
-                    (Some(shape), Some(repeats)) if repeats.len() == shape.len() => {
-                        shape.iter().zip(repeats).map(|(d, r)| d.mul(&Dim::known(r)).unwrap_or_default()).collect::<Vec<_>>().into()
-                    }
+                    (Some(shape), Some(repeats)) if repeats.len() == shape.len() => shape
+                        .iter()
+                        .zip(repeats)
+                        .map(|(d, r)| d.mul(&Dim::known(r)).unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .into(),
                     _ => None,
                 };
                 Fact::of(dtype_of(0), shape)
             }
             "Conv" | "MaxPool" | "AveragePool" | "LpPool" => {
                 let kernel = match op {
-                    "Conv" if attr_ints(node, "kernel_shape").is_empty() => {
-                        shape_of(1).and_then(|w| w.get(2..).map(|k| k.iter().map(Dim::value).collect::<Option<Vec<_>>>())).flatten()
-                    }
+                    "Conv" if attr_ints(node, "kernel_shape").is_empty() => shape_of(1)
+                        .and_then(|w| w.get(2..).map(|k| k.iter().map(Dim::value).collect::<Option<Vec<_>>>()))
+                        .flatten(),
                     _ => Some(attr_ints(node, "kernel_shape").to_vec()),
                 };
                 let channels = if op == "Conv" { shape_of(1).and_then(|w| w.first().cloned()) } else { None };
@@ -469,7 +517,8 @@ impl Facts {
         };
         let value = match (combine, inputs) {
             (Some(combine), [Some(a), Some(b)]) => a.value.as_ref().zip(b.value.as_ref()).and_then(|(a, b)| {
-                let sizes: Vec<usize> = shape.iter().map(|d| usize::try_from(d.value()?).ok()).collect::<Option<_>>()?;
+                let sizes: Vec<usize> =
+                    shape.iter().map(|d| usize::try_from(d.value()?).ok()).collect::<Option<_>>()?;
                 let (a, b) = (a.broadcast(IxDyn(&sizes))?, b.broadcast(IxDyn(&sizes))?);
                 let values: Option<Vec<Dim>> = a.iter().zip(b.iter()).map(|(x, y)| combine(x, y)).collect();
                 ArrayD::from_shape_vec(IxDyn(&sizes), values?).ok()
@@ -482,12 +531,16 @@ impl Facts {
     fn gather(&mut self, node: &NodeProto, inputs: &[Option<Fact>]) -> Fact {
         let (Some(Some(data)), Some(Some(indices))) = (inputs.first(), inputs.get(1)) else { return Fact::default() };
         let (Some(shape), Some(index_shape)) = (&data.shape, &indices.shape) else { return Fact::of(data.dtype, None) };
-        let Some(axis) = normalize_axis(attr_int(node, "axis", 0), shape.len()) else { return Fact::of(data.dtype, None) };
+        let Some(axis) = normalize_axis(attr_int(node, "axis", 0), shape.len()) else {
+            return Fact::of(data.dtype, None);
+        };
         let dims: Vec<Dim> = [&shape[..axis], index_shape.as_slice(), &shape[axis + 1..]].concat();
         let value = data.value.as_ref().zip(indices.ints()).and_then(|(values, picks)| {
             let size = values.shape()[axis] as i64;
-            let picks: Vec<usize> =
-                picks.iter().map(|&i| usize::try_from(if i < 0 { i + size } else { i }).ok().filter(|&i| (i as i64) < size)).collect::<Option<_>>()?;
+            let picks: Vec<usize> = picks
+                .iter()
+                .map(|&i| usize::try_from(if i < 0 { i + size } else { i }).ok().filter(|&i| (i as i64) < size))
+                .collect::<Option<_>>()?;
             let taken = values.select(Axis(axis), &picks);
             let sizes: Vec<usize> = dims.iter().map(|d| usize::try_from(d.value()?).ok()).collect::<Option<_>>()?;
             taken.as_standard_layout().into_owned().into_shape_with_order(IxDyn(&sizes)).ok()
@@ -504,13 +557,17 @@ impl Facts {
             let axes: Option<Vec<usize>> = axes.iter().map(|&a| normalize_axis(a, rank)).collect();
             axes.map(|axes| {
                 let mut rest = shape.iter();
-                (0..rank).map(|i| if axes.contains(&i) { Dim::known(1) } else { rest.next().cloned().unwrap_or_default() }).collect()
+                (0..rank)
+                    .map(|i| if axes.contains(&i) { Dim::known(1) } else { rest.next().cloned().unwrap_or_default() })
+                    .collect()
             })
         } else if axes.is_empty() {
             Some(shape.iter().filter(|d| d.value() != Some(1)).cloned().collect())
         } else {
             let axes: Option<Vec<usize>> = axes.iter().map(|&a| normalize_axis(a, shape.len())).collect();
-            axes.map(|axes| shape.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| d.clone()).collect())
+            axes.map(|axes| {
+                shape.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| d.clone()).collect()
+            })
         };
         let value = data.value.as_ref().zip(dims.as_ref()).and_then(|(v, dims)| reshape_value(v, dims));
         Fact { dtype: data.dtype, shape: dims, value }
@@ -522,9 +579,12 @@ impl Facts {
         let dtype = facts[0].dtype;
         let shapes: Option<Vec<&Vec<Dim>>> = facts.iter().map(|f| f.shape.as_ref()).collect();
         let Some(shapes) = shapes else { return Fact::of(dtype, None) };
-        let Some(axis) = normalize_axis(attr_int(node, "axis", 0), shapes[0].len()) else { return Fact::of(dtype, None) };
+        let Some(axis) = normalize_axis(attr_int(node, "axis", 0), shapes[0].len()) else {
+            return Fact::of(dtype, None);
+        };
         let mut dims = shapes[0].clone();
-        dims[axis] = shapes.iter().try_fold(Dim::known(0), |sum, s| sum.add(s.get(axis)?)).unwrap_or_else(|| self.fresh());
+        dims[axis] =
+            shapes.iter().try_fold(Dim::known(0), |sum, s| sum.add(s.get(axis)?)).unwrap_or_else(|| self.fresh());
         let values: Option<Vec<_>> = facts.iter().map(|f| f.value.as_ref().map(|v| v.view())).collect();
         let value = values.and_then(|v| ndarray::concatenate(Axis(axis), &v).ok());
         Fact { dtype, shape: Some(dims), value }
@@ -573,7 +633,11 @@ impl Facts {
             let mut view = v.view();
             for axis in &axes {
                 let range = if axis.step > 0 {
-                    Slice::new(axis.start as isize, Some((axis.start + axis.len * axis.step) as isize), axis.step as isize)
+                    Slice::new(
+                        axis.start as isize,
+                        Some((axis.start + axis.len * axis.step) as isize),
+                        axis.step as isize,
+                    )
                 } else {
                     Slice::new(axis.lowest() as isize, Some(axis.start as isize + 1), axis.step as isize)
                 };
@@ -625,7 +689,11 @@ pub(crate) fn slice_axes(node: &NodeProto, inputs: &[Option<Fact>], shape: &[Dim
     let operand = |i: usize| inputs.get(i).and_then(|f| f.as_ref()).and_then(Fact::ints);
     let (starts, ends, axes, steps) = if node.input.len() >= 3 {
         let starts = operand(1)?;
-        let axes = if node.input.get(3).is_some_and(|n| !n.is_empty()) { operand(3)? } else { (0..starts.len() as i64).collect() };
+        let axes = if node.input.get(3).is_some_and(|n| !n.is_empty()) {
+            operand(3)?
+        } else {
+            (0..starts.len() as i64).collect()
+        };
         let steps = if node.input.get(4).is_some_and(|n| !n.is_empty()) { operand(4)? } else { vec![1; starts.len()] };
         (starts, operand(2)?, axes, steps)
     } else {

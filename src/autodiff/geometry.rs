@@ -57,7 +57,8 @@ impl Window {
                     let output = (size + stride - 1) / stride;
                     let total = ((output - 1) * stride + extent - size).max(0);
                     let small = total / 2;
-                    let (begin, end) = if auto_pad == b"SAME_UPPER" { (small, total - small) } else { (total - small, small) };
+                    let (begin, end) =
+                        if auto_pad == b"SAME_UPPER" { (small, total - small) } else { (total - small, small) };
                     window.begin[axis] = begin;
                     window.end[axis] = end;
                     output
@@ -75,7 +76,11 @@ impl Window {
                     let span = size + window.begin[axis] + window.end[axis] - extent;
                     if ceil_mode && span >= 0 {
                         let output = (span + stride - 1) / stride + 1;
-                        if (output - 1) * stride >= size + window.begin[axis] { output - 1 } else { output }
+                        if (output - 1) * stride >= size + window.begin[axis] {
+                            output - 1
+                        } else {
+                            output
+                        }
                     } else {
                         span.div_euclid(stride) + 1
                     }
@@ -145,7 +150,11 @@ impl SliceAxis {
 
     /// The smallest index taken (the last one for a negative step).
     pub fn lowest(&self) -> i64 {
-        if self.step > 0 || self.len == 0 { self.start } else { self.start + (self.len - 1) * self.step }
+        if self.step > 0 || self.len == 0 {
+            self.start
+        } else {
+            self.start + (self.len - 1) * self.step
+        }
     }
 }
 
@@ -174,7 +183,8 @@ mod tests {
         let ceil = node(vec![ints("strides", &[2]), ints("pads", &[0, 1]), int("ceil_mode", 1)]);
         assert_eq!(Window::new(&ceil, &[4], &[2]).unwrap().output, vec![2]);
         assert_eq!(Window::new(&ceil, &[5], &[2]).unwrap().output, vec![3]);
-        let same = AttributeProto { name: Some("auto_pad".into()), s: Some(b"SAME_LOWER".to_vec()), ..Default::default() };
+        let same =
+            AttributeProto { name: Some("auto_pad".into()), s: Some(b"SAME_LOWER".to_vec()), ..Default::default() };
         let lower = Window::new(&node(vec![same, ints("strides", &[2])]), &[6], &[5]).unwrap();
         assert_eq!((lower.output[0], lower.begin[0], lower.end[0]), (3, 2, 1));
         let dilated = Window::new(&node(vec![ints("dilations", &[2])]), &[9], &[3]).unwrap();

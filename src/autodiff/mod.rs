@@ -15,7 +15,9 @@
 //!   never carry gradients, so shape subgraphs (Shape, Gather on shapes, Unsqueeze, Concat of
 //!   shapes, ConstantOfShape, Cast, Range, …) and comparisons drop out on their own, whatever
 //!   operators they use. A needed node without a rule, or a needed input its rule cannot
-//!   differentiate, is an `Error::Unsupported` naming the node and operator.
+//!   differentiate, is an `Error::Unsupported` naming the node and operator. Within a tensor, when
+//!   only some rows of a kernel's gradient are read (a β unit's ScatterND of a few trained filters
+//!   into a frozen kernel), the Conv rule computes those rows only.
 //! - **Accumulation.** Nodes are visited in reverse topological order, so every consumer of a value
 //!   has contributed before the value's producer is processed; a value read by several consumers
 //!   (or twice by one) gets the `Sum` of its contributions.
@@ -23,7 +25,8 @@
 //!   values, which the step graph keeps: forward nodes that neither the loss nor a backward node
 //!   reads are dropped. Every added name comes from `NameGen` under `deeppatch/`. The emitted
 //!   operators all exist in opset 9 (ReduceSum, Unsqueeze, Slice and Pad are written in the form of
-//!   the model's opset), so the model's opset is kept; opsets below 9 are refused.
+//!   the model's opset; ScatterND and GatherND appear only for models that already use ScatterND),
+//!   so the model's opset is never raised; opsets below 9 are refused.
 
 mod backprop;
 mod emit;

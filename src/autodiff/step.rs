@@ -71,7 +71,12 @@ pub fn training_step(model: &ModelProto, trainable: &[&str], options: &StepOptio
     }
     let logits = match &options.logits {
         Some(name) => name.clone(),
-        None => forward.graph.output.first().and_then(|o| o.name.clone()).ok_or_else(|| Error::InvalidGraph("the model has no output".into()))?,
+        None => forward
+            .graph
+            .output
+            .first()
+            .and_then(|o| o.name.clone())
+            .ok_or_else(|| Error::InvalidGraph("the model has no output".into()))?,
     };
     let images = forward
         .graph
@@ -80,12 +85,21 @@ pub fn training_step(model: &ModelProto, trainable: &[&str], options: &StepOptio
         .filter_map(|i| i.name.clone())
         .find(|name| forward.index.is_runtime_input(name))
         .ok_or_else(|| Error::InvalidGraph("the model has no input without a default".into()))?;
-    let fact = forward.facts.get(&logits).filter(|f| (f.dtype == FLOAT || f.dtype == DOUBLE) && forward.index.producer(&logits).is_some());
+    let fact = forward
+        .facts
+        .get(&logits)
+        .filter(|f| (f.dtype == FLOAT || f.dtype == DOUBLE) && forward.index.producer(&logits).is_some());
     let (dtype, shape) = match fact.and_then(|f| Some((f.dtype, f.shape.as_deref()?))) {
         Some((dtype, [batch, classes])) => (dtype, [batch.clone(), classes.clone()]),
-        _ => return Err(Error::InvalidGraph(format!("'{logits}' is not a float [batch, classes] value computed by the model"))),
+        _ => {
+            return Err(Error::InvalidGraph(format!(
+                "'{logits}' is not a float [batch, classes] value computed by the model"
+            )))
+        }
     };
-    let classes = shape[1].value().ok_or_else(|| Error::InvalidGraph(format!("the number of classes of '{logits}' is not static")))?;
+    let classes = shape[1]
+        .value()
+        .ok_or_else(|| Error::InvalidGraph(format!("the number of classes of '{logits}' is not static")))?;
 
     let mut b = forward.builder();
     let labels = b.fresh("labels");
@@ -104,7 +118,8 @@ pub fn training_step(model: &ModelProto, trainable: &[&str], options: &StepOptio
         let updated = b.fresh(&format!("updated/{name}"));
         let updated_momentum = b.fresh(&format!("updated_momentum/{name}"));
         b.set_scope(&format!("sgd/{name}"));
-        let parameter = Parameter { name: name.clone(), momentum, updated, updated_momentum, reaches_loss: gradient.is_some() };
+        let parameter =
+            Parameter { name: name.clone(), momentum, updated, updated_momentum, reaches_loss: gradient.is_some() };
         let param_dtype = forward.facts.get(name).map_or(dtype, |f| f.dtype);
         match gradient {
             Some(gradient) => sgd(&mut b, options, param_dtype, &parameter, &gradient, &learning_rate)?,
@@ -173,7 +188,14 @@ fn loss_head(b: &mut Builder, logits: &str, labels: &str, dtype: i32, classes: i
 }
 
 /// `torch.optim.SGD`'s update of one tensor of element type `dtype`, given its `gradient`.
-fn sgd(b: &mut Builder, options: &StepOptions, dtype: i32, parameter: &Parameter, gradient: &str, lr: &str) -> Result<()> {
+fn sgd(
+    b: &mut Builder,
+    options: &StepOptions,
+    dtype: i32,
+    parameter: &Parameter,
+    gradient: &str,
+    lr: &str,
+) -> Result<()> {
     let param = parameter.name.as_str();
     let direction = if options.weight_decay != 0.0 {
         let decay = b.scale(param, options.weight_decay, dtype)?;
@@ -203,9 +225,9 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
-    use crate::onnx::proto::NodeProto;
     use crate::autodiff::testing::{evaluator, promote, to_double};
     use crate::backend::{open_session, BackendKind, BackendOptions};
+    use crate::onnx::proto::NodeProto;
     use crate::onnx::tensor::to_f32;
     use crate::tensor::Tensor;
 
@@ -239,25 +261,68 @@ mod tests {
         rows.iter().sum::<f64>() / rows.len() as f64
     }
 
+    /// `model` shaped like a β model: every convolution reads its kernel (and bias) with the
+    /// first ⌊κ · filters⌋ filters replaced, through ScatterND, by new initializers of random
+    /// values. Returns the model and the replacement tensors' names.
+    fn beta_like(model: &ModelProto, kappa: f64) -> (ModelProto, Vec<String>) {
+        let mut model = model.clone();
+        let graph = model.graph.as_mut().unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(25);
+        let mut merges = Vec::new();
+        let mut replacements = Vec::new();
+        for (k, node) in graph.node.iter_mut().enumerate().filter(|(_, n)| n.op_type() == "Conv") {
+            for input in 1..node.input.len() {
+                let original = graph.initializer.iter().find(|t| t.name() == node.input[input]).unwrap();
+                let mut shape: Vec<usize> = original.dims.iter().map(|&d| d as usize).collect();
+                let blamed = (kappa * shape[0] as f64) as usize;
+                shape[0] = blamed;
+                let name = format!("beta/{k}/{input}");
+                let values = ArrayD::from_shape_simple_fn(IxDyn(&shape), || rng.gen_range(-0.1f32..0.1));
+                let indices = format!("beta/{k}/blamed");
+                let merged = format!("beta/{k}/{input}/merged");
+                merges.push(NodeProto {
+                    op_type: Some("ScatterND".into()),
+                    input: vec![node.input[input].clone(), indices.clone(), name.clone()],
+                    output: vec![merged.clone()],
+                    ..Default::default()
+                });
+                replacements.push((crate::onnx::tensor::from_f32(&name, &values.view()), indices, blamed));
+                node.input[input] = merged;
+            }
+        }
+        let mut names = Vec::new();
+        for (tensor, indices, blamed) in replacements {
+            names.push(tensor.name().to_string());
+            graph.initializer.push(tensor);
+            if !graph.initializer.iter().any(|t| t.name() == indices) {
+                let blamed_ids: Vec<i64> = (0..blamed as i64).collect();
+                graph.initializer.push(crate::onnx::tensor::from_i64(&indices, &[blamed, 1], &blamed_ids));
+            }
+        }
+        graph.node.splice(0..0, merges);
+        (model, names)
+    }
+
     #[test]
     fn resnet20_gradients_match_finite_differences() {
-        let model = crate::onnx::load_model(&shared("models/resnet20_cifar10.onnx")).unwrap();
+        let (model, replacements) =
+            beta_like(&crate::onnx::load_model(&shared("models/resnet20_cifar10.onnx")).unwrap(), 0.25);
         let graph = model.graph.as_ref().unwrap();
-        let convs: Vec<&NodeProto> = graph.node.iter().filter(|n| n.op_type() == "Conv").collect();
-        // The stem, a strided convolution (and its bias), one beside a shortcut, the last one.
-        let trainable = [&convs[0].input[1], &convs[7].input[1], &convs[7].input[2], &convs[12].input[1], &convs[18].input[1]]
-            .map(String::as_str);
+        // Every replacement kernel and bias trains, as in DeepPatch's retraining.
+        let trainable: Vec<&str> = replacements.iter().map(String::as_str).collect();
         let options = StepOptions { momentum: 0.0, weight_decay: 0.0, logits: None };
         let step = training_step(&model, &trainable, &options).unwrap();
 
-        let (images, labels) = (images(4), vec![3i64, 8, 0, 6]);
+        let (images, labels) = (images(8), vec![3i64, 8, 0, 6, 1, 9, 5, 7]);
         let initial: HashMap<&str, ArrayD<f32>> = trainable
             .iter()
-            .map(|name| (*name, to_f32(graph.initializer.iter().find(|t| t.name() == *name).unwrap()).unwrap().into_owned()))
+            .map(|name| {
+                (*name, to_f32(graph.initializer.iter().find(|t| t.name() == *name).unwrap()).unwrap().into_owned())
+            })
             .collect();
         let mut feeds = vec![
             (step.images.clone(), Tensor::F32(images.clone())),
-            (step.labels.clone(), Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[4]), labels.clone()).unwrap())),
+            (step.labels.clone(), Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[labels.len()]), labels.clone()).unwrap())),
             (step.learning_rate.clone(), Tensor::F32(ArrayD::zeros(IxDyn(&[])))),
         ];
         for parameter in &step.parameters {
@@ -285,7 +350,11 @@ mod tests {
             let (a, b) = (&ort[&parameter.updated_momentum], &tract[&parameter.updated_momentum]);
             let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             let gap = (a - b).iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            assert!(gap <= 1e-4 * scale, "{}: onnxruntime and tract differ by {gap:.2e} (scale {scale:.2e})", parameter.name);
+            assert!(
+                gap <= 1e-4 * scale,
+                "{}: onnxruntime and tract differ by {gap:.2e} (scale {scale:.2e})",
+                parameter.name
+            );
         }
 
         // Finite differences of the loss in float64, on tract (onnxruntime has no float64 Conv).
@@ -302,18 +371,29 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(20);
         let step_size = 2f64.powi(-20);
         let mut worst: f64 = 0.0;
-        // Four coordinates of each of the five tensors.
-        for (tensor, pick) in (0..20).map(|i| (i % 5, rng.gen_range(0..initial[trainable[i % 5]].len()))) {
+        // 16 kernel and 4 bias coordinates, from tensors spread over the network.
+        let (kernels, biases): (Vec<usize>, Vec<usize>) =
+            (0..trainable.len()).partition(|&i| trainable[i].ends_with("/1"));
+        let tensors =
+            (0..16).map(|k| kernels[k * kernels.len() / 16]).chain((0..4).map(|k| biases[k * biases.len() / 4]));
+        for tensor in tensors {
             let name = trainable[tensor];
+            let gradient = ort[&step.parameters[tensor].updated_momentum].as_slice().unwrap();
+            // A coordinate whose gradient is not exactly zero (a filter whose ReLU never fires on
+            // the batch would make the comparison trivial).
+            let pick =
+                std::iter::repeat_with(|| rng.gen_range(0..gradient.len())).find(|&i| gradient[i] != 0.0).unwrap();
             let mut objective = |delta: f64| {
                 let mut moved = values.clone();
                 moved.get_mut(name).unwrap().as_slice_mut().unwrap()[pick] += delta;
                 loss(&moved)
             };
             let fd = (objective(step_size) - objective(-step_size)) / (2.0 * step_size);
-            let analytic = ort[&step.parameters[tensor].updated_momentum].as_slice().unwrap()[pick];
+            let analytic = gradient[pick];
             let error = (analytic - fd).abs() / fd.abs().max(1e-4);
-            eprintln!("{name}[{pick}]: analytic {analytic:+.6e}, finite differences {fd:+.6e}, relative error {error:.1e}");
+            eprintln!(
+                "{name}[{pick}]: analytic {analytic:+.6e}, finite differences {fd:+.6e}, relative error {error:.1e}"
+            );
             worst = worst.max(error);
         }
         eprintln!("ResNet20: worst relative error over 20 coordinates {worst:.2e}");

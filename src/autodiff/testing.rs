@@ -112,7 +112,12 @@ impl TestModel {
 
     /// A 1-D int64 initializer.
     pub fn ints(&mut self, name: &str, values: &[i64]) -> String {
-        self.initializers.push(crate::onnx::tensor::from_i64(name, &[values.len()], values));
+        self.int_tensor(name, &[values.len()], values)
+    }
+
+    /// An int64 initializer of the given shape.
+    pub fn int_tensor(&mut self, name: &str, shape: &[usize], values: &[i64]) -> String {
+        self.initializers.push(crate::onnx::tensor::from_i64(name, shape, values));
         name.into()
     }
 
@@ -121,7 +126,13 @@ impl TestModel {
         self.node_n(op, inputs, attributes, 1).remove(0)
     }
 
-    pub fn node_n(&mut self, op: &str, inputs: &[&str], attributes: Vec<AttributeProto>, outputs: usize) -> Vec<String> {
+    pub fn node_n(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attributes: Vec<AttributeProto>,
+        outputs: usize,
+    ) -> Vec<String> {
         let names: Vec<String> = (0..outputs).map(|k| format!("{op}_{}_{k}", self.nodes.len())).collect();
         self.nodes.push(NodeProto {
             name: Some(format!("{op}_{}", self.nodes.len())),
@@ -138,7 +149,10 @@ impl TestModel {
         let output_info = ValueInfoProto {
             name: Some(output.into()),
             r#type: Some(TypeProto {
-                value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: Some(self.dtype), shape: None })),
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: Some(self.dtype),
+                    shape: None,
+                })),
                 ..Default::default()
             }),
             ..Default::default()
@@ -163,7 +177,10 @@ impl TestModel {
 pub(crate) fn tensor_info(name: &str, dtype: i32, shape: &[usize]) -> ValueInfoProto {
     let dims = shape
         .iter()
-        .map(|&d| tensor_shape_proto::Dimension { value: Some(tensor_shape_proto::dimension::Value::DimValue(d as i64)), ..Default::default() })
+        .map(|&d| tensor_shape_proto::Dimension {
+            value: Some(tensor_shape_proto::dimension::Value::DimValue(d as i64)),
+            ..Default::default()
+        })
         .collect();
     ValueInfoProto {
         name: Some(name.into()),
@@ -233,7 +250,8 @@ fn behind_float32(model: &ModelProto) -> ModelProto {
     let mut outputs = Vec::new();
     for output in &graph.output {
         let name = output.name();
-        let (hi, lo, back, rest) = (format!("{name}.hi"), format!("{name}.lo"), format!("wrap/{name}.back"), format!("wrap/{name}.rest"));
+        let (hi, lo, back, rest) =
+            (format!("{name}.hi"), format!("{name}.lo"), format!("wrap/{name}.back"), format!("wrap/{name}.rest"));
         graph.node.push(cast(name, &hi, FLOAT));
         graph.node.push(cast(&hi, &back, DOUBLE));
         graph.node.push(binary("Sub", name, &back, &rest));
@@ -308,7 +326,8 @@ pub(crate) fn evaluator<'a>(model: &ModelProto, kind: BackendKind, double: bool)
             }
         }
         let feeds: Vec<(&str, &Tensor)> = feeds.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        let outputs: Vec<ArrayD<f64>> = session.run(&feeds)?.iter().map(|t| t.as_f32().unwrap().mapv(f64::from)).collect();
+        let outputs: Vec<ArrayD<f64>> =
+            session.run(&feeds)?.iter().map(|t| t.as_f32().unwrap().mapv(f64::from)).collect();
         Ok(if double { outputs.chunks(2).map(|pair| &pair[0] + &pair[1]).collect() } else { outputs })
     }))
 }
@@ -328,7 +347,8 @@ fn finite_differences(
         .zip(analytic)
         .map(|(name, analytic)| {
             let size = values[*name].len();
-            let picks: Vec<usize> = if size <= 48 { (0..size).collect() } else { (0..48).map(|_| rng.gen_range(0..size)).collect() };
+            let picks: Vec<usize> =
+                if size <= 48 { (0..size).collect() } else { (0..48).map(|_| rng.gen_range(0..size)).collect() };
             let mut worst: f64 = 0.0;
             for &i in &picks {
                 let mut objective = |delta: f64| {
@@ -395,17 +415,26 @@ pub(crate) fn check_with(runs: Runs, wrt: &[&str], build: impl Fn(&mut TestModel
         let mut evaluate = evaluator(&graph32.model, kind, false).unwrap_or_else(|e| panic!("{label}: {e}"));
         let analytic = evaluate(&values).unwrap_or_else(|e| panic!("{label} on {kind}: {e}")).split_off(1);
         if let Some(reference) = &reference {
-            let errors: Vec<f64> =
-                analytic.iter().zip(reference).map(|(got, want)| max_abs(&(got - want)) / max_abs(want).max(1e-300)).collect();
+            let errors: Vec<f64> = analytic
+                .iter()
+                .zip(reference)
+                .map(|(got, want)| max_abs(&(got - want)) / max_abs(want).max(1e-300))
+                .collect();
             for (name, error) in wrt.iter().zip(&errors) {
-                assert!(*error < 1e-4, "{label} on {kind}: float32 gradient for {name} is off by {error:.2e} (relative)");
+                assert!(
+                    *error < 1e-4,
+                    "{label} on {kind}: float32 gradient for {name} is off by {error:.2e} (relative)"
+                );
             }
             report.push(format!("{kind}: float32 vs float64, relative error {}", listed(wrt, &errors)));
         }
         if runs.float32_differences && without_double.contains(&kind) {
             let errors = finite_differences(&mut evaluate, &values, &seed, wrt, &analytic, 2f64.powi(-7));
             for (name, error) in wrt.iter().zip(&errors) {
-                assert!(*error < 1e-3, "{label} on {kind}: float32 finite differences for {name} are off by {error:.2e}");
+                assert!(
+                    *error < 1e-3,
+                    "{label} on {kind}: float32 finite differences for {name} are off by {error:.2e}"
+                );
             }
             report.push(format!("{kind}: float32 finite differences, relative error {}", listed(wrt, &errors)));
         }
@@ -445,19 +474,37 @@ pub(crate) fn to_double(model: &ModelProto) -> ModelProto {
                 return node.input[i].clone();
             }
             let transposed = format!("{}/{flag}", node.output[0]);
-            nodes.push(NodeProto { op_type: Some("Transpose".into()), input: vec![node.input[i].clone()], output: vec![transposed.clone()], ..Default::default() });
+            nodes.push(NodeProto {
+                op_type: Some("Transpose".into()),
+                input: vec![node.input[i].clone()],
+                output: vec![transposed.clone()],
+                ..Default::default()
+            });
             transposed
         };
         let (a, b) = (operand(0, "transA", &mut nodes), operand(1, "transB", &mut nodes));
         let product = format!("{}/product", node.output[0]);
-        nodes.push(NodeProto { op_type: Some("MatMul".into()), input: vec![a, b], output: vec![product.clone()], ..Default::default() });
-        nodes.push(NodeProto { op_type: Some("Add".into()), input: vec![product, node.input[2].clone()], output: node.output.clone(), ..Default::default() });
+        nodes.push(NodeProto {
+            op_type: Some("MatMul".into()),
+            input: vec![a, b],
+            output: vec![product.clone()],
+            ..Default::default()
+        });
+        nodes.push(NodeProto {
+            op_type: Some("Add".into()),
+            input: vec![product, node.input[2].clone()],
+            output: node.output.clone(),
+            ..Default::default()
+        });
     }
     graph.node = nodes;
     for node in &mut graph.node {
         for attribute in &mut node.attribute {
             attribute.t.iter_mut().for_each(widen);
-            if node.op_type.as_deref() == Some("Cast") && attribute.name.as_deref() == Some("to") && attribute.i == Some(i64::from(FLOAT)) {
+            if node.op_type.as_deref() == Some("Cast")
+                && attribute.name.as_deref() == Some("to")
+                && attribute.i == Some(i64::from(FLOAT))
+            {
                 attribute.i = Some(i64::from(DOUBLE));
             }
         }

@@ -286,6 +286,11 @@ pub fn ints(name: &str, values: &[i64]) -> AttributeProto {
     AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Ints as i32), ints: values.to_vec(), ..Default::default() }
 }
 
+/// A float attribute.
+pub fn float(name: &str, value: f32) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Float as i32), f: Some(value), ..Default::default() }
+}
+
 /// A tensor attribute.
 pub fn tensor(name: &str, value: TensorProto) -> AttributeProto {
     AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Tensor as i32), t: Some(value), ..Default::default() }

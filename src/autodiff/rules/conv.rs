@@ -17,7 +17,14 @@ pub(super) fn register(registry: &mut Registry) {
 /// a ConvTranspose with the forward geometry and `weight` ([channels of g, outputs per group,
 /// *kernel]). Its end pads and output padding are chosen so that the result has exactly the input's
 /// spatial size, the positions no window reached (a stride's remainder) included.
-pub(super) fn scatter(ctx: &Ctx, b: &mut Builder, g: &str, weight: &str, group: i64, window: &Window) -> Result<String> {
+pub(super) fn scatter(
+    ctx: &Ctx,
+    b: &mut Builder,
+    g: &str,
+    weight: &str,
+    group: i64,
+    window: &Window,
+) -> Result<String> {
     let rank = window.input.len();
     let (mut end, mut output_padding) = (vec![0; rank], vec![0; rank]);
     for axis in 0..rank {
@@ -70,7 +77,19 @@ fn conv(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], wanted: &[bool]) -> R
         result[0] = Some(input_gradient(ctx, b, &dy, &grouping, &window)?);
     }
     if wanted[1] {
-        result[1] = Some(weight_gradient(ctx, b, &dy, &grouping, &window)?);
+        result[1] = Some(match ctx.needed_rows(1).filter(|_| group == 1) {
+            // Only some filters train: their rows alone, scattered into zeros.
+            Some(rows) => {
+                let picked = b.ints(rows);
+                let selected = b.op("Gather", &[&dy, &picked], vec![int("axis", 1)]);
+                let only = Grouping { filters: rows.len() as i64, ..grouping };
+                let rows_gradient = weight_gradient(ctx, b, &selected, &only, &window)?;
+                let zeros = b.zeros_like(w, ctx.dtype(w))?;
+                let positions = b.int64s(&[rows.len(), 1], rows);
+                b.op("ScatterND", &[&zeros, &positions, &rows_gradient], vec![])
+            }
+            None => weight_gradient(ctx, b, &dy, &grouping, &window)?,
+        });
     }
     if wanted.get(2).copied().unwrap_or(false) {
         let others: Vec<usize> = std::iter::once(0).chain(2..rank).collect();
@@ -80,6 +99,7 @@ fn conv(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], wanted: &[bool]) -> R
 }
 
 /// Groups, and input channels and filters per group.
+#[derive(Clone, Copy)]
 struct Grouping {
     groups: i64,
     channels: i64,
@@ -93,8 +113,8 @@ fn input_gradient(ctx: &Ctx, b: &mut Builder, dy: &str, grouping: &Grouping, win
     let w = ctx.input(1);
     let spatial = window.input.len();
     let reach: Vec<i64> = (0..spatial).map(|a| window.extent(a) - 1).collect();
-    let correlates =
-        window.strides.iter().all(|&s| s == 1) && (0..spatial).all(|a| window.begin[a] <= reach[a] && window.end[a] <= reach[a]);
+    let correlates = window.strides.iter().all(|&s| s == 1)
+        && (0..spatial).all(|a| window.begin[a] <= reach[a] && window.end[a] <= reach[a]);
     if !correlates {
         return scatter(ctx, b, dy, w, grouping.groups, window);
     }
@@ -105,72 +125,153 @@ fn input_gradient(ctx: &Ctx, b: &mut Builder, dy: &str, grouping: &Grouping, win
     let regrouped = b.reshape(&swapped, &[&[groups * channels, filters], window.kernel.as_slice()].concat());
     let axes: Vec<usize> = (2..spatial + 2).collect();
     let flipped = b.slice(&regrouped, &vec![-1; spatial], &vec![i64::MIN; spatial], &axes, &vec![-1; spatial])?;
-    let pads: Vec<i64> = (0..spatial).map(|a| reach[a] - window.begin[a]).chain((0..spatial).map(|a| reach[a] - window.end[a])).collect();
+    let pads: Vec<i64> = (0..spatial)
+        .map(|a| reach[a] - window.begin[a])
+        .chain((0..spatial).map(|a| reach[a] - window.end[a]))
+        .collect();
     let attributes = vec![ints("dilations", &window.dilations), ints("pads", &pads), int("group", groups)];
     Ok(b.op("Conv", &[dy, &flipped], attributes))
 }
 
-/// dW[m, c, k] = Σ_n Σ_o dY[n, m, o] · Xpad[n, g·C/G + c, o·s + k·d]: for each kernel tap k, one
-/// matrix product per group over the N·|positions| terms, between the output gradient and the
-/// input positions the tap reads. Those pairs are lined up in one of two ways, whichever copies
-/// fewer elements per tap: slicing the (channels-last) padded input at the tap, or, with unit
-/// strides, shifting the output gradient by the tap inside a canvas the size of the padded input
-/// (cheaper when few filters train). Dense products run several times faster on the runtimes than
-/// a convolution whose kernel would be the output gradient.
+/// dW[m, c, k] = Σ_n Σ_o dY[n, m, o] · X[n, g·C/G + c, o·s + k·d − pad]: for each kernel tap k,
+/// one matrix product per group over (sample, position) pairs, between the output gradient and
+/// the input positions the tap reads. The pairs are lined up in whichever way copies fewer
+/// elements per tap:
+/// - few filters (β units train a quarter of them): the output gradient is placed once, spread by
+///   the strides, in a zero canvas; each tap takes a window of it the size of the input, so the
+///   input itself is reused whole by every tap;
+/// - otherwise: both operands are sliced to the (sample, output position) pairs whose input
+///   position lies inside the input.
+///
+/// Dense products run several times faster on the runtimes than a convolution whose kernel would
+/// be the output gradient, and neither form feeds padded data into a product (which tract's
+/// optimiser splits into thousands of pieces).
 fn weight_gradient(ctx: &Ctx, b: &mut Builder, dy: &str, grouping: &Grouping, window: &Window) -> Result<String> {
     let x = ctx.input(0);
     let Grouping { groups, channels, filters } = *grouping;
     let spatial = window.input.len();
     let rank = spatial + 2;
-    let padded_size: Vec<i64> = (0..spatial).map(|a| window.input[a] + window.begin[a] + window.end[a]).collect();
-    // The padded input as [G, N, *padded, C/G] and the output gradient as [G, M/G, N, *output].
-    let pads = [&[0, 0], window.begin.as_slice(), &[0, 0], window.end.as_slice()].concat();
-    let padded = b.pad(x, &pads);
-    let split = b.reshape(&padded, &[&[0, groups, channels], padded_size.as_slice()].concat());
+    // The input as [G, N, *input, C/G] and the output gradient as [G, M/G, N, *output].
+    let split = b.reshape(x, &[&[0, groups, channels], window.input.as_slice()].concat());
     let perm: Vec<usize> = [1, 0].into_iter().chain(3..rank + 1).chain([2]).collect();
     let inputs = b.transpose(&split, &perm);
     let split = b.reshape(dy, &[&[0, groups, filters], window.output.as_slice()].concat());
     let perm: Vec<usize> = [1, 2, 0].into_iter().chain(3..rank + 1).collect();
     let gradient = b.transpose(&split, &perm);
-
-    let shift_gradient = window.strides.iter().all(|&s| s == 1)
-        && filters * padded_size.iter().product::<i64>() < channels * window.output.iter().product::<i64>();
-    let (whole_gradient, whole_inputs) = if shift_gradient {
-        (None, Some(b.reshape(&inputs, &[groups, -1, channels])))
-    } else {
-        (Some(b.reshape(&gradient, &[groups, filters, -1])), None)
-    };
+    let reach: Vec<i64> = (0..spatial).map(|a| window.extent(a) - 1 - window.begin[a]).collect();
+    let canvas = filters * window.input.iter().product::<i64>() < channels * window.output.iter().product::<i64>()
+        && reach.iter().all(|&r| r >= 0);
+    let canvas = if canvas { Some(gradient_canvas(ctx, b, &gradient, grouping, window, &reach)?) } else { None };
+    let whole_inputs = canvas.as_ref().map(|_| b.reshape(&inputs, &[groups, -1, channels]));
+    let dtype = ctx.float_type();
     let mut products = Vec::new();
     for tap in grid(&window.kernel) {
-        let starts: Vec<i64> = (0..spatial).map(|a| tap[a] * window.dilations[a]).collect();
-        let left = match &whole_gradient {
-            Some(whole) => whole.clone(),
-            None => {
-                let mut pads = vec![0; 2 * (rank + 1)];
-                for a in 0..spatial {
-                    pads[a + 3] = starts[a];
-                    pads[rank + 1 + a + 3] = padded_size[a] - starts[a] - window.output[a];
+        let offsets: Vec<i64> = (0..spatial).map(|a| tap[a] * window.dilations[a] - window.begin[a]).collect();
+        let operands = match (&canvas, &whole_inputs) {
+            (Some(canvas), Some(whole_inputs)) => {
+                // Input position i reads the canvas at i − offset + reach.
+                let ranges: Vec<(i64, i64, i64)> =
+                    (0..spatial).map(|a| (reach[a] - offsets[a], reach[a] - offsets[a] + window.input[a], 1)).collect();
+                let window_of = cut(b, &canvas.0, 3, &ranges, &canvas.1)?;
+                Some((b.reshape(&window_of, &[groups, filters, -1]), whole_inputs.clone()))
+            }
+            _ => {
+                // Per axis, the outputs [first, last] whose tap reads inside the input.
+                let ranges: Vec<(i64, i64)> = (0..spatial)
+                    .map(|a| {
+                        let stride = window.strides[a];
+                        let first = ((-offsets[a]).max(0) + stride - 1) / stride;
+                        let last = (window.output[a] - 1).min((window.input[a] - 1 - offsets[a]).div_euclid(stride));
+                        (first, last)
+                    })
+                    .collect();
+                if ranges.iter().any(|(first, last)| first > last) {
+                    None
+                } else {
+                    let kept: Vec<(i64, i64, i64)> = ranges.iter().map(|&(f, l)| (f, l + 1, 1)).collect();
+                    let left = cut(b, &gradient, 3, &kept, &window.output)?;
+                    let reads: Vec<(i64, i64, i64)> = (0..spatial)
+                        .map(|a| {
+                            let (first, last) = ranges[a];
+                            (
+                                first * window.strides[a] + offsets[a],
+                                last * window.strides[a] + offsets[a] + 1,
+                                window.strides[a],
+                            )
+                        })
+                        .collect();
+                    let right = cut(b, &inputs, 2, &reads, &window.input)?;
+                    Some((b.reshape(&left, &[groups, filters, -1]), b.reshape(&right, &[groups, -1, channels])))
                 }
-                let shifted = b.pad(&gradient, &pads);
-                b.reshape(&shifted, &[groups, filters, -1])
             }
         };
-        let right = match &whole_inputs {
-            Some(whole) => whole.clone(),
+        let product = match operands {
+            Some((left, right)) => b.op("MatMul", &[&left, &right], vec![]),
+            // The tap reads only padding.
             None => {
-                let ends: Vec<i64> = (0..spatial).map(|a| starts[a] + (window.output[a] - 1) * window.strides[a] + 1).collect();
-                let axes: Vec<usize> = (2..rank).collect();
-                let read = b.slice(&inputs, &starts, &ends, &axes, &window.strides)?;
-                b.reshape(&read, &[groups, -1, channels])
+                let zeros = vec![0.0; (groups * filters * channels) as usize];
+                b.floats(dtype, &[groups as usize, filters as usize, channels as usize], &zeros)?
             }
         };
-        let product = b.op("MatMul", &[&left, &right], vec![]);
         products.push(b.unsqueeze(&product, &[3]));
     }
     let products: Vec<&str> = products.iter().map(String::as_str).collect();
-    let taps = if products.len() == 1 { products[0].to_string() } else { b.op("Concat", &products, vec![int("axis", 3)]) };
+    let taps =
+        if products.len() == 1 { products[0].to_string() } else { b.op("Concat", &products, vec![int("axis", 3)]) };
     // [G, M/G, C/G, taps] is [M, C/G, *kernel] in row-major order.
     Ok(b.reshape(&taps, &[&[groups * filters, channels], window.kernel.as_slice()].concat()))
+}
+
+/// The output gradient [G, M/G, N, *output] spread by the strides (element o at o · stride) and
+/// padded with zeros so that every tap's view of the input lies inside: `reach` before, enough
+/// after. Returns the canvas and its spatial size.
+fn gradient_canvas(
+    ctx: &Ctx,
+    b: &mut Builder,
+    gradient: &str,
+    grouping: &Grouping,
+    window: &Window,
+    reach: &[i64],
+) -> Result<(String, Vec<i64>)> {
+    let spatial = window.input.len();
+    let mut spread = gradient.to_string();
+    let mut dims: Vec<Option<i64>> = [Some(grouping.groups), Some(grouping.filters), None]
+        .into_iter()
+        .chain(window.output.iter().map(|&o| Some(o)))
+        .collect();
+    for a in 0..spatial {
+        if window.strides[a] > 1 {
+            spread =
+                crate::autodiff::emit::interleave(b, &spread, a + 3, window.strides[a], &dims, ctx.float_type()).map_err(|m| ctx.error(m))?;
+            dims[a + 3] = Some((window.output[a] - 1) * window.strides[a] + 1);
+        }
+    }
+    let mut pads = vec![0; 2 * (spatial + 3)];
+    let mut size = Vec::with_capacity(spatial);
+    for a in 0..spatial {
+        let length = dims[a + 3].unwrap_or(0);
+        // The last read: input position size − 1 for the tap with the smallest offset (−begin).
+        let after = (window.input[a] + window.begin[a] - length).max(0);
+        pads[a + 3] = reach[a];
+        pads[spatial + 3 + a + 3] = after;
+        size.push(reach[a] + length + after);
+    }
+    Ok((b.pad(&spread, &pads), size))
+}
+
+/// `x` sliced to `(start, end, step)` on the consecutive axes from `first_axis` (whose sizes are
+/// `sizes`); axes taken whole are left out, and nothing is emitted when all are.
+fn cut(b: &mut Builder, x: &str, first_axis: usize, ranges: &[(i64, i64, i64)], sizes: &[i64]) -> Result<String> {
+    let cuts: Vec<(usize, (i64, i64, i64))> =
+        ranges.iter().enumerate().filter(|&(a, &r)| r != (0, sizes[a], 1)).map(|(a, &r)| (first_axis + a, r)).collect();
+    if cuts.is_empty() {
+        return Ok(x.to_string());
+    }
+    let axes: Vec<usize> = cuts.iter().map(|c| c.0).collect();
+    let starts: Vec<i64> = cuts.iter().map(|c| c.1 .0).collect();
+    let ends: Vec<i64> = cuts.iter().map(|c| c.1 .1).collect();
+    let steps: Vec<i64> = cuts.iter().map(|c| c.1 .2).collect();
+    b.slice(x, &starts, &ends, &axes, &steps)
 }
 
 #[cfg(test)]
@@ -215,6 +316,14 @@ mod tests {
     }
 
     #[test]
+    fn conv_few_filters_over_many_channels() {
+        // Fewer filters than channels: the weight gradient shifts a canvas of the output gradient.
+        let attributes = vec![ints("strides", &[2, 3]), ints("dilations", &[1, 2]), ints("pads", &[1, 2, 0, 1])];
+        conv_case(&[2, 9, 7, 8], &[2, 9, 3, 2], true, attributes);
+        conv_case(&[2, 8, 5, 5], &[1, 8, 3, 3], false, vec![ints("pads", &[1, 1, 1, 1])]);
+    }
+
+    #[test]
     fn conv_depthwise_strided() {
         let attributes = vec![int("group", 4), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])];
         conv_case(&[2, 4, 7, 7], &[4, 1, 3, 3], false, attributes);
@@ -232,6 +341,11 @@ mod tests {
 
     #[test]
     fn conv_one_dimensional() {
-        conv_case(&[2, 3, 11], &[2, 3, 3], true, vec![ints("strides", &[3]), ints("dilations", &[2]), ints("pads", &[2, 1])]);
+        conv_case(
+            &[2, 3, 11],
+            &[2, 3, 3],
+            true,
+            vec![ints("strides", &[3]), ints("dilations", &[2]), ints("pads", &[2, 1])],
+        );
     }
 }

@@ -22,12 +22,14 @@ fn gemm(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], wanted: &[bool]) -> R
     let trans_b = attr_int(ctx.node, "transB", 0) != 0;
     let (a, bm) = (ctx.input(0), ctx.input(1));
     let product = |b: &mut Builder, left: &str, right: &str, left_t: bool, right_t: bool| {
-        let attributes = vec![float("alpha", alpha), int("transA", i64::from(left_t)), int("transB", i64::from(right_t))];
+        let attributes =
+            vec![float("alpha", alpha), int("transA", i64::from(left_t)), int("transB", i64::from(right_t))];
         b.op("Gemm", &[left, right], attributes)
     };
     let mut result = vec![None; ctx.node.input.len()];
     if wanted[0] {
-        result[0] = Some(if trans_a { product(b, bm, &dy, trans_b, true) } else { product(b, &dy, bm, false, !trans_b) });
+        result[0] =
+            Some(if trans_a { product(b, bm, &dy, trans_b, true) } else { product(b, &dy, bm, false, !trans_b) });
     }
     if wanted[1] {
         result[1] = Some(if trans_b { product(b, &dy, a, true, trans_a) } else { product(b, a, &dy, !trans_a, false) });
@@ -103,7 +105,8 @@ mod tests {
                 let a = t.input("a", if trans_a == 1 { &[4, 3] } else { &[3, 4] });
                 let b = t.param("b", if trans_b == 1 { &[5, 4] } else { &[4, 5] });
                 let c = t.param("c", &[5]);
-                let attributes = vec![int("transA", trans_a), int("transB", trans_b), float("alpha", 0.7), float("beta", 1.3)];
+                let attributes =
+                    vec![int("transA", trans_a), int("transB", trans_b), float("alpha", 0.7), float("beta", 1.3)];
                 t.node("Gemm", &[&a, &b, &c], attributes)
             });
         }

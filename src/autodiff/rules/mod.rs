@@ -80,11 +80,19 @@ pub(crate) struct Ctx<'a> {
     pub node: &'a NodeProto,
     pub label: String,
     pub facts: &'a Facts,
+    /// Values of which only some rows (indices along axis 0) need a gradient.
+    rows: &'a HashMap<String, Vec<i64>>,
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(node: &'a NodeProto, position: usize, facts: &'a Facts) -> Ctx<'a> {
-        Ctx { node, label: node_label(node, position), facts }
+    pub fn new(node: &'a NodeProto, position: usize, facts: &'a Facts, rows: &'a HashMap<String, Vec<i64>>) -> Ctx<'a> {
+        Ctx { node, label: node_label(node, position), facts, rows }
+    }
+
+    /// The rows of input `i` whose gradient anything reads, when that is not all of them (β units
+    /// scatter a few trained filters into a frozen kernel); the other rows may be left zero.
+    pub fn needed_rows(&self, i: usize) -> Option<&'a [i64]> {
+        self.rows.get(self.input(i)).map(Vec::as_slice)
     }
 
     pub fn op(&self) -> &str {
@@ -150,7 +158,14 @@ fn first(ctx: &Ctx, dy: &[Option<String>]) -> Result<String> {
 /// `g`, the gradient of a value of shape `from` that numpy-broadcasting produced from `target`
 /// (whose shape, aligned to the right, is `target_shape`), summed back over the broadcast axes and
 /// reshaped to `target`'s runtime shape when the ranks differ.
-fn unbroadcast(ctx: &Ctx, b: &mut Builder, g: &str, from: &[Dim], target: &str, target_shape: &[Dim]) -> Result<String> {
+fn unbroadcast(
+    ctx: &Ctx,
+    b: &mut Builder,
+    g: &str,
+    from: &[Dim],
+    target: &str,
+    target_shape: &[Dim],
+) -> Result<String> {
     let lead = from.len().checked_sub(target_shape.len()).ok_or_else(|| ctx.error("an operand outranks the result"))?;
     let mut axes: Vec<usize> = (0..lead).collect();
     for (i, dim) in target_shape.iter().enumerate() {

@@ -27,7 +27,6 @@ fn geometry(ctx: &Ctx) -> Result<(Window, i64)> {
     Ok((window, dims[0]))
 }
 
-
 /// The gradient goes to the element each window took its maximum from: the runtime's own choice,
 /// read from the Indices output of a copy of the node. A table gives, per kernel tap and output
 /// position, the flat index (within one channel plane) that the tap reads; comparing it with the
@@ -42,7 +41,8 @@ fn max_pool(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], _: &[bool]) -> Re
     let taps = grid(&window.kernel);
     let outputs = grid(&window.output);
 
-    let mut attributes: Vec<_> = ctx.node.attribute.iter().filter(|a| a.name.as_deref() != Some("storage_order")).cloned().collect();
+    let mut attributes: Vec<_> =
+        ctx.node.attribute.iter().filter(|a| a.name.as_deref() != Some("storage_order")).cloned().collect();
     attributes.push(int("storage_order", 0));
     let indices = b.op_n("MaxPool", &[ctx.input(0)], attributes, 2).remove(1);
     // The index within the sample's channel plane (ONNX indices count the planes before).
@@ -56,7 +56,8 @@ fn max_pool(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], _: &[bool]) -> Re
         for out in &outputs {
             let mut flat = 0;
             for axis in 0..spatial {
-                let position = out[axis] * window.strides[axis] - window.begin[axis] + tap[axis] * window.dilations[axis];
+                let position =
+                    out[axis] * window.strides[axis] - window.begin[axis] + tap[axis] * window.dilations[axis];
                 if !(0..window.input[axis]).contains(&position) {
                     flat = -1;
                     break;
@@ -66,7 +67,8 @@ fn max_pool(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], _: &[bool]) -> Re
             table.push(flat);
         }
     }
-    let table_shape: Vec<usize> = std::iter::once(taps.len()).chain(window.output.iter().map(|&o| o as usize)).collect();
+    let table_shape: Vec<usize> =
+        std::iter::once(taps.len()).chain(window.output.iter().map(|&o| o as usize)).collect();
     let table = b.int64s(&table_shape, &table);
     let expanded = b.unsqueeze(&within, &[2]);
     let chosen = b.op("Equal", &[&expanded, &table], vec![]);
@@ -111,7 +113,8 @@ fn average_pool(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], _: &[bool]) -
     let divisor_shape: Vec<usize> = window.output.iter().map(|&o| o as usize).collect();
     let divisors = b.floats(dtype, &divisor_shape, &divisors)?;
     let shared = b.op("Div", &[&dy, &divisors], vec![]);
-    let kernel_shape: Vec<usize> = [channels as usize, 1].into_iter().chain(window.kernel.iter().map(|&k| k as usize)).collect();
+    let kernel_shape: Vec<usize> =
+        [channels as usize, 1].into_iter().chain(window.kernel.iter().map(|&k| k as usize)).collect();
     let ones = vec![1.0; kernel_shape.iter().product()];
     let kernel = b.floats(dtype, &kernel_shape, &ones)?;
     Ok(only(1, 0, scatter(ctx, b, &shared, &kernel, channels, &window)?))
@@ -135,7 +138,11 @@ mod tests {
 
     #[test]
     fn max_pool_overlapping_padded_dilated() {
-        pool_case("MaxPool", &[2, 3, 7, 7], vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])]);
+        pool_case(
+            "MaxPool",
+            &[2, 3, 7, 7],
+            vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])],
+        );
         pool_case("MaxPool", &[2, 2, 6, 6], vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])]);
         let dilated = vec![ints("kernel_shape", &[2, 3]), ints("dilations", &[2, 1]), ints("pads", &[0, 1, 1, 0])];
         pool_case("MaxPool", &[1, 2, 8, 7], dilated);
@@ -146,9 +153,20 @@ mod tests {
     #[test]
     fn average_pool_divisors() {
         for include in [0, 1] {
-            let padded = vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), ints("pads", &[1, 0, 0, 1]), int("count_include_pad", include)];
+            let padded = vec![
+                ints("kernel_shape", &[3, 3]),
+                ints("strides", &[2, 2]),
+                ints("pads", &[1, 0, 0, 1]),
+                int("count_include_pad", include),
+            ];
             pool_case("AveragePool", &[2, 3, 7, 6], padded);
-            let ceil = vec![ints("kernel_shape", &[3, 2]), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1]), int("ceil_mode", 1), int("count_include_pad", include)];
+            let ceil = vec![
+                ints("kernel_shape", &[3, 2]),
+                ints("strides", &[2, 2]),
+                ints("pads", &[1, 1, 1, 1]),
+                int("ceil_mode", 1),
+                int("count_include_pad", include),
+            ];
             pool_case("AveragePool", &[1, 2, 6, 7], ceil);
         }
         pool_case("AveragePool", &[2, 2, 5, 5], vec![ints("kernel_shape", &[2, 2])]);

@@ -30,7 +30,14 @@ fn global_average_pool(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], _: &[b
 }
 
 /// Broadcasts `dy` back over `axes` of the input, divided by their element count for a mean.
-fn spread(ctx: &Ctx, b: &mut Builder, dy: &str, axes: &[usize], keepdims: bool, mean: bool) -> Result<Vec<Option<String>>> {
+fn spread(
+    ctx: &Ctx,
+    b: &mut Builder,
+    dy: &str,
+    axes: &[usize],
+    keepdims: bool,
+    mean: bool,
+) -> Result<Vec<Option<String>>> {
     let x = ctx.input(0);
     let count = ctx.node.input.len();
     if axes.is_empty() {

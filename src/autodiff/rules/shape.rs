@@ -20,6 +20,7 @@ pub(super) fn register(registry: &mut Registry) {
     registry.insert("Split", x, split);
     registry.insert("Slice", x, slice);
     registry.insert("Pad", x, pad);
+    registry.insert("ScatterND", Differentiable::Only(&[0, 2]), scatter_nd);
 }
 
 /// The gradient has the output's elements in the input's shape.
@@ -109,7 +110,7 @@ fn slice(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], _: &[bool]) -> Resul
         let step = range.step.abs();
         let mut len = range.len;
         if step > 1 {
-            g = b.interleave(&g, axis, step, &dims, ctx.dtype(x)).map_err(|m| ctx.error(m))?;
+            g = crate::autodiff::emit::interleave(b, &g, axis, step, &dims, ctx.dtype(x)).map_err(|m| ctx.error(m))?;
             len = (len - 1) * step + 1;
         }
         let lowest = range.lowest();
@@ -174,10 +175,32 @@ fn pad(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], _: &[bool]) -> Result<
                 }
                 total
             }
-            other => return Err(ctx.error(format!("Pad mode '{}' has no gradient rule", String::from_utf8_lossy(other)))),
+            other => {
+                return Err(ctx.error(format!("Pad mode '{}' has no gradient rule", String::from_utf8_lossy(other))))
+            }
         };
     }
     Ok(only(ctx.node.input.len(), 0, g))
+}
+
+/// ScatterND without reduction (how β units merge replacement filters into a kernel): the updates
+/// receive the gradient at their indices, the data everywhere else. Indices are distinct, as ONNX
+/// requires for this reduction.
+fn scatter_nd(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], wanted: &[bool]) -> Result<Vec<Option<String>>> {
+    if attribute(ctx.node, "reduction").and_then(|a| a.s.as_deref()).is_some_and(|r| r != b"none") {
+        return Err(ctx.error("only ScatterND without reduction has a gradient rule"));
+    }
+    let dy = first(ctx, dy)?;
+    let (indices, updates) = (ctx.input(1), ctx.input(2));
+    let mut result = vec![None; ctx.node.input.len()];
+    if wanted[0] {
+        let cleared = b.zeros_like(updates, ctx.dtype(updates))?;
+        result[0] = Some(b.op("ScatterND", &[&dy, indices, &cleared], vec![]));
+    }
+    if wanted[2] {
+        result[2] = Some(b.op("GatherND", &[&dy, indices], vec![]));
+    }
+    Ok(result)
 }
 
 #[cfg(test)]
@@ -247,6 +270,18 @@ mod tests {
             let (starts, ends, axes) = (t.ints("starts", &[-1]), t.ints("ends", &[-6]), t.ints("axes", &[0]));
             let steps = t.ints("steps", &[-1]);
             t.node("Slice", &[&x, &starts, &ends, &axes, &steps], vec![])
+        });
+    }
+
+    #[test]
+    fn scatter_nd_as_in_a_beta_unit() {
+        // Replacement filters 1 and 3 merged into a kernel, then convolved.
+        check(&["x", "kernel", "replacement"], |t| {
+            let x = t.input("x", &[2, 3, 5, 5]);
+            let (kernel, replacement) = (t.param("kernel", &[4, 3, 3, 3]), t.param("replacement", &[2, 3, 3, 3]));
+            let blamed = t.int_tensor("blamed", &[2, 1], &[1, 3]);
+            let merged = t.node("ScatterND", &[&kernel, &blamed, &replacement], vec![]);
+            t.node("Conv", &[&x, &merged], vec![ints("pads", &[1, 1, 1, 1])])
         });
     }
 
