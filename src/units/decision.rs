@@ -4,7 +4,7 @@
 //! CR_n = |{neurons where exactly one of z⁻ > 0, z⁺ > 0}| / |z⁺|, with z⁻ the blamed original
 //! channels and z⁺ the replacement channels, both after the layer's own BatchNormalization and
 //! activation. z⁻ is read from the original model's own value, so it is bit-for-bit the value the
-//! model computes; z⁺ comes from the merged layer, computed exactly as the adapted path computes it.
+//! model computes; z⁺ is computed beside it from the replacement filters.
 
 use super::spec::{Decision, Direction};
 use super::PatchedParams;
@@ -42,20 +42,33 @@ pub fn emit(
     let channels = builder.ints(&blamed.iter().map(|&c| c as i64).collect::<Vec<_>>());
     let original = builder.op("Gather", &[&site.output, &channels], vec![int("axis", 1)]);
 
-    // The merged layer, exactly as the adapted path computes it, then its blamed channels: z⁺ is
-    // then bit-identical to the replacement path's own activations.
+    // z⁺: the replacement filters alone where the convolution is not grouped (k filters, the
+    // cheapest); otherwise the merged layer, then its blamed channels. BatchNormalization
+    // parameters are taken at the blamed channels (a Gather of constants, folded at load time).
     let conv_node = &graph.node[site.conv];
-    let mut inputs = vec![site.input.as_str(), params.weight.as_str()];
-    inputs.extend(params.bias.as_deref());
+    let grouped = conv.group > 1;
+    let (weight, bias) = if grouped {
+        (params.weight.as_str(), params.bias.as_deref())
+    } else {
+        (params.replacement_weight.as_str(), params.replacement_bias.as_deref())
+    };
+    let mut inputs = vec![site.input.as_str(), weight];
+    inputs.extend(bias);
     let mut replacement = builder.op("Conv", &inputs, conv_node.attribute.clone());
+    if grouped {
+        replacement = builder.op("Gather", &[&replacement, &channels], vec![int("axis", 1)]);
+    }
     if let Some(bn_position) = site.batchnorm {
         let bn = &graph.node[bn_position];
         let parameters: Vec<String> = match &params.batchnorm {
             Some((_, merged)) => merged.to_vec(),
             None => bn.input[1..5].to_vec(),
         };
-        let mut inputs = vec![replacement.as_str()];
-        inputs.extend(parameters.iter().map(String::as_str));
+        let mut inputs = vec![replacement];
+        for parameter in &parameters {
+            inputs.push(builder.op("Gather", &[parameter, &channels], vec![int("axis", 0)]));
+        }
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         replacement = builder.op("BatchNormalization", &inputs, bn.attribute.clone());
     }
     if let Some(activation_position) = site.activation {
@@ -64,7 +77,6 @@ pub fn emit(
         inputs.extend(activation.input.iter().skip(1).map(String::as_str));
         replacement = builder.op(activation.op_type.as_deref().unwrap_or("Relu"), &inputs, activation.attribute.clone());
     }
-    let replacement = builder.op("Gather", &[&replacement, &channels], vec![int("axis", 1)]);
 
     let zero = builder.scalar(FLOAT, 0.0)?;
     let original_active = builder.op("Greater", &[&original, &zero], vec![]);
