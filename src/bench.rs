@@ -125,7 +125,7 @@ pub fn patch_cost(model_path: &std::path::Path, config: &Config, kappa: f64, rou
         let flags_at = session.output_names().iter().position(|n| n == crate::units::ADAPTED_OUTPUT).unwrap_or(0);
         let flags = session.run(&[(io.input.as_str(), &input)])?;
         let adapted_share = flags[flags_at].as_bool()?.iter().filter(|&&a| a).count() as f64 / batch as f64;
-        let repeats = (2048 / batch).clamp(3, 200);
+        let repeats = (4096 / batch).clamp(3, 1000);
         let (mut best_original, mut best_patched) = (f64::INFINITY, f64::INFINITY);
         for _ in 0..rounds.max(1) {
             for (best, session) in [(&mut best_original, &mut original), (&mut best_patched, &mut session)] {

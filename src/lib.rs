@@ -4,6 +4,7 @@
 //! `backend`, with `data` providing images and corruptions and `report` rendering results.
 
 pub mod analysis;
+pub mod assess;
 pub mod autodiff;
 pub mod backend;
 pub mod bench;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use onnx_deeppatch::config::{Config, Overrides};
 use onnx_deeppatch::progress::{self, LogFormat};
-use onnx_deeppatch::{bench, eval, inspect, onnx, report, units};
+use onnx_deeppatch::{assess, bench, eval, inspect, onnx, report, units};
 
 #[derive(Parser)]
 #[command(name = "onnx-deeppatch", version, about = "Make a deployed ONNX image classifier robust to blur and spatial shifts without losing standard accuracy (DeepPatch)")]
@@ -47,6 +47,29 @@ enum Command {
         /// Write an SVG chart of accuracy against σ.
         #[arg(long, value_name = "FILE")]
         report_svg: Option<PathBuf>,
+    },
+    /// Filter assessment: per convolution, the accuracy change on T_val* when each filter is zeroed.
+    Assess {
+        /// The model (not with --merge).
+        #[arg(required_unless_present = "merge")]
+        model: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+        /// Write the assessment artifact (JSON); a rerun after an interruption resumes from FILE.partial.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Use the oracle: one full pass over T_val* per filter.
+        #[arg(long)]
+        naive: bool,
+        /// Blamed ratio κ (default 0.25).
+        #[arg(long)]
+        kappa: Option<f64>,
+        /// Assess only layers k with k mod n = i (0-based i/n).
+        #[arg(long, value_name = "I/N")]
+        shard: Option<assess::Shard>,
+        /// Join shard artifacts into one (written to --out).
+        #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with_all = ["model", "naive", "shard"])]
+        merge: Vec<PathBuf>,
     },
     /// Rewrite a model with a patch: the γ-patched model (default), the β model or an α model.
     Patch {
@@ -105,7 +128,7 @@ enum Bench {
         #[arg(long, default_value_t = 0.25)]
         kappa: f64,
         /// Alternating rounds of each; the fastest of each counts.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 9)]
         rounds: usize,
     },
 }
@@ -161,6 +184,23 @@ fn run(command: Command) -> anyhow::Result<()> {
             write_report(report_json.as_deref(), || Ok(serde_json::to_string_pretty(&report::json(&outcome.report))? + "\n"))?;
             write_report(report_md.as_deref(), || Ok(report::markdown(&outcome.report)))?;
             write_report(report_svg.as_deref(), || Ok(report::chart(&outcome.report)))?;
+        }
+        Command::Assess { model, common, out, naive, kappa, shard, merge } => {
+            let assessment = match model {
+                Some(model) if merge.is_empty() => {
+                    let options = assess::AssessOptions { naive, kappa, shard, out: out.clone() };
+                    assess::assess_model(&model, &common.resolve()?, &options).with_context(|| format!("assessing {}", model.display()))?
+                }
+                _ => {
+                    let parts = merge.iter().map(|p| assess::load(p)).collect::<Result<Vec<_>, _>>()?;
+                    let merged = assess::merge(&parts)?;
+                    if let Some(out) = &out {
+                        assess::save(&merged, out)?;
+                    }
+                    merged
+                }
+            };
+            print!("{}", assessment.summary());
         }
         Command::Patch { model, output, spec, random_spec, kappa, seed, boundary, beta, conv, channels, save_spec } => {
             let proto = onnx::load_model(&model)?;

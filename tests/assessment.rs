@@ -1,0 +1,224 @@
+//! Filter assessment (BRIEF §2.1): the fast implementation gives exactly the naive oracle's counts
+//! of correct predictions, and the `assess` command writes the artifact the later stages read.
+
+mod common;
+
+use std::time::Instant;
+
+use onnx_deeppatch::assess::{self, Assessment, Counts};
+use onnx_deeppatch::backend::{BackendKind, BackendOptions};
+use onnx_deeppatch::config::Config;
+use onnx_deeppatch::eval::ModelIo;
+
+/// The shared CIFAR-10 JPEG data with the models' preprocessing and `val` validation images.
+fn config(val: usize, backend: BackendKind) -> Config {
+    let mut config = Config::default();
+    config.data.root = Some(common::shared().join("data/cifar10-jpg"));
+    config.data.val_size = Some(val);
+    config.preprocess.mean = vec![0.485, 0.456, 0.406];
+    config.preprocess.std = vec![0.229, 0.224, 0.225];
+    config.backend.kind = backend;
+    config
+}
+
+/// Runs naive and fast on the same layers and images; asserts equal counts and returns the
+/// seconds each took.
+fn fast_equals_naive(model: &str, val: usize, backend: BackendKind, layers: Option<&[usize]>) -> (Counts, f64, f64) {
+    let config = config(val, backend);
+    let proto = onnx_deeppatch::onnx::load_model(&common::shared_model(model)).unwrap();
+    let io = ModelIo::resolve(&proto, &config.preprocess).unwrap();
+    let data = assess::load_val_star(&config).unwrap();
+    assert_eq!(data.images, val);
+    assert_eq!(data.len(), 6 * val);
+    let options = BackendOptions { kind: backend, ..Default::default() };
+    let start = Instant::now();
+    let fast = assess::fast(&proto, &io, &data, &options, layers).unwrap();
+    let fast_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let naive = assess::naive(&proto, &io, &data, &options, layers).unwrap();
+    let naive_s = start.elapsed().as_secs_f64();
+    let filters: usize = naive.layers.iter().map(|l| l.filters).sum();
+    eprintln!(
+        "{model} ({backend}, {} T_val* images, {} layers, {filters} filters): naive {naive_s:.1} s, fast {fast_s:.1} s, ratio {:.2}",
+        data.len(),
+        naive.layers.len(),
+        naive_s / fast_s
+    );
+    assert_eq!(fast, naive);
+    // Not a degenerate agreement: zeroing filters changes the counts.
+    assert!(naive.layers.iter().any(|l| l.correct.iter().any(|&c| c != naive.correct0)));
+    (naive, naive_s, fast_s)
+}
+
+#[test]
+fn tiny_cnn_fast_equals_naive_on_every_filter() {
+    let (counts, _, _) = fast_equals_naive("tiny_cnn_cifar10", 60, BackendKind::Ort, None);
+    assert_eq!(counts.total, 360);
+    assert_eq!(counts.layers.iter().map(|l| l.filters).collect::<Vec<_>>(), vec![16, 32, 64]);
+}
+
+/// ResNet20 with a 60-image T_val: the stem, a residual block's second convolution (read by the
+/// skip Add), both convolutions of the first down-sampling block and the last convolution. All
+/// 688 filters naive take about four minutes on the shared 2-core machine; `assess --naive` on
+/// the command line compares them all.
+#[test]
+fn resnet20_fast_equals_naive_on_residual_and_downsampling_layers() {
+    let layers = [0, 2, 7, 8, 18];
+    let (counts, _, _) = fast_equals_naive("resnet20_cifar10", 60, BackendKind::Ort, Some(&layers));
+    assert_eq!(counts.layers.iter().map(|l| l.filters).collect::<Vec<_>>(), vec![16, 16, 32, 32, 64]);
+    assert_eq!(counts.layers[1].name, "/layer1/layer1.0/conv2/Conv");
+}
+
+#[test]
+fn assess_command_writes_the_artifact() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("assessment.json");
+    let data = common::shared().join("data/cifar10-jpg");
+    let model = common::shared_model("tiny_cnn_cifar10");
+    let output = common::cli(os_args![
+        "assess", model, "--data", data, "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225",
+        "--backend", "ort", "--val-size", "20", "--kappa", "0.5", "--out", out
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("/f/f.4/f.4.0/Conv"), "{stdout}");
+    let artifact: Assessment = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(artifact.images, 120);
+    assert_eq!(artifact.kappa, 0.5);
+    assert_eq!(artifact.model_sha256.len(), 64);
+    assert_eq!(artifact.data_fingerprint.len(), 64);
+    assert_eq!(artifact.acc0, 100.0 * artifact.correct0 as f64 / 120.0);
+    assert_eq!(artifact.layers.len(), 3);
+    for layer in &artifact.layers {
+        assert_eq!(layer.scores.len(), layer.filters);
+        for (score, &correct) in layer.scores.iter().zip(&layer.correct) {
+            assert!((score - (100.0 * correct as f64 / 120.0 - artifact.acc0)).abs() < 1e-9);
+        }
+        // Ranking: a permutation, δ descending, ties by index.
+        let mut sorted = layer.ranking.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..layer.filters).collect::<Vec<_>>());
+        for pair in layer.ranking.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            assert!(layer.correct[a] > layer.correct[b] || (layer.correct[a] == layer.correct[b] && a < b));
+        }
+        let mut blamed = layer.ranking[..layer.filters / 2].to_vec();
+        blamed.sort_unstable();
+        assert_eq!(layer.blamed, blamed);
+    }
+    // Layers are named by their Conv node in the raw JSON too.
+    let again: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(again["layers"][0]["name"], "/f/f.0/f.0.0/Conv");
+}
+
+/// `assess` on tiny_cnn with 20 validation images and extra arguments.
+fn assess_args(out: &std::path::Path, extra: &[&str]) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "assess".into(),
+        common::shared_model("tiny_cnn_cifar10").into(),
+        "--data".into(),
+        common::shared().join("data/cifar10-jpg").into(),
+        "--mean".into(),
+        "0.485,0.456,0.406".into(),
+        "--std".into(),
+        "0.229,0.224,0.225".into(),
+        "--backend".into(),
+        "ort".into(),
+        "--val-size".into(),
+        "20".into(),
+        "--out".into(),
+        out.into(),
+    ];
+    args.extend(extra.iter().map(|a| a.into()));
+    args
+}
+
+fn run_ok(args: &[std::ffi::OsString]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_onnx-deeppatch")).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    stderr
+}
+
+fn artifact(path: &std::path::Path) -> Assessment {
+    assess::load(path).unwrap()
+}
+
+#[test]
+fn killed_assessment_resumes_to_the_same_artifact() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole.json");
+    run_ok(&assess_args(&whole, &["--naive"]));
+    assert!(!assess::partial_path(&whole).exists());
+
+    let resumed = dir.path().join("resumed.json");
+    let partial = assess::partial_path(&resumed);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_onnx-deeppatch"))
+        .args(assess_args(&resumed, &["--naive"]))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // SIGKILL once the first layer is recorded (header + one line), before the last one is.
+    let start = Instant::now();
+    loop {
+        let lines = std::fs::read_to_string(&partial).map(|t| t.lines().count()).unwrap_or(0);
+        if lines >= 2 {
+            break;
+        }
+        assert!(start.elapsed().as_secs() < 120, "no layer recorded");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!resumed.exists(), "the run finished before it was killed");
+    let stderr = run_ok(&assess_args(&resumed, &["--naive"]));
+    assert!(stderr.contains("resuming: "), "{stderr}");
+    assert_eq!(artifact(&resumed), artifact(&whole));
+    assert!(!partial.exists());
+}
+
+#[test]
+fn merged_shards_equal_an_unsharded_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole.json");
+    run_ok(&assess_args(&whole, &[]));
+    let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    run_ok(&assess_args(&a, &["--shard", "0/2"]));
+    run_ok(&assess_args(&b, &["--shard", "1/2"]));
+    let shard = artifact(&b);
+    assert_eq!(shard.layers.iter().map(|l| l.index).collect::<Vec<_>>(), vec![1]);
+    let merged = dir.path().join("merged.json");
+    let output = common::cli(os_args!["assess", "--merge", a, b, "--out", merged]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(artifact(&merged), artifact(&whole));
+    // A shard alone is incomplete.
+    let output = common::cli(os_args!["assess", "--merge", a, "--out", merged]);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+/// Benchmark (ort CPU, ResNet20, 60 validation images = 360 T_val* images): naive and fast
+/// alternate layer by layer, so load from other processes hits both alike; counts must agree.
+/// `cargo test --release --test assessment -- --ignored --nocapture bench`
+#[test]
+#[ignore = "benchmark: several minutes on two cores"]
+fn bench_resnet20_naive_vs_fast() {
+    let config = config(60, BackendKind::Ort);
+    let proto = onnx_deeppatch::onnx::load_model(&common::shared_model("resnet20_cifar10")).unwrap();
+    let io = ModelIo::resolve(&proto, &config.preprocess).unwrap();
+    let data = assess::load_val_star(&config).unwrap();
+    let options = BackendOptions { kind: BackendKind::Ort, ..Default::default() };
+    let (mut fast_s, mut naive_s) = (0.0, 0.0);
+    for layer in 0..assess::assessable(&proto).unwrap().len() {
+        let start = Instant::now();
+        let fast = assess::fast(&proto, &io, &data, &options, Some(&[layer])).unwrap();
+        let f = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let naive = assess::naive(&proto, &io, &data, &options, Some(&[layer])).unwrap();
+        let n = start.elapsed().as_secs_f64();
+        assert_eq!(fast, naive);
+        eprintln!("layer {layer:2} ({:2} filters): naive {n:6.1} s, fast {f:5.1} s, ratio {:.2}", naive.layers[0].filters, n / f);
+        fast_s += f;
+        naive_s += n;
+    }
+    eprintln!("all 688 filters, {} images: naive {naive_s:.1} s, fast {fast_s:.1} s, ratio {:.2}", data.len(), naive_s / fast_s);
+}
