@@ -409,7 +409,7 @@ fn fast_layer(model: &ModelProto, conv: &ConvInfo, io: &ModelIo, data: &ValStar,
     let first = data.batches.first().ok_or_else(|| Error::Config("the validation set is empty".into()))?;
     // What the α model computes at the cut for a zeroed channel (one image; broadcast per batch).
     let all: Vec<usize> = (0..conv.filters).collect();
-    let zeroed = upstream_model(&alpha_model(model, &conv.name, &all)?, &[cut.value.clone()])?;
+    let zeroed = upstream_model(&alpha_model(model, &conv.name, &all)?, std::slice::from_ref(&cut.value))?;
     let mut session = open_session(&encode(&zeroed), options)?;
     let fill = session.run(&[(io.input.as_str(), &rows(first, 0, 1))])?.remove(0).into_f32()?;
     drop(session);
