@@ -10,8 +10,8 @@ use ndarray::{Array2, ArrayD, Axis, Ix1, Ix2, IxDyn};
 use onnx_deeppatch::autodiff::{training_step, StepOptions, TrainingStep};
 use onnx_deeppatch::backend::{open_session, BackendKind, BackendOptions};
 use onnx_deeppatch::onnx::proto::{
-    tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+    ValueInfoProto,
 };
 use onnx_deeppatch::onnx::{load_model, tensor::from_f32, tensor::to_f32};
 use onnx_deeppatch::{Error, Tensor};
@@ -21,13 +21,9 @@ use rand_chacha::ChaCha8Rng;
 
 /// Preprocessed CIFAR-10 test images (every 39th of the sorted test set) and their labels.
 fn batch(count: usize) -> (ArrayD<f32>, Vec<i64>) {
-    let bytes = std::fs::read(common::shared().join("reference/cifar10_test256_nchw.npy")).unwrap();
-    let header = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let values: Vec<f32> = bytes[header..]
-        .chunks_exact(4)
-        .take(count * 3 * 32 * 32)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let array = onnx_deeppatch::data::npy::read_npy(&common::shared().join("reference/cifar10_test256_nchw.npy")).unwrap();
+    let onnx_deeppatch::data::npy::NpyData::F32(all) = array.data else { panic!("float32 expected") };
+    let values = all[..count * 3 * 32 * 32].to_vec();
     let labels = (0..count as i64).map(|i| i * 39 / 1000).collect();
     (ArrayD::from_shape_vec(IxDyn(&[count, 3, 32, 32]), values).unwrap(), labels)
 }
@@ -260,25 +256,8 @@ fn check_with_onnx(model: &ModelProto, name: &str) {
     assert!(output.status.success(), "{name}: {}", String::from_utf8_lossy(&output.stderr));
 }
 
-fn tensor_info(name: &str, elem_type: i32, dims: &[i64]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|&d| tensor_shape_proto::Dimension {
-            value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
-            ..Default::default()
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem_type),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+fn tensor_info(name: &str, elem_type: i32, dims: &[usize]) -> ValueInfoProto {
+    onnx_deeppatch::onnx::builder::tensor_info(name, elem_type, onnx_deeppatch::onnx::builder::static_dims(dims))
 }
 
 fn node(name: &str, op: &str, inputs: &[&str], attributes: Vec<AttributeProto>) -> NodeProto {

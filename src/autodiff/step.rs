@@ -237,13 +237,9 @@ mod tests {
 
     /// The first `count` images of the preprocessed CIFAR-10 reference batch.
     fn images(count: usize) -> ArrayD<f32> {
-        let bytes = std::fs::read(shared("reference/cifar10_test256_nchw.npy")).unwrap();
-        let header = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-        let values: Vec<f32> = bytes[header..]
-            .chunks_exact(4)
-            .take(count * 3 * 32 * 32)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let array = crate::data::npy::read_npy(&shared("reference/cifar10_test256_nchw.npy")).unwrap();
+        let crate::data::npy::NpyData::F32(all) = array.data else { panic!("float32 expected") };
+        let values = all[..count * 3 * 32 * 32].to_vec();
         ArrayD::from_shape_vec(IxDyn(&[count, 3, 32, 32]), values).unwrap()
     }
 

@@ -24,8 +24,8 @@ use super::vjp;
 use crate::backend::{open_session, BackendKind, BackendOptions};
 use crate::onnx::graph::GraphIndex;
 use crate::onnx::proto::{
-    attribute_proto::AttributeType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto, TypeProto, ValueInfoProto,
 };
 use crate::tensor::Tensor;
 
@@ -175,24 +175,7 @@ impl TestModel {
 
 /// A value description with a static shape.
 pub(crate) fn tensor_info(name: &str, dtype: i32, shape: &[usize]) -> ValueInfoProto {
-    let dims = shape
-        .iter()
-        .map(|&d| tensor_shape_proto::Dimension {
-            value: Some(tensor_shape_proto::dimension::Value::DimValue(d as i64)),
-            ..Default::default()
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(dtype),
-                shape: Some(TensorShapeProto { dim: dims }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    crate::onnx::builder::tensor_info(name, dtype, crate::onnx::builder::static_dims(shape))
 }
 
 /// A float32 or float64 initializer holding `values`.

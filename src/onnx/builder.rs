@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 
 use super::graph::NameGen;
-use super::proto::{attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, GraphProto, NodeProto, TensorProto};
+use super::proto::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::{dimension::Value as Dim, Dimension}, type_proto, AttributeProto,
+    GraphProto, NodeProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
 use crate::error::{Error, Result};
 
 /// ONNX element types used by the rewrites.
@@ -299,4 +302,24 @@ pub fn tensor(name: &str, value: TensorProto) -> AttributeProto {
 /// A graph attribute (the branches of If, the body of Loop).
 pub fn graph_attribute(name: &str, value: GraphProto) -> AttributeProto {
     AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Graph as i32), g: Some(value), ..Default::default() }
+}
+
+/// A tensor value description: element type and dimensions.
+pub fn tensor_info(name: &str, element_type: i32, dims: Vec<Dimension>) -> ValueInfoProto {
+    ValueInfoProto {
+        name: Some(name.to_string()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(element_type),
+                shape: Some(TensorShapeProto { dim: dims }),
+            })),
+            denotation: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Fixed dimensions.
+pub fn static_dims(shape: &[usize]) -> Vec<Dimension> {
+    shape.iter().map(|&d| Dimension { value: Some(Dim::DimValue(d as i64)), denotation: None }).collect()
 }

@@ -18,11 +18,11 @@ use serde_json::json;
 use super::{decision, merge_parameters, spec::PatchSpec, with_patched_inputs, ADAPTED_OUTPUT, CR_OUTPUT, DECISION_INPUT};
 use crate::analysis::site::site;
 use crate::error::{Error, Result};
-use crate::onnx::builder::{graph_attribute, int, Builder, BOOL, FLOAT};
+use crate::onnx::builder::{graph_attribute, int, tensor_info, Builder, BOOL, FLOAT};
 use crate::onnx::graph::{renamed_values, GraphIndex};
 use crate::onnx::proto::{
     tensor_shape_proto::{dimension::Value as Dim, Dimension},
-    type_proto, GraphProto, ModelProto, NodeProto, StringStringEntryProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    type_proto, GraphProto, ModelProto, NodeProto, StringStringEntryProto, ValueInfoProto,
 };
 use crate::onnx::tensor::from_bool;
 
@@ -213,20 +213,6 @@ fn batch_dimension(inputs: &[&ValueInfoProto]) -> Dimension {
             _ => None,
         })
         .unwrap_or(Dimension { value: Some(Dim::DimParam("N".into())), denotation: None })
-}
-
-fn tensor_info(name: &str, element_type: i32, dims: Vec<Dimension>) -> ValueInfoProto {
-    ValueInfoProto {
-        name: Some(name.to_string()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(element_type),
-                shape: Some(TensorShapeProto { dim: dims }),
-            })),
-            denotation: None,
-        }),
-        ..Default::default()
-    }
 }
 
 fn set_metadata(model: &mut ModelProto, spec: &PatchSpec, convs: &[crate::analysis::ConvInfo], layout: serde_json::Value) {
