@@ -5,8 +5,9 @@
 //! 2. the original nodes, untouched except that graph outputs are renamed `deeppatch/original/…`;
 //! 3. the decision at the first patched layer (CR, per-sample flags, "any adapted");
 //! 4. `If(any adapted)`: the else branch passes the original outputs through (clean batches pay
-//!    only for the decision); the then branch gathers the adapted samples, runs a copy of the model
-//!    on the merged parameters for them only, and scatters their outputs over the original ones.
+//!    only for the decision); the then branch runs a `Scan` in which each sample goes alone through
+//!    a copy of the model on the merged parameters, and `Where(adapted, scanned, original)` picks
+//!    each sample's output.
 //!
 //! The original computation is never altered, so a non-adapted sample's output is bit-identical
 //! to the original model's; every sample's output depends only on that sample.
@@ -78,12 +79,11 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     )?;
     let decision_nodes = std::mem::take(&mut builder.nodes);
 
-    // Then branch: each adapted sample alone through the merged parameters (a Scan over the
-    // adapted rows), so its output never depends on how many others share its batch — runtimes
-    // pick kernels by batch size, and the merged parameters live outside the branch where they are
-    // not pre-packed.
-    let gathered: Vec<String> = runtime_inputs.iter().map(|i| i.name.clone().unwrap_or_default()).collect();
-    let then_head = std::mem::take(&mut builder.nodes);
+    // Then branch: each sample alone through the merged parameters (a Scan over the batch), so an
+    // adapted sample's output never depends on its batch — runtimes pick kernels by batch size, and
+    // the merged parameters live outside the branch where they are not pre-packed. (A sub-batch of
+    // the adapted rows, NonZero + GatherND, is not supported by tract inside If.)
+    let scan_inputs: Vec<String> = runtime_inputs.iter().map(|i| i.name.clone().unwrap_or_default()).collect();
 
     let mut adapted_names: HashMap<String, String> = HashMap::new();
     let mut body_inputs = Vec::new();
@@ -119,13 +119,12 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     let scan = NodeProto {
         name: Some(builder.fresh("each_adapted_sample")),
         op_type: Some("Scan".into()),
-        input: gathered,
+        input: scan_inputs,
         output: per_sample.clone(),
         attribute: vec![graph_attribute("body", body), int("num_scan_inputs", runtime_inputs.len() as i64)],
         ..Default::default()
     };
-    let mut then_nodes = then_head;
-    then_nodes.push(scan);
+    let mut then_nodes = vec![scan];
     let then_outputs: Vec<ValueInfoProto> = outputs
         .iter()
         .zip(&per_sample)
