@@ -20,6 +20,7 @@ pub struct Config {
     pub preprocess: PreprocessConfig,
     pub backend: BackendConfig,
     pub eval: EvalConfig,
+    pub train: TrainConfig,
 }
 
 /// Where the images are and how the validation split is drawn.
@@ -100,6 +101,27 @@ impl Default for EvalConfig {
     }
 }
 
+/// Retraining of the replacement filters (BRIEF §2.3); the defaults are the authors' code's.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Period of the cosine annealing, in epochs (PyTorch's `CosineAnnealingLR(T_max)`).
+    pub t_max: usize,
+    /// Re-estimate the replacement channels' BatchNormalization statistics after training.
+    pub bn_adapt: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig { epochs: 20, batch_size: 256, learning_rate: 0.01, momentum: 0.9, weight_decay: 5e-4, t_max: 200, bn_adapt: false }
+    }
+}
+
 impl Config {
     /// Reads and validates a YAML configuration file.
     pub fn from_file(path: &Path) -> Result<Config> {
@@ -151,6 +173,25 @@ impl Config {
         }
         if e.limit == Some(0) {
             return fail("eval.limit", "must be at least 1".into());
+        }
+        let t = &self.train;
+        if t.epochs == 0 {
+            return fail("train.epochs", "must be at least 1".into());
+        }
+        if t.batch_size == 0 {
+            return fail("train.batch_size", "must be at least 1".into());
+        }
+        if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
+            return fail("train.learning_rate", format!("{} is not a positive number", t.learning_rate));
+        }
+        if !(0.0..1.0).contains(&t.momentum) {
+            return fail("train.momentum", format!("{} is not in [0, 1)", t.momentum));
+        }
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            return fail("train.weight_decay", format!("{} is not a non-negative number", t.weight_decay));
+        }
+        if t.t_max == 0 {
+            return fail("train.t_max", "must be at least 1".into());
         }
         Ok(())
     }
@@ -215,6 +256,27 @@ pub struct Overrides {
     /// Evaluate on a stratified subset of N test images (eval.limit).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Training epochs (train.epochs).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Training batch size (train.batch_size).
+    #[arg(long)]
+    pub train_batch_size: Option<usize>,
+    /// Initial learning rate (train.learning_rate).
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// SGD momentum (train.momentum).
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// SGD weight decay (train.weight_decay).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Cosine annealing period in epochs (train.t_max).
+    #[arg(long)]
+    pub t_max: Option<usize>,
+    /// Re-estimate BatchNormalization statistics of the replacement channels (train.bn_adapt).
+    #[arg(long)]
+    pub bn_adapt: bool,
 }
 
 impl Overrides {
@@ -255,6 +317,13 @@ impl Overrides {
         if self.limit.is_some() {
             c.eval.limit = self.limit;
         }
+        set(&mut c.train.epochs, &self.epochs);
+        set(&mut c.train.batch_size, &self.train_batch_size);
+        set(&mut c.train.learning_rate, &self.learning_rate);
+        set(&mut c.train.momentum, &self.momentum);
+        set(&mut c.train.weight_decay, &self.weight_decay);
+        set(&mut c.train.t_max, &self.t_max);
+        c.train.bn_adapt |= self.bn_adapt;
         config.validate()?;
         Ok(config)
     }

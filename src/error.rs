@@ -34,6 +34,10 @@ pub enum Error {
     #[error("backend {backend}: {message}")]
     Backend { backend: &'static str, message: String },
 
+    /// Training cannot go on (a non-finite loss); the message says where the last good checkpoint is.
+    #[error("training: {0}")]
+    Training(String),
+
     /// A broken invariant of the tool itself.
     #[error("internal error: {0}")]
     Internal(String),
@@ -50,7 +54,7 @@ impl Error {
             Error::Config(_) => 2,
             Error::Model { .. } | Error::Unsupported { .. } | Error::InvalidGraph(_) => 3,
             Error::Data { .. } | Error::Io { .. } => 4,
-            Error::Backend { .. } | Error::Internal(_) => 1,
+            Error::Backend { .. } | Error::Training(_) | Error::Internal(_) => 1,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod onnx;
 pub mod progress;
 pub mod report;
 pub mod tensor;
+pub mod train;
 pub mod units;
 
 pub use error::{Error, Result};

@@ -102,6 +102,22 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         save_spec: Option<PathBuf>,
     },
+    /// Retrain replacement filters for the blamed filters of an assessment (the β model), keeping
+    /// the best epoch on T_val°; writes RUN/spec.json, its weights, train.csv and checkpoints.
+    Train {
+        model: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        /// The `assess` artifact that ranks the filters.
+        #[arg(long, value_name = "FILE")]
+        assessment: PathBuf,
+        /// Blamed ratio κ: the first ⌊κ·m⌋ filters of each layer's ranking.
+        #[arg(long, default_value_t = assess::DEFAULT_KAPPA)]
+        kappa: f64,
+        /// Run folder (a rerun resumes from its checkpoint).
+        #[arg(long, value_name = "RUN")]
+        out: PathBuf,
+    },
     /// Turn a γ-patched model back into the original computation.
     Strip { patched: PathBuf, output: PathBuf },
     /// Benchmarks measured side by side in one run.
@@ -221,6 +237,12 @@ fn run(command: Command) -> anyhow::Result<()> {
                 if beta { units::beta_model(&proto, &spec)?.0 } else { units::gamma_model(&proto, &spec)? }
             };
             onnx::save_model(&patched, &output, &onnx::SaveOptions { protect: Some(model), ..Default::default() })?;
+        }
+        Command::Train { model, common, assessment, kappa, out } => {
+            let config = common.resolve()?;
+            let trained = onnx_deeppatch::train::train_model(&model, &assessment, kappa, &config, &out)
+                .with_context(|| format!("training replacement filters for {}", model.display()))?;
+            println!("{}", serde_json::to_string_pretty(&trained.summary)?);
         }
         Command::Strip { patched, output } => {
             let proto = onnx::load_model(&patched)?;

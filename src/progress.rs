@@ -52,6 +52,8 @@ pub struct Progress {
     last: Instant,
     interval: Duration,
     live: bool,
+    /// Running figures shown after the count (a training loss, an accuracy).
+    detail: String,
 }
 
 impl Progress {
@@ -67,7 +69,13 @@ impl Progress {
             last: now,
             interval: if live { Duration::from_millis(200) } else { Duration::from_secs(10) },
             live,
+            detail: String::new(),
         }
+    }
+
+    /// Sets the running figures shown with the next report.
+    pub fn set_detail(&mut self, detail: impl Into<String>) {
+        self.detail = detail.into();
     }
 
     /// Records `count` more finished items.
@@ -103,15 +111,18 @@ impl Progress {
                 serde_json::json!({
                     "event": if last { "done" } else { "progress" }, "task": self.task, "done": self.done,
                     "total": self.total, "rate": round2(rate), "eta_s": if eta.is_finite() { round2(eta) } else { -1.0 },
-                    "elapsed_s": round2(self.start.elapsed().as_secs_f64()),
+                    "elapsed_s": round2(self.start.elapsed().as_secs_f64()), "detail": self.detail,
                 })
             ),
             LogFormat::Text => {
-                let line = if last {
+                let mut line = if last {
                     format!("{}: {} in {:.1} s ({:.0}/s)", self.task, self.done, self.start.elapsed().as_secs_f64(), rate)
                 } else {
                     format!("{}: {}/{} ({:.0}/s, ETA {})", self.task, self.done, self.total, rate, clock(eta))
                 };
+                if !self.detail.is_empty() {
+                    line = format!("{line}, {}", self.detail);
+                }
                 let mut err = std::io::stderr().lock();
                 if self.live {
                     let _ = write!(err, "\r\x1b[2K{line}");

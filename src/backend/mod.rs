@@ -3,6 +3,7 @@
 //! provider). Evaluation, assessment and the generated training-step graphs run on either.
 
 mod ort;
+pub mod stepping;
 mod tract;
 
 use std::collections::HashSet;

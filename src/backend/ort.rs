@@ -11,10 +11,12 @@ use std::sync::OnceLock;
 
 use ::ort::environment::Environment;
 use ::ort::ep;
-use ::ort::session::{Session as OrtRuntimeSession, SessionInputValue};
+use ::ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ::ort::session::{IoBinding, Session as OrtRuntimeSession, SessionInputValue};
 use ::ort::value::{DynValue, PrimitiveTensorElementType, TensorElementType, TensorRef, ValueType};
 use ndarray::ArrayD;
 
+use super::stepping::{Carried, SteppingSession};
 use super::{BackendOptions, Device, Session, Signature};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -29,6 +31,13 @@ impl OrtSession {
     /// Opens `model` with ONNX Runtime's default graph optimisations, on the CUDA execution
     /// provider when asked (failing if it cannot be registered rather than falling back to the CPU).
     pub(super) fn open(model: &[u8], signature: Signature, options: &BackendOptions) -> Result<Self> {
+        Ok(OrtSession { signature, session: runtime_session(model, options)? })
+    }
+}
+
+/// An ONNX Runtime session on the device of `options` (see [`OrtSession::open`]).
+fn runtime_session(model: &[u8], options: &BackendOptions) -> Result<OrtRuntimeSession> {
+    {
         let mut builder = OrtRuntimeSession::builder(environment()?).map_err(|e| backend(e.to_string()))?;
         if let Some(threads) = options.threads {
             builder = builder
@@ -49,8 +58,7 @@ impl OrtSession {
             let cuda = ep::CUDA::default().with_device_id(device_id).build().error_on_failure();
             builder = builder.with_execution_providers([cuda]).map_err(|e| cuda_error(&e))?;
         }
-        let session = builder.commit_from_memory(model).map_err(|e| backend(format!("cannot load the model: {e}")))?;
-        Ok(OrtSession { signature, session })
+        builder.commit_from_memory(model).map_err(|e| backend(format!("cannot load the model: {e}")))
     }
 }
 
@@ -76,6 +84,110 @@ impl Session for OrtSession {
             .map(|name| match outputs.get(name) {
                 Some(value) => output_tensor(value, name),
                 None => Err(backend(format!("ONNX Runtime returned no output '{name}'"))),
+            })
+            .collect()
+    }
+}
+
+/// Stepping through I/O binding: the carried tensors live in the session's device memory (the GPU
+/// with CUDA) and never travel to the host between steps; each step writes them into a second
+/// buffer, then the two swap, so no step reads and writes the same memory.
+pub(super) struct OrtDeviceStepping {
+    session: OrtRuntimeSession,
+    binding: IoBinding,
+    carried: Vec<DeviceCarried>,
+    returned: Vec<String>,
+    host: MemoryInfo<'static>,
+}
+
+struct DeviceCarried {
+    input: String,
+    output: String,
+    current: ::ort::value::Tensor<f32>,
+    spare: ::ort::value::Tensor<f32>,
+}
+
+impl OrtDeviceStepping {
+    pub(super) fn open(model: &[u8], options: &BackendOptions, carried: Vec<Carried>) -> Result<Self> {
+        let signature = Signature::decode(model)?;
+        let session = runtime_session(model, options)?;
+        let device = match options.device {
+            Device::Cuda(index) => MemoryInfo::new(AllocationDevice::CUDA, index as i32, AllocatorType::Device, MemoryType::Default),
+            Device::Cpu => MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default),
+        }
+        .map_err(|e| backend(format!("cannot describe the device memory: {e}")))?;
+        let allocator = Allocator::new(&session, device).map_err(|e| backend(format!("cannot allocate on the device: {e}")))?;
+        let on_device = |tensor: &Tensor| -> Result<::ort::value::Tensor<f32>> {
+            let array = tensor.as_f32()?;
+            let host = ::ort::value::Tensor::from_array(array.as_standard_layout().into_owned())
+                .map_err(|e| backend(format!("cannot pass a carried tensor: {e}")))?;
+            let mut value = ::ort::value::Tensor::<f32>::new(&allocator, array.shape().to_vec())
+                .map_err(|e| backend(format!("cannot allocate a carried tensor: {e}")))?;
+            host.copy_into(&mut value).map_err(|e| backend(format!("cannot copy a carried tensor to the device: {e}")))?;
+            Ok(value)
+        };
+        let carried = carried
+            .iter()
+            .map(|c| {
+                if !signature.outputs.contains(&c.output) {
+                    return Err(Error::InvalidGraph(format!("the step model has no output '{}'", c.output)));
+                }
+                Ok(DeviceCarried { input: c.input.clone(), output: c.output.clone(), current: on_device(&c.value)?, spare: on_device(&c.value)? })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let returned = signature.outputs.iter().filter(|o| carried.iter().all(|c| c.output != **o)).cloned().collect();
+        let binding = session.create_binding().map_err(|e| backend(format!("cannot bind inputs and outputs: {e}")))?;
+        let host = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)
+            .map_err(|e| backend(format!("cannot describe host memory: {e}")))?;
+        Ok(OrtDeviceStepping { session, binding, carried, returned, host })
+    }
+}
+
+impl SteppingSession for OrtDeviceStepping {
+    fn step(&mut self, inputs: &[(&str, &Tensor)]) -> Result<Vec<Tensor>> {
+        let bind = |e: ::ort::Error| backend(format!("cannot bind a step's values: {e}"));
+        for (name, tensor) in inputs {
+            let value = match tensor {
+                Tensor::F32(a) => ::ort::value::Tensor::from_array(a.as_standard_layout().into_owned()).map(|t| t.into_dyn()),
+                Tensor::I64(a) => ::ort::value::Tensor::from_array(a.as_standard_layout().into_owned()).map(|t| t.into_dyn()),
+                Tensor::Bool(a) => ::ort::value::Tensor::from_array(a.as_standard_layout().into_owned()).map(|t| t.into_dyn()),
+            }
+            .map_err(bind)?;
+            self.binding.bind_input(*name, &value).map_err(bind)?;
+        }
+        for carried in &mut self.carried {
+            self.binding.bind_input(carried.input.clone(), &carried.current).map_err(bind)?;
+            self.binding.bind_output(carried.output.clone(), &mut carried.spare).map_err(bind)?;
+        }
+        for name in &self.returned {
+            self.binding.bind_output_to_device(name.clone(), &self.host).map_err(bind)?;
+        }
+        let outputs = self.session.run_binding(&self.binding).map_err(|e| backend(e.to_string()))?;
+        let returned = self
+            .returned
+            .iter()
+            .map(|name| match outputs.get(name) {
+                Some(value) => output_tensor(value, name),
+                None => Err(backend(format!("ONNX Runtime returned no output '{name}'"))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        drop(outputs);
+        for carried in &mut self.carried {
+            std::mem::swap(&mut carried.current, &mut carried.spare);
+        }
+        Ok(returned)
+    }
+
+    fn output_names(&self) -> &[String] {
+        &self.returned
+    }
+
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        self.carried
+            .iter()
+            .map(|c| {
+                let host = c.current.to(AllocationDevice::CPU, 0).map_err(|e| backend(format!("cannot copy '{}' to the host: {e}", c.input)))?;
+                Ok((c.input.clone(), output_tensor(&host.into_dyn(), &c.input)?))
             })
             .collect()
     }

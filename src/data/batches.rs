@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use ndarray::ArrayD;
 
-use super::preprocess::{make_batch, Corruption, Preprocess};
+use super::preprocess::{make_batch, make_mixed_batch, Corruption, Preprocess};
 use super::Dataset;
 use crate::error::{Error, Result};
 
@@ -21,7 +21,8 @@ pub struct Batch {
     pub labels: Vec<i64>,
     /// Positions of the images in the data set.
     pub indices: Vec<usize>,
-    /// Position of the batch's corruption in the list given to [`BatchStream::new`].
+    /// Position of the batch's corruption in the list given to [`BatchStream::new`] (0 for
+    /// [`BatchStream::mixed`] batches).
     pub corruption: usize,
 }
 
@@ -39,13 +40,48 @@ impl BatchStream {
     /// Starts producing batches of `batch_size` images of `indices` of `data` for each of
     /// `corruptions`.
     pub fn new(data: Arc<Dataset>, indices: Vec<usize>, corruptions: Vec<Corruption>, preprocess: Preprocess, batch_size: usize) -> BatchStream {
+        BatchStream::spawn(batch_size, move |sender| {
+            for (position, corruption) in corruptions.iter().enumerate() {
+                for chunk in indices.chunks(batch_size) {
+                    let batch = make_batch(&data, chunk, corruption, &preprocess).map(|input| Batch {
+                        input,
+                        labels: chunk.iter().map(|&i| data.labels[i]).collect(),
+                        indices: chunk.to_vec(),
+                        corruption: position,
+                    });
+                    if !deliver(sender, batch) {
+                        return;
+                    }
+                }
+            }
+        })
+    }
+
+    /// Starts producing batches of `batch_size` of `items`, (image index, corruption) pairs each
+    /// with its own corruption (a training epoch's draw); `Batch::corruption` is 0.
+    pub fn mixed(data: Arc<Dataset>, items: Vec<(usize, Corruption)>, preprocess: Preprocess, batch_size: usize) -> BatchStream {
+        BatchStream::spawn(batch_size, move |sender| {
+            for chunk in items.chunks(batch_size) {
+                let batch = make_mixed_batch(&data, chunk, &preprocess).map(|input| Batch {
+                    input,
+                    labels: chunk.iter().map(|&(i, _)| data.labels[i]).collect(),
+                    indices: chunk.iter().map(|&(i, _)| i).collect(),
+                    corruption: 0,
+                });
+                if !deliver(sender, batch) {
+                    return;
+                }
+            }
+        })
+    }
+
+    /// Runs `produce` on the producer thread.
+    fn spawn(batch_size: usize, produce: impl FnOnce(&Sender<Result<Batch>>) + Send + 'static) -> BatchStream {
         if batch_size == 0 {
             return BatchStream::failed(Error::Config("batch size must be at least 1".into()));
         }
         let (sender, receiver) = bounded(DEPTH);
-        let spawned = std::thread::Builder::new()
-            .name("deeppatch-batches".into())
-            .spawn(move || produce(&data, &indices, &corruptions, &preprocess, batch_size, &sender));
+        let spawned = std::thread::Builder::new().name("deeppatch-batches".into()).spawn(move || produce(&sender));
         match spawned {
             Ok(handle) => BatchStream { receiver: Some(receiver), producer: Some(handle), failed: None },
             Err(e) => BatchStream::failed(Error::Internal(format!("cannot start the batch thread: {e}"))),
@@ -57,23 +93,11 @@ impl BatchStream {
     }
 }
 
-/// The producer's loop; it ends early when the stream is dropped (the send fails) or after
-/// sending an error.
-fn produce(data: &Dataset, indices: &[usize], corruptions: &[Corruption], preprocess: &Preprocess, batch_size: usize, sender: &Sender<Result<Batch>>) {
-    for (position, corruption) in corruptions.iter().enumerate() {
-        for chunk in indices.chunks(batch_size) {
-            let batch = make_batch(data, chunk, corruption, preprocess).map(|input| Batch {
-                input,
-                labels: chunk.iter().map(|&i| data.labels[i]).collect(),
-                indices: chunk.to_vec(),
-                corruption: position,
-            });
-            let failed = batch.is_err();
-            if sender.send(batch).is_err() || failed {
-                return;
-            }
-        }
-    }
+/// Sends one batch; false when the producer must stop (the stream was dropped, or this was an
+/// error, which ends the stream).
+fn deliver(sender: &Sender<Result<Batch>>, batch: Result<Batch>) -> bool {
+    let failed = batch.is_err();
+    sender.send(batch).is_ok() && !failed
 }
 
 impl Iterator for BatchStream {
@@ -137,6 +161,22 @@ mod tests {
         assert_eq!(last.indices, [1, 0]);
         assert_eq!(last.labels, [1, 0]);
         assert_eq!(last.input, make_batch(&data, &[1, 0], &corruptions[1], &Preprocess::default()).unwrap());
+    }
+
+    #[test]
+    fn mixed_batches_corrupt_each_image_as_drawn() {
+        let data = data(6);
+        let items: Vec<(usize, Corruption)> =
+            vec![(5, Corruption::Clean), (2, Corruption::Blur(1.0)), (0, Corruption::Blur(2.0)), (3, Corruption::Clean), (1, Corruption::Blur(1.0))];
+        let batches: Vec<Batch> = BatchStream::mixed(data.clone(), items.clone(), Preprocess::default(), 3).collect::<Result<_>>().unwrap();
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[1].indices, [3, 1]);
+        assert_eq!(batches[1].labels, [0, 1]);
+        for (position, (index, corruption)) in items.iter().enumerate() {
+            let alone = make_batch(&data, &[*index], corruption, &Preprocess::default()).unwrap();
+            let batch = &batches[position / 3].input;
+            assert_eq!(batch.index_axis(ndarray::Axis(0), position % 3), alone.index_axis(ndarray::Axis(0), 0));
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use batches::{Batch, BatchStream};
-pub use preprocess::{make_batch, Corruption, Layout, Preprocess};
+pub use preprocess::{make_batch, make_mixed_batch, Corruption, Layout, Preprocess};
 
 use crate::error::{Error, Result};
 

@@ -157,21 +157,45 @@ impl Prepared {
 /// taken as already preprocessed with `pre`: blur runs on the floats without rounding, the spatial
 /// transform maps its zero fill and brightness step through `pre`, and only the layout is applied.
 pub fn make_batch(ds: &Dataset, indices: &[usize], corruption: &Corruption, pre: &Preprocess) -> Result<ArrayD<f32>> {
+    let prepared = Prepared::new(corruption)?;
+    let jobs: Vec<(usize, &Prepared)> = indices.iter().map(|&i| (i, &prepared)).collect();
+    fill_batch(ds, &jobs, pre)
+}
+
+/// Like [`make_batch`], with its own corruption for each image: `items` holds (image index,
+/// corruption) pairs, in batch order.
+pub fn make_mixed_batch(ds: &Dataset, items: &[(usize, Corruption)], pre: &Preprocess) -> Result<ArrayD<f32>> {
+    // A few distinct corruptions serve many images: each is prepared once.
+    let mut distinct: Vec<&Corruption> = Vec::new();
+    for (_, corruption) in items {
+        if !distinct.contains(&corruption) {
+            distinct.push(corruption);
+        }
+    }
+    let prepared = distinct.iter().map(|c| Prepared::new(c)).collect::<Result<Vec<_>>>()?;
+    let jobs: Vec<(usize, &Prepared)> = items
+        .iter()
+        .map(|(i, corruption)| (*i, &prepared[distinct.iter().position(|c| *c == corruption).unwrap_or(0)]))
+        .collect();
+    fill_batch(ds, &jobs, pre)
+}
+
+/// The batch of `jobs` (image index, prepared corruption), images prepared in parallel.
+fn fill_batch(ds: &Dataset, jobs: &[(usize, &Prepared)], pre: &Preprocess) -> Result<ArrayD<f32>> {
     let images = &ds.images;
     let (n, c, h, w) = (images.len(), images.channels(), images.height(), images.width());
     pre.validate(c)?;
-    if let Some(bad) = indices.iter().find(|&&i| i >= n) {
+    if let Some((bad, _)) = jobs.iter().find(|(i, _)| *i >= n) {
         return Err(Error::Internal(format!("image index {bad} out of range for {n} images of {}", ds.source.display())));
     }
-    let prepared = Prepared::new(corruption)?;
     let per_image = c * h * w;
-    let mut out = vec![0f32; indices.len() * per_image];
+    let mut out = vec![0f32; jobs.len() * per_image];
     match images {
         Images::U8Hwc { data, .. } => {
             let table = pre.table();
-            out.par_chunks_mut(per_image.max(1)).zip(indices.par_iter()).try_for_each(|(dst, &i)| -> Result<()> {
+            out.par_chunks_mut(per_image.max(1)).zip(jobs.par_iter()).try_for_each(|(dst, &(i, prepared))| -> Result<()> {
                 let image = &data[i * per_image..(i + 1) * per_image];
-                let corrupted: Cow<[u8]> = match &prepared {
+                let corrupted: Cow<[u8]> = match prepared {
                     Prepared::Clean => Cow::Borrowed(image),
                     Prepared::Blur(kernel) => Cow::Owned(kernel.blur_u8(image, h, w, c)),
                     Prepared::Spatial { level, seed } => {
@@ -191,9 +215,9 @@ pub fn make_batch(ds: &Dataset, indices: &[usize], corruption: &Corruption, pre:
             })?;
         }
         Images::F32Chw { data, .. } => {
-            out.par_chunks_mut(per_image.max(1)).zip(indices.par_iter()).try_for_each(|(dst, &i)| -> Result<()> {
+            out.par_chunks_mut(per_image.max(1)).zip(jobs.par_iter()).try_for_each(|(dst, &(i, prepared))| -> Result<()> {
                 let image = &data[i * per_image..(i + 1) * per_image];
-                let corrupted: Cow<[f32]> = match &prepared {
+                let corrupted: Cow<[f32]> = match prepared {
                     Prepared::Clean => Cow::Borrowed(image),
                     Prepared::Blur(kernel) => Cow::Owned(kernel.blur_f32_chw(image, c, h, w)),
                     Prepared::Spatial { level, seed } => Cow::Owned(
@@ -216,8 +240,8 @@ pub fn make_batch(ds: &Dataset, indices: &[usize], corruption: &Corruption, pre:
         }
     }
     let shape = match pre.layout {
-        Layout::Nchw => [indices.len(), c, h, w],
-        Layout::Nhwc => [indices.len(), h, w, c],
+        Layout::Nchw => [jobs.len(), c, h, w],
+        Layout::Nhwc => [jobs.len(), h, w, c],
     };
     ArrayD::from_shape_vec(IxDyn(&shape), out).map_err(|e| Error::Internal(format!("batch shape {shape:?}: {e}")))
 }

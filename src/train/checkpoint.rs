@@ -1,0 +1,122 @@
+//! Checkpoints of a training run, in the run folder: after every epoch the current replacement
+//! weights, their momentum buffers, the best epoch's weights and the log so far. Files of an epoch
+//! are written first and `checkpoint.json`, which names them, last (atomically), so an interruption at
+//! any moment leaves the previous checkpoint whole.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ndarray::{ArrayD, IxDyn};
+use serde::{Deserialize, Serialize};
+
+use super::EpochRecord;
+use crate::data::npy::{read_npz, write_npz, NpyArray, NpyData};
+use crate::error::{Error, Result};
+use crate::onnx::io::write_atomically;
+use crate::units::PatchSpec;
+
+/// Version of the checkpoint's form.
+const FORMAT: u32 = 1;
+
+/// What `checkpoint.json` records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub format: u32,
+    /// What the run is (model, blamed filters, data, settings other than the number of epochs): a
+    /// checkpoint of another run is never resumed.
+    pub identity: String,
+    /// Epochs finished.
+    pub epochs_done: usize,
+    /// Correct predictions of the original model on T_val° and its size.
+    pub original_correct: usize,
+    pub val_images: usize,
+    /// The best epoch so far (1-based) and its correct predictions on T_val°.
+    pub best_epoch: Option<usize>,
+    pub best_correct: usize,
+    pub records: Vec<EpochRecord>,
+    /// Files of this checkpoint, relative to the run folder.
+    pub current: String,
+    pub momentum: String,
+    pub best: String,
+}
+
+/// A checkpoint with its arrays.
+pub struct Saved {
+    pub checkpoint: Checkpoint,
+    pub current: PatchSpec,
+    /// Momentum buffers by parameter key (`layer<i>.weight`, `layer<i>.bias`).
+    pub momentum: BTreeMap<String, ArrayD<f32>>,
+    pub best: PatchSpec,
+}
+
+fn index_path(run: &Path) -> PathBuf {
+    run.join("checkpoint.json")
+}
+
+/// Writes the checkpoint of epoch `checkpoint.epochs_done` and removes the previous epoch's files.
+pub fn save(run: &Path, mut checkpoint: Checkpoint, current: &PatchSpec, momentum: &BTreeMap<String, ArrayD<f32>>, best: &PatchSpec) -> Result<()> {
+    let folder = run.join("checkpoints");
+    std::fs::create_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
+    let epoch = checkpoint.epochs_done;
+    let previous = load_index(run)?;
+    checkpoint.format = FORMAT;
+    checkpoint.current = format!("checkpoints/current-{epoch}.json");
+    checkpoint.momentum = format!("checkpoints/momentum-{epoch}.npz");
+    checkpoint.best = format!("checkpoints/best-{epoch}.json");
+    current.save(&run.join(&checkpoint.current))?;
+    best.save(&run.join(&checkpoint.best))?;
+    let arrays: BTreeMap<String, NpyArray> = momentum
+        .iter()
+        .map(|(key, a)| (key.clone(), NpyArray { shape: a.shape().to_vec(), data: NpyData::F32(a.iter().copied().collect()) }))
+        .collect();
+    write_npz(&run.join(&checkpoint.momentum), &arrays)?;
+    let json = serde_json::to_string_pretty(&checkpoint).map_err(|e| Error::Internal(e.to_string()))?;
+    write_atomically(&index_path(run), format!("{json}\n").as_bytes())?;
+    if let Some(previous) = previous.filter(|p| p.epochs_done != epoch) {
+        for file in [&previous.current, &previous.best] {
+            let spec = run.join(file);
+            let _ = std::fs::remove_file(crate::units::spec::weights_path(&spec));
+            let _ = std::fs::remove_file(spec);
+        }
+        let _ = std::fs::remove_file(run.join(&previous.momentum));
+    }
+    Ok(())
+}
+
+fn load_index(run: &Path) -> Result<Option<Checkpoint>> {
+    let path = index_path(run);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let checkpoint: Checkpoint = serde_json::from_str(&text).map_err(|e| Error::data(&path, format!("not a checkpoint: {e}")))?;
+    if checkpoint.format != FORMAT {
+        return Err(Error::data(&path, format!("checkpoint format {} is not supported (expected {FORMAT})", checkpoint.format)));
+    }
+    Ok(Some(checkpoint))
+}
+
+/// The run folder's checkpoint, if it has one; a checkpoint of a different run is an error.
+pub fn load(run: &Path, identity: &str) -> Result<Option<Saved>> {
+    let Some(checkpoint) = load_index(run)? else { return Ok(None) };
+    if checkpoint.identity != identity {
+        return Err(Error::Config(format!(
+            "{} holds a checkpoint of a different training run (other model, filters, data or settings); \
+             use another --out folder or remove it",
+            run.display()
+        )));
+    }
+    let current = PatchSpec::load(&run.join(&checkpoint.current))?;
+    let best = PatchSpec::load(&run.join(&checkpoint.best))?;
+    let momentum_path = run.join(&checkpoint.momentum);
+    let momentum = read_npz(&momentum_path)?
+        .into_iter()
+        .map(|(key, array)| match array.data {
+            NpyData::F32(values) => ArrayD::from_shape_vec(IxDyn(&array.shape), values)
+                .map(|a| (key.clone(), a))
+                .map_err(|e| Error::data(&momentum_path, format!("{key}: {e}"))),
+            other => Err(Error::data(&momentum_path, format!("{key}: expected float32, found {}", other.descr()))),
+        })
+        .collect::<Result<_>>()?;
+    Ok(Some(Saved { checkpoint, current, momentum, best }))
+}

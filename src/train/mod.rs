@@ -1,0 +1,447 @@
+//! Stage 3 of DeepPatch (BRIEF §2.3): retrain the replacement filters of the β model, every
+//! original weight frozen, on T_train° (drawn afresh each epoch), SGD with momentum and weight decay
+//! on a cosine schedule; the epoch with the best accuracy on T_val° is kept.
+//!
+//! Each step runs the training-step graph that [`crate::autodiff::training_step`] generates from the
+//! β model; the replacement weights and their momentum buffers are carried from step to step by the
+//! backend (in device memory on a GPU). After every epoch a checkpoint is written to the run folder,
+//! and a rerun with the same inputs resumes from it.
+
+mod checkpoint;
+mod draw;
+mod schedule;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ndarray::{ArrayD, IxDyn};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use draw::epoch_draw;
+pub use schedule::cosine;
+
+use crate::assess::{self, Assessment};
+use crate::autodiff::{training_step, StepOptions, TrainingStep};
+use crate::backend::stepping::{open_stepping_session, Carried, SteppingSession};
+use crate::backend::{open_session, BackendOptions};
+use crate::config::{Config, SIGMAS};
+use crate::data::split::{stratified_split, ValSize};
+use crate::data::{load_split, BatchStream, Dataset, Preprocess, Split};
+use crate::error::{Error, Result};
+use crate::eval::{evaluate, preprocess_for, ModelIo};
+use crate::onnx::proto::ModelProto;
+use crate::progress::{self, Progress};
+use crate::tensor::Tensor;
+use crate::units::spec::{find_conv, init_replacement, model_sha256};
+use crate::units::{beta_model, Decision, PatchSpec, PatchedParams};
+
+/// The training data: the training split without T_val, and T_val itself (T_val° is T_val clean and
+/// blurred at every σ).
+pub struct TrainData {
+    pub images: Arc<Dataset>,
+    /// T_train: the images trained on.
+    pub train: Vec<usize>,
+    /// T_val: the stratified validation split, the one assessment uses.
+    pub val: Vec<usize>,
+    pub preprocess: Preprocess,
+    /// Fingerprint of T_val (see `Dataset::fingerprint`).
+    pub fingerprint: String,
+}
+
+impl TrainData {
+    /// Loads the training split named by `config` and splits it as assessment does.
+    pub fn load(config: &Config) -> Result<TrainData> {
+        let images = load_split(config.data_root()?, Split::Train, config.data.format)?;
+        let size = config.data.val_size.map_or(ValSize::Fraction(config.data.val_fraction), ValSize::Count);
+        let (train, val) = stratified_split(&images.labels, size, config.data.seed)?;
+        let preprocess = preprocess_for(&config.preprocess, &images)?;
+        let fingerprint = images.subset(&val).fingerprint();
+        Ok(TrainData { images: Arc::new(images), train, val, preprocess, fingerprint })
+    }
+}
+
+/// The patch to train: per assessed layer the first ⌊κ·m⌋ filters of its ranking blamed, with fresh
+/// Kaiming-uniform replacements drawn from `seed`.
+pub fn initial_spec(model: &ModelProto, assessment: &Assessment, kappa: f64, seed: u64) -> Result<PatchSpec> {
+    if !(0.0..=1.0).contains(&kappa) {
+        return Err(Error::Config(format!("kappa: {kappa} is not in [0, 1]")));
+    }
+    let sha = model_sha256(model);
+    if assessment.model_sha256 != sha {
+        return Err(Error::Config("the assessment was made for another model (its model_sha256 differs)".into()));
+    }
+    let convs = crate::analysis::convolutions(model)?;
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+    let mut layers = Vec::new();
+    for layer in &assessment.layers {
+        let blamed = assess::blamed(&layer.ranking, kappa);
+        if !blamed.is_empty() {
+            layers.push(init_replacement(find_conv(&convs, &layer.name)?, blamed, &mut rng));
+        }
+    }
+    if layers.is_empty() {
+        return Err(Error::Config(format!("kappa {kappa} blames no filter in any assessed layer")));
+    }
+    Ok(PatchSpec {
+        format: crate::units::spec::SPEC_FORMAT,
+        model_sha256: Some(sha),
+        kappa,
+        layers,
+        decision: Decision::adapt_all(),
+        metadata: BTreeMap::new(),
+    })
+}
+
+/// One line of the training log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based.
+    pub epoch: usize,
+    pub learning_rate: f64,
+    /// Mean cross-entropy and accuracy (percent) over the epoch's T_train° batches, each measured
+    /// before that batch's update.
+    pub loss: f64,
+    pub train_accuracy: f64,
+    /// Accuracy (percent) of the β model on T_val° after the epoch.
+    pub val_accuracy: f64,
+    pub seconds: f64,
+    /// Training images per second (steps only, validation excluded).
+    pub images_per_second: f64,
+}
+
+/// What a training run produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub backend: String,
+    pub train_images: usize,
+    pub val_images: usize,
+    pub data_fingerprint: String,
+    /// Accuracy (percent) of the original model on T_val°.
+    pub original_val_accuracy: f64,
+    pub best_epoch: Option<usize>,
+    pub best_val_accuracy: f64,
+    /// Whether some epoch beat the original model on T_val°; if none did, the patch must not be used.
+    pub improved: bool,
+    pub bn_adapt: bool,
+    pub epochs: Vec<EpochRecord>,
+}
+
+/// A trained patch: the best epoch's replacement weights (decision: adapt every sample, the DP-β
+/// model, until calibration sets it) and the summary.
+pub struct Trained {
+    pub spec: PatchSpec,
+    pub summary: TrainSummary,
+}
+
+/// Files of a run folder.
+pub fn spec_path(run: &Path) -> PathBuf {
+    run.join("spec.json")
+}
+
+/// Trains `initial`'s replacement filters on `data` as `config.train` says, checkpointing to and
+/// resuming from `run`; writes `run/spec.json` (+ `.npz`), `run/train.csv` and `run/train.json`.
+pub fn train(model: &ModelProto, initial: &PatchSpec, data: &TrainData, config: &Config, run: &Path) -> Result<Trained> {
+    let settings = &config.train;
+    std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
+    let io = ModelIo::resolve(model, &config.preprocess)?;
+    let options = BackendOptions { kind: config.backend.kind, device: config.backend.device, threads: config.backend.threads };
+    let (beta, params) = beta_model(model, initial)?;
+    let step = training_step(
+        &beta,
+        &trainable_names(&params).iter().map(String::as_str).collect::<Vec<_>>(),
+        &StepOptions { momentum: settings.momentum, weight_decay: settings.weight_decay, logits: Some(io.output.clone()) },
+    )?;
+    let slots = slots(&params, &step)?;
+    let identity = identity(model, initial, data, config);
+
+    let (mut current, mut momentum, mut best, mut log) = match checkpoint::load(run, &identity)? {
+        Some(saved) => {
+            progress::info(&format!("resuming from {} after epoch {}", run.join("checkpoint.json").display(), saved.checkpoint.epochs_done));
+            (saved.current, saved.momentum, saved.best, saved.checkpoint)
+        }
+        None => {
+            let original_correct = val_correct(model, data, config, &io, &options)?;
+            let log = checkpoint::Checkpoint {
+                format: 0,
+                identity: identity.clone(),
+                epochs_done: 0,
+                original_correct,
+                val_images: data.val.len() * (1 + SIGMAS.len()),
+                best_epoch: None,
+                best_correct: 0,
+                records: Vec::new(),
+                current: String::new(),
+                momentum: String::new(),
+                best: String::new(),
+            };
+            (initial.clone(), BTreeMap::new(), initial.clone(), log)
+        }
+    };
+
+    let mut session = open_stepping_session(&step.model.encode_to_vec(), &options, carried(&slots, &current, &momentum)?)?;
+    let outputs = Outputs::find(session.as_ref(), &step)?;
+    for epoch in log.epochs_done..settings.epochs {
+        let started = Instant::now();
+        let learning_rate = cosine(settings.learning_rate, epoch, settings.t_max);
+        let (loss, correct) = run_epoch(session.as_mut(), &step, &outputs, data, config, epoch, learning_rate, run, &log)?;
+        let steps_seconds = started.elapsed().as_secs_f64();
+        (current, momentum) = read_state(session.as_ref(), &slots, &current)?;
+        let val = val_correct(&beta_model(model, &current)?.0, data, config, &io, &options)?;
+        let percent = |count: usize, total: usize| 100.0 * count as f64 / total.max(1) as f64;
+        if log.best_epoch.is_none() || val > log.best_correct {
+            best = current.clone();
+            log.best_epoch = Some(epoch + 1);
+            log.best_correct = val;
+        }
+        log.records.push(EpochRecord {
+            epoch: epoch + 1,
+            learning_rate,
+            loss,
+            train_accuracy: percent(correct, data.train.len()),
+            val_accuracy: percent(val, log.val_images),
+            seconds: started.elapsed().as_secs_f64(),
+            images_per_second: data.train.len() as f64 / steps_seconds.max(1e-9),
+        });
+        log.epochs_done = epoch + 1;
+        let record = &log.records[log.records.len() - 1];
+        progress::info(&format!(
+            "epoch {}/{}: loss {:.4}, train {:.2} %, T_val° {:.2} % (original {:.2} %), {:.0} img/s",
+            record.epoch,
+            settings.epochs,
+            record.loss,
+            record.train_accuracy,
+            record.val_accuracy,
+            percent(log.original_correct, log.val_images),
+            record.images_per_second
+        ));
+        checkpoint::save(run, log.clone(), &current, &momentum, &best)?;
+        write_log(run, &log.records)?;
+    }
+
+    let percent = |count: usize| 100.0 * count as f64 / log.val_images.max(1) as f64;
+    let improved = log.best_epoch.is_some() && log.best_correct > log.original_correct;
+    if !improved {
+        progress::info("no epoch beat the original model on T_val°: the patch must not be used (the pipeline keeps the original model)");
+    }
+    let summary = TrainSummary {
+        backend: format!("{} ({})", config.backend.kind, config.backend.device),
+        train_images: data.train.len(),
+        val_images: log.val_images,
+        data_fingerprint: data.fingerprint.clone(),
+        original_val_accuracy: percent(log.original_correct),
+        best_epoch: log.best_epoch,
+        best_val_accuracy: percent(log.best_correct),
+        improved,
+        bn_adapt: false,
+        epochs: log.records.clone(),
+    };
+    let mut spec = best;
+    spec.metadata.insert("training".into(), format!(
+        "{} epochs on {}, best epoch {:?}: T_val° {:.2} % (original {:.2} %)",
+        log.epochs_done, summary.backend, summary.best_epoch, summary.best_val_accuracy, summary.original_val_accuracy
+    ));
+    spec.metadata.insert("data_fingerprint".into(), data.fingerprint.clone());
+    spec.save(&spec_path(run))?;
+    let json = serde_json::to_string_pretty(&summary).map_err(|e| Error::Internal(e.to_string()))?;
+    crate::onnx::io::write_atomically(&run.join("train.json"), format!("{json}\n").as_bytes())?;
+    Ok(Trained { spec, summary })
+}
+
+/// The replacement tensors of the β model, the only trainable ones.
+fn trainable_names(params: &[PatchedParams]) -> Vec<String> {
+    params.iter().flat_map(|p| std::iter::once(p.replacement_weight.clone()).chain(p.replacement_bias.clone())).collect()
+}
+
+/// One trained tensor: its key in spec files (`layer<i>.weight`/`.bias`) and its step interface.
+struct Slot {
+    layer: usize,
+    bias: bool,
+    parameter: crate::autodiff::Parameter,
+}
+
+impl Slot {
+    fn key(&self) -> String {
+        format!("layer{}.{}", self.layer, if self.bias { "bias" } else { "weight" })
+    }
+
+    fn value<'s>(&self, spec: &'s PatchSpec) -> Result<&'s ArrayD<f32>> {
+        let layer = &spec.layers[self.layer];
+        if self.bias { layer.bias.as_ref().ok_or_else(|| Error::Internal(format!("{}: no bias", layer.conv))) } else { Ok(&layer.weight) }
+    }
+}
+
+fn slots(params: &[PatchedParams], step: &TrainingStep) -> Result<Vec<Slot>> {
+    let find = |name: &str| {
+        step.parameters
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+            .ok_or_else(|| Error::Internal(format!("the step graph does not train '{name}'")))
+    };
+    let mut slots = Vec::new();
+    for (layer, p) in params.iter().enumerate() {
+        slots.push(Slot { layer, bias: false, parameter: find(&p.replacement_weight)? });
+        if let Some(bias) = &p.replacement_bias {
+            slots.push(Slot { layer, bias: true, parameter: find(bias)? });
+        }
+    }
+    Ok(slots)
+}
+
+/// The carried tensors of the step: every trained tensor and its momentum buffer (zeros at first,
+/// which reproduces PyTorch's first step exactly).
+fn carried(slots: &[Slot], spec: &PatchSpec, momentum: &BTreeMap<String, ArrayD<f32>>) -> Result<Vec<Carried>> {
+    let mut carried = Vec::new();
+    for slot in slots {
+        let value = slot.value(spec)?;
+        let buffer = momentum.get(&slot.key()).cloned().unwrap_or_else(|| ArrayD::zeros(value.raw_dim()));
+        if buffer.shape() != value.shape() {
+            return Err(Error::Internal(format!("{}: momentum buffer of shape {:?}", slot.key(), buffer.shape())));
+        }
+        carried.push(Carried { input: slot.parameter.name.clone(), output: slot.parameter.updated.clone(), value: Tensor::F32(value.clone()) });
+        carried.push(Carried {
+            input: slot.parameter.momentum.clone(),
+            output: slot.parameter.updated_momentum.clone(),
+            value: Tensor::F32(buffer),
+        });
+    }
+    Ok(carried)
+}
+
+/// The session's carried state as a spec (the weights) and momentum buffers.
+fn read_state(session: &dyn SteppingSession, slots: &[Slot], template: &PatchSpec) -> Result<(PatchSpec, BTreeMap<String, ArrayD<f32>>)> {
+    let mut state: BTreeMap<String, Tensor> = session.state()?.into_iter().collect();
+    let mut take = |name: &str| -> Result<ArrayD<f32>> {
+        state.remove(name).ok_or_else(|| Error::Internal(format!("the session lost '{name}'")))?.into_f32()
+    };
+    let mut spec = template.clone();
+    let mut momentum = BTreeMap::new();
+    for slot in slots {
+        let value = take(&slot.parameter.name)?;
+        let layer = &mut spec.layers[slot.layer];
+        if slot.bias {
+            layer.bias = Some(value);
+        } else {
+            layer.weight = value;
+        }
+        momentum.insert(slot.key(), take(&slot.parameter.momentum)?);
+    }
+    Ok((spec, momentum))
+}
+
+/// Positions of the loss and the correct count among the step's returned outputs.
+struct Outputs {
+    loss: usize,
+    correct: usize,
+}
+
+impl Outputs {
+    fn find(session: &dyn SteppingSession, step: &TrainingStep) -> Result<Outputs> {
+        let position = |name: &str| {
+            session.output_names().iter().position(|n| n == name).ok_or_else(|| Error::Internal(format!("the step lost output '{name}'")))
+        };
+        Ok(Outputs { loss: position(&step.loss)?, correct: position(&step.correct)? })
+    }
+}
+
+/// One epoch over T_train°: returns the mean loss and the number of correct predictions. A
+/// non-finite loss stops training; the last checkpoint stays as it was.
+#[allow(clippy::too_many_arguments)]
+fn run_epoch(
+    session: &mut dyn SteppingSession,
+    step: &TrainingStep,
+    outputs: &Outputs,
+    data: &TrainData,
+    config: &Config,
+    epoch: usize,
+    learning_rate: f64,
+    run: &Path,
+    log: &checkpoint::Checkpoint,
+) -> Result<(f64, usize)> {
+    let items = epoch_draw(&data.train, config.data.seed, epoch);
+    let stream = BatchStream::mixed(data.images.clone(), items, data.preprocess.clone(), config.train.batch_size);
+    let rate = Tensor::F32(ArrayD::from_elem(IxDyn(&[]), learning_rate as f32));
+    let mut progress = Progress::new(format!("epoch {}/{}", epoch + 1, config.train.epochs), data.train.len());
+    let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+    for (number, batch) in stream.enumerate() {
+        let batch = batch?;
+        let count = batch.labels.len();
+        let images = Tensor::F32(batch.input);
+        let labels = Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[count]), batch.labels).map_err(|e| Error::Internal(e.to_string()))?);
+        let results = session.step(&[(&step.images, &images), (&step.labels, &labels), (&step.learning_rate, &rate)])?;
+        let loss = f64::from(results[outputs.loss].as_f32()?.iter().next().copied().unwrap_or(f32::NAN));
+        if !loss.is_finite() {
+            let kept = match log.epochs_done {
+                0 => "no epoch finished, so there is no checkpoint".to_string(),
+                done => format!("the last good checkpoint (epoch {done}) is kept in {}", run.join("checkpoint.json").display()),
+            };
+            return Err(Error::Training(format!(
+                "epoch {}, batch {}: the loss is {loss}; lower train.learning_rate; {kept}",
+                epoch + 1,
+                number + 1
+            )));
+        }
+        loss_sum += loss * count as f64;
+        correct += results[outputs.correct].as_i64()?.iter().sum::<i64>().max(0) as usize;
+        seen += count;
+        progress.advance(count);
+        progress.set_detail(format!("loss {:.4}, accuracy {:.2} %", loss_sum / seen as f64, 100.0 * correct as f64 / seen as f64));
+    }
+    progress.finish();
+    Ok((loss_sum / seen.max(1) as f64, correct))
+}
+
+/// Correct predictions of `model` on T_val° (T_val clean and at every σ).
+fn val_correct(model: &ModelProto, data: &TrainData, config: &Config, io: &ModelIo, options: &BackendOptions) -> Result<usize> {
+    let mut session = open_session(&model.encode_to_vec(), options)?;
+    let evaluation = evaluate(session.as_mut(), io, data.images.clone(), &data.val, &SIGMAS, &data.preprocess, config.eval.batch_size)?;
+    Ok(evaluation.clean.correct + evaluation.blurred.iter().map(|(_, r)| r.correct).sum::<usize>())
+}
+
+/// What makes two runs the same run, hashed: the model, the initial patch (filters and weights),
+/// T_val and T_train, and every setting but the number of epochs.
+fn identity(model: &ModelProto, initial: &PatchSpec, data: &TrainData, config: &Config) -> String {
+    let mut hash = Sha256::new();
+    hash.update(model_sha256(model));
+    for layer in &initial.layers {
+        hash.update(layer.conv.as_bytes());
+        layer.blamed.iter().for_each(|b| hash.update((*b as u64).to_le_bytes()));
+        layer.weight.iter().chain(layer.bias.iter().flatten()).for_each(|v| hash.update(v.to_le_bytes()));
+    }
+    hash.update(&data.fingerprint);
+    hash.update((data.train.len() as u64).to_le_bytes());
+    let t = &config.train;
+    hash.update(format!(
+        "{} {} {} {} {} {} {} {:?}",
+        t.batch_size, t.learning_rate, t.momentum, t.weight_decay, t.t_max, config.data.seed, config.backend.kind, config.preprocess
+    ));
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes the log as CSV.
+fn write_log(run: &Path, records: &[EpochRecord]) -> Result<()> {
+    let mut text = String::from("epoch,learning_rate,loss,train_accuracy,val_accuracy,seconds,images_per_second\n");
+    for r in records {
+        text += &format!(
+            "{},{},{:.6},{:.4},{:.4},{:.2},{:.1}\n",
+            r.epoch, r.learning_rate, r.loss, r.train_accuracy, r.val_accuracy, r.seconds, r.images_per_second
+        );
+    }
+    crate::onnx::io::write_atomically(&run.join("train.csv"), text.as_bytes())
+}
+
+/// Loads the model, the assessment and the data named by `config`, and trains (see [`train`]).
+pub fn train_model(model_path: &Path, assessment_path: &Path, kappa: f64, config: &Config, run: &Path) -> Result<Trained> {
+    let model = crate::onnx::load_model(model_path)?;
+    let assessment = assess::load(assessment_path)?;
+    let data = TrainData::load(config)?;
+    if assessment.data_fingerprint != data.fingerprint {
+        progress::info("note: the assessment was made on other validation data than this training run's T_val");
+    }
+    let initial = initial_spec(&model, &assessment, kappa, config.data.seed)?;
+    train(&model, &initial, &data, config, run)
+}
