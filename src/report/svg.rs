@@ -4,10 +4,11 @@ use std::fmt::Write;
 
 use super::Report;
 
-const WIDTH: f64 = 640.0;
+const WIDTH: f64 = 700.0;
 const HEIGHT: f64 = 400.0;
 const LEFT: f64 = 60.0;
-const RIGHT: f64 = 150.0;
+// Room for the legend: "DP-γ batch-256 (nRob 63.0)".
+const RIGHT: f64 = 210.0;
 const TOP: f64 = 30.0;
 const BOTTOM: f64 = 50.0;
 const COLOURS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];

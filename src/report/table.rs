@@ -1,6 +1,9 @@
 //! Tables: aligned text for the terminal and GitHub-flavoured Markdown.
 
-use super::{sigma_key, AccuracyRow, Report};
+use super::{sigma_key, AccuracyRow, Report, Shares};
+
+/// Label of the line that follows the served row of a patched model.
+const ADAPTED_LABEL: &str = "adapted %";
 
 fn header(rows: &[AccuracyRow]) -> Vec<String> {
     let sigmas: Vec<String> = rows.first().map(|r| r.blur.iter().map(|(s, _)| format!("blur{}", sigma_key(*s))).collect()).unwrap_or_default();
@@ -17,11 +20,46 @@ fn cells(row: &AccuracyRow) -> Vec<String> {
     cells
 }
 
-/// An aligned plain-text table.
+/// The share of adapted samples per condition; nRob and joint are left empty, as in the paper.
+fn adapted_cells(shares: &Shares) -> Vec<String> {
+    let mut cells = vec![ADAPTED_LABEL.to_string(), format!("{:.2}", shares.std)];
+    cells.extend(shares.blur.iter().map(|(_, s)| format!("{s:.2}")));
+    cells.extend([String::new(), String::new()]);
+    cells
+}
+
+/// Every line of the table body: the rows, and the adapted shares after the primary (served) row.
+fn body(report: &Report) -> Vec<Vec<String>> {
+    let mut lines = Vec::new();
+    for (i, row) in report.rows.iter().enumerate() {
+        lines.push(cells(row));
+        if let Some(shares) = row.adapted.as_ref().filter(|_| i == report.primary) {
+            lines.push(adapted_cells(shares));
+        }
+    }
+    lines
+}
+
+/// What a patched model's report says below the table: the rule and the contract checks.
+fn patch_notes(report: &Report) -> Vec<String> {
+    let Some(patch) = &report.patch else { return Vec::new() };
+    vec![
+        format!(
+            "decision: {}; DP-γ batch-{}: one decision per {} consecutive images by majority of the flags; oracle: clean images on PT, blurred on DP-β.",
+            patch.decision, patch.majority_batch, patch.majority_batch
+        ),
+        format!(
+            "DP-fb differs from PT on {} of {} predictions; DP-γ differs from the PT or DP-β prediction its flag selects on {}.",
+            patch.fallback_differs, patch.predictions, patch.served_differs_from_routed
+        ),
+    ]
+}
+
+/// An aligned plain-text table (widths in characters: labels hold β and γ).
 pub fn terminal(report: &Report) -> String {
     let mut lines = vec![header(&report.rows)];
-    lines.extend(report.rows.iter().map(cells));
-    let widths: Vec<usize> = (0..lines[0].len()).map(|c| lines.iter().map(|l| l.get(c).map_or(0, String::len)).max().unwrap_or(0)).collect();
+    lines.extend(body(report));
+    let widths: Vec<usize> = (0..lines[0].len()).map(|c| lines.iter().map(|l| l.get(c).map_or(0, |cell| cell.chars().count())).max().unwrap_or(0)).collect();
     let mut out = format!("{} on {} images ({}), backend {}\n", report.model, report.images, report.data, report.backend);
     for line in &lines {
         let padded: Vec<String> = line
@@ -30,6 +68,10 @@ pub fn terminal(report: &Report) -> String {
             .map(|(c, cell)| if c == 0 { format!("{cell:<w$}", w = widths[c]) } else { format!("{cell:>w$}", w = widths[c]) })
             .collect();
         out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    }
+    for note in patch_notes(report) {
+        out.push_str(&note);
         out.push('\n');
     }
     out
@@ -47,8 +89,13 @@ pub fn markdown(report: &Report) -> String {
         head.join(" | "),
         head.iter().enumerate().map(|(c, _)| if c == 0 { "---" } else { "---:" }).collect::<Vec<_>>().join("|")
     );
-    for row in &report.rows {
-        out.push_str(&format!("| {} |\n", cells(row).join(" | ")));
+    for line in body(report) {
+        out.push_str(&format!("| {} |\n", line.join(" | ")));
+    }
+    for note in patch_notes(report) {
+        out.push('\n');
+        out.push_str(&note);
+        out.push('\n');
     }
     out
 }
@@ -71,5 +118,18 @@ mod tests {
         let lines: Vec<&str> = text.lines().skip(1).collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[1].starts_with("PT   ") && lines[1].ends_with("143.00"), "{text}");
+    }
+
+    #[test]
+    fn adapted_shares_follow_the_served_row() {
+        let mut report = sample();
+        report.primary = 1;
+        let text = markdown(&report);
+        assert!(text.contains("| DP | 81.00 | 80.00 | 70.00 | 77.00 | 158.00 |\n| adapted % | 5.00 | 50.00 | 96.00 |  |  |\n"), "{text}");
+        let lines: Vec<String> = terminal(&report).lines().map(String::from).collect();
+        assert_eq!(lines.len(), 5);
+        assert!(lines[4].starts_with("adapted %") && lines[4].ends_with("96.00"), "{lines:?}");
+        report.primary = 0;
+        assert!(!terminal(&report).contains(ADAPTED_LABEL));
     }
 }

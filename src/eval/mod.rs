@@ -1,0 +1,278 @@
+//! Evaluation: accuracy of a model on the clean test set and on its blurred copies; a γ-patched
+//! model is evaluated under every routing the paper compares ([`patched`]).
+
+pub mod patched;
+
+use std::sync::Arc;
+
+use ndarray::Axis;
+
+use crate::backend::Session;
+use crate::config::PreprocessConfig;
+use crate::data::{BatchStream, Corruption, Dataset, Preprocess};
+use crate::error::{Error, Result};
+use crate::onnx::proto::ModelProto;
+use crate::progress::Progress;
+use crate::report::AccuracyRow;
+use crate::tensor::Tensor;
+use crate::units::{ADAPTED_OUTPUT, DECISION_INPUT};
+
+/// Which model input receives the images and which output holds the logits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelIo {
+    pub input: String,
+    pub output: String,
+}
+
+impl ModelIo {
+    /// Resolves the names from the configuration, defaulting to the model's only runtime input and
+    /// its first output; a name the model lacks is a configuration error that lists what it has.
+    pub fn resolve(model: &ModelProto, config: &PreprocessConfig) -> Result<ModelIo> {
+        let graph = model.graph.as_ref().ok_or_else(|| Error::InvalidGraph("the model has no graph".into()))?;
+        let initialized: std::collections::HashSet<&str> = graph.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
+        let inputs: Vec<&str> = graph.input.iter().filter_map(|v| v.name.as_deref()).filter(|n| !initialized.contains(n)).collect();
+        let outputs: Vec<&str> = graph.output.iter().filter_map(|v| v.name.as_deref()).collect();
+        let only_input = (inputs.len() == 1).then(|| inputs[0]);
+        let input = choose("preprocess.input", "input", config.input.as_deref(), &inputs, only_input)?;
+        let output = choose("preprocess.output", "output", config.output.as_deref(), &outputs, outputs.first().copied())?;
+        Ok(ModelIo { input, output })
+    }
+}
+
+/// The configured name if the model has it, else the default; errors name the field and list what
+/// the model has.
+fn choose(field: &str, kind: &str, requested: Option<&str>, available: &[&str], default: Option<&str>) -> Result<String> {
+    let listed = available.join(", ");
+    match (requested, default) {
+        (Some(name), _) if available.contains(&name) => Ok(name.to_string()),
+        (Some(name), _) => Err(Error::Config(format!("{field}: the model has no {kind} '{name}' (its {kind}s: {listed})"))),
+        (None, Some(name)) => Ok(name.to_string()),
+        (None, None) => Err(Error::Config(format!("{field}: the model has {} {kind}s ({listed}); name one", available.len()))),
+    }
+}
+
+/// The preprocessing of the configuration, checked against the data's channel count.
+pub fn preprocess_for(config: &PreprocessConfig, data: &Dataset) -> Result<Preprocess> {
+    let channels = data.images.channels();
+    if config.mean.len() != channels {
+        return Err(Error::Config(format!(
+            "preprocess.mean: {} values given, the images have {channels} channels",
+            config.mean.len()
+        )));
+    }
+    Ok(Preprocess { scale: config.scale, mean: config.mean.clone(), std: config.std.clone(), layout: config.layout })
+}
+
+/// Predictions of one model on one corruption of the evaluated images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConditionResult {
+    pub corruption: Corruption,
+    /// Predicted class per image, in the order of the evaluated indices.
+    pub predictions: Vec<i64>,
+    pub correct: usize,
+    /// Per image, whether a patched model routed it to the replacement filters (its
+    /// `deeppatch_adapted` output); empty when the run did not read it.
+    pub adapted: Vec<bool>,
+}
+
+/// Predictions on the clean images and on each blurred copy.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub labels: Vec<i64>,
+    pub clean: ConditionResult,
+    /// (σ, result) per blur level.
+    pub blurred: Vec<(f32, ConditionResult)>,
+}
+
+impl Evaluation {
+    /// The table row of this evaluation.
+    pub fn row(&self, label: &str) -> AccuracyRow {
+        let blurred: Vec<(f32, usize)> = self.blurred.iter().map(|(s, r)| (*s, r.correct)).collect();
+        AccuracyRow::from_counts(label, self.labels.len(), self.clean.correct, &blurred)
+    }
+
+    /// The clean result, then one per σ.
+    pub fn conditions(&self) -> impl Iterator<Item = &ConditionResult> {
+        std::iter::once(&self.clean).chain(self.blurred.iter().map(|(_, r)| r))
+    }
+}
+
+/// The evaluated images and how their batches are prepared.
+pub struct TestSet<'a> {
+    pub data: Arc<Dataset>,
+    pub indices: &'a [usize],
+    pub sigmas: &'a [f32],
+    pub preprocess: &'a Preprocess,
+    pub batch_size: usize,
+}
+
+/// One model to run over a test set, with what a patched model is fed and read besides the images
+/// and the logits.
+pub struct Run<'s> {
+    pub session: &'s mut dyn Session,
+    /// A value for the `deeppatch_decision` input; `None` leaves the model's default (as served).
+    pub decision: Option<bool>,
+    /// Read the per-sample `deeppatch_adapted` flags.
+    pub read_adapted: bool,
+}
+
+impl<'s> Run<'s> {
+    /// A model run as it is, logits only.
+    pub fn plain(session: &'s mut dyn Session) -> Self {
+        Run { session, decision: None, read_adapted: false }
+    }
+}
+
+/// Runs `session` on `indices` of `data`, clean and blurred at every σ, batches prepared in the
+/// background while the backend computes.
+pub fn evaluate(
+    session: &mut dyn Session,
+    io: &ModelIo,
+    data: Arc<Dataset>,
+    indices: &[usize],
+    sigmas: &[f32],
+    preprocess: &Preprocess,
+    batch_size: usize,
+) -> Result<Evaluation> {
+    let set = TestSet { data, indices, sigmas, preprocess, batch_size };
+    let mut evaluations = evaluate_runs(&mut [Run::plain(session)], io, &set, "evaluating")?;
+    evaluations.pop().ok_or_else(|| Error::Internal("no evaluation".into()))
+}
+
+/// Runs every model of `runs` on each batch of `set` (every image is blurred and preprocessed once,
+/// whatever the number of models), one [`Evaluation`] per run; progress is reported as `task`.
+pub fn evaluate_runs(runs: &mut [Run], io: &ModelIo, set: &TestSet, task: &str) -> Result<Vec<Evaluation>> {
+    let corruptions: Vec<Corruption> =
+        std::iter::once(Corruption::Clean).chain(set.sigmas.iter().map(|&s| Corruption::Blur(s))).collect();
+    let labels: Vec<i64> = set.indices.iter().map(|&i| set.data.labels[i]).collect();
+    let empty = |c: &Corruption| ConditionResult { corruption: c.clone(), predictions: Vec::with_capacity(labels.len()), correct: 0, adapted: Vec::new() };
+    let mut results: Vec<Vec<ConditionResult>> = runs.iter().map(|_| corruptions.iter().map(empty).collect()).collect();
+    let positions = runs.iter().map(|run| output_positions(run, io)).collect::<Result<Vec<_>>>()?;
+    let switches: Vec<Option<Tensor>> = runs.iter().map(|run| run.decision.map(|d| Tensor::Bool(ndarray::arr0(d).into_dyn()))).collect();
+    let mut progress = Progress::new(task, set.indices.len() * corruptions.len());
+    let stream = BatchStream::new(set.data.clone(), set.indices.to_vec(), corruptions, set.preprocess.clone(), set.batch_size);
+    for batch in stream {
+        let batch = batch?;
+        let input = Tensor::F32(batch.input);
+        for (((run, (logits_at, adapted_at)), switch), results) in runs.iter_mut().zip(&positions).zip(&switches).zip(&mut results) {
+            let mut inputs = vec![(io.input.as_str(), &input)];
+            inputs.extend(switch.as_ref().map(|s| (DECISION_INPUT, s)));
+            let outputs = run.session.run(&inputs)?;
+            let result = &mut results[batch.corruption];
+            for (row, label) in outputs[*logits_at].as_f32()?.axis_iter(Axis(0)).zip(&batch.labels) {
+                let predicted = argmax(row.iter().copied());
+                result.correct += usize::from(predicted == *label);
+                result.predictions.push(predicted);
+            }
+            if let Some(at) = adapted_at {
+                result.adapted.extend(outputs[*at].as_bool()?.iter().copied());
+            }
+        }
+        progress.advance(batch.labels.len());
+    }
+    progress.finish();
+    results
+        .into_iter()
+        .map(|conditions| {
+            let mut conditions = conditions.into_iter();
+            let clean = conditions.next().ok_or_else(|| Error::Internal("no clean results".into()))?;
+            let blurred = set.sigmas.iter().copied().zip(conditions).collect();
+            Ok(Evaluation { labels: labels.clone(), clean, blurred })
+        })
+        .collect()
+}
+
+/// Where a run's logits and (when it reads them) adaptation flags are among its session's outputs.
+fn output_positions(run: &Run, io: &ModelIo) -> Result<(usize, Option<usize>)> {
+    let names = run.session.output_names();
+    let find = |name: &str| names.iter().position(|n| n == name);
+    let logits = find(&io.output).ok_or_else(|| Error::Internal(format!("backend lost output '{}'", io.output)))?;
+    let adapted = match run.read_adapted {
+        true => Some(find(ADAPTED_OUTPUT).ok_or_else(|| Error::InvalidGraph(format!("the patched model has no output '{ADAPTED_OUTPUT}'")))?),
+        false => None,
+    };
+    Ok((logits, adapted))
+}
+
+/// A finished `eval` command: the report and the predictions behind it.
+pub struct EvalOutcome {
+    pub report: crate::report::Report,
+    pub evaluations: Evaluations,
+}
+
+/// The predictions behind a report.
+pub enum Evaluations {
+    /// A plain model: one evaluation.
+    Plain(Evaluation),
+    /// A γ-patched model: the original, β, served and fallback runs.
+    Patched(Box<patched::PatchedEvaluation>),
+}
+
+/// Loads `model_path` and the test split named by `config`, evaluates, and builds the report. A
+/// γ-patched model (recognised by its DeepPatch metadata) is reported with the rows of
+/// [`patched`]; any other model as one row.
+pub fn evaluate_model(model_path: &std::path::Path, config: &crate::config::Config) -> Result<EvalOutcome> {
+    let model = crate::onnx::load_model(model_path)?;
+    let io = ModelIo::resolve(&model, &config.preprocess)?;
+    let root = config.data_root()?;
+    let test = crate::data::load_split(root, crate::data::Split::Test, config.data.format)?;
+    let preprocess = preprocess_for(&config.preprocess, &test)?;
+    let indices = match config.eval.limit {
+        Some(limit) if limit < test.len() => {
+            crate::data::split::stratified_split(&test.labels, crate::data::split::ValSize::Count(limit), config.data.seed)?.1
+        }
+        _ => (0..test.len()).collect(),
+    };
+    let options = crate::backend::BackendOptions {
+        kind: config.backend.kind,
+        device: config.backend.device,
+        threads: config.backend.threads,
+    };
+    let set = TestSet { data: Arc::new(test), indices: &indices, sigmas: &config.eval.sigmas, preprocess: &preprocess, batch_size: config.eval.batch_size };
+    let mut report = crate::report::Report {
+        model: model_path.display().to_string(),
+        backend: format!("{} ({})", config.backend.kind, config.backend.device),
+        data: root.join("test").display().to_string(),
+        images: indices.len(),
+        rows: Vec::new(),
+        primary: 0,
+        patch: None,
+    };
+    let evaluations = if crate::units::strip::is_patched(&model) {
+        let evaluation = patched::evaluate(&model, &io, &set, &options)?;
+        (report.rows, report.primary) = evaluation.rows();
+        report.patch = Some(evaluation.context());
+        Evaluations::Patched(Box::new(evaluation))
+    } else {
+        let mut session = crate::backend::open_session(&prost::Message::encode_to_vec(&model), &options)?;
+        let evaluation = evaluate(session.as_mut(), &io, set.data.clone(), &indices, set.sigmas, &preprocess, set.batch_size)?;
+        report.rows = vec![evaluation.row(&model_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()))];
+        Evaluations::Plain(evaluation)
+    };
+    Ok(EvalOutcome { report, evaluations })
+}
+
+/// Index of the largest value, the first on ties, NaN never chosen (as numpy's argmax on finite
+/// logits).
+pub fn argmax(values: impl Iterator<Item = f32>) -> i64 {
+    let mut best = (-1i64, f32::NEG_INFINITY);
+    for (i, v) in values.enumerate() {
+        if !v.is_nan() && (v > best.1 || best.0 < 0) {
+            best = (i as i64, v);
+        }
+    }
+    best.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_takes_the_first_maximum() {
+        assert_eq!(argmax([1.0, 3.0, 3.0, 2.0].into_iter()), 1);
+        assert_eq!(argmax([f32::NAN, -1.0].into_iter()), 1);
+        assert_eq!(argmax([-5.0].into_iter()), 0);
+    }
+}
+
