@@ -1,0 +1,154 @@
+//! Retraining (BRIEF §2.3) end to end on tiny_cnn and the bundled CIFAR-10 subset: resuming from a
+//! checkpoint gives the uninterrupted run's weights bit for bit, the trained spec patches into the
+//! model whose T_val° accuracy training reported, both backends train alike, and a diverging run
+//! stops with an error.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use ndarray::ArrayD;
+use onnx_deeppatch::backend::{open_session, BackendKind, BackendOptions};
+use onnx_deeppatch::config::{Config, SIGMAS};
+use onnx_deeppatch::eval::{evaluate, ModelIo};
+use onnx_deeppatch::train::{self, TrainData};
+use onnx_deeppatch::units::PatchSpec;
+use prost::Message;
+
+const MODEL: &str = "models/tiny_cnn_cifar10.onnx";
+
+fn config(backend: BackendKind, epochs: usize) -> Config {
+    let mut config = Config::from_file(&common::fixture("cifar10.yaml")).unwrap();
+    config.backend.kind = backend;
+    config.train.epochs = epochs;
+    config
+}
+
+/// The assessment of tiny_cnn on the fixture data, made once per test by the `assess` command.
+fn assessment(folder: &Path) -> PathBuf {
+    let out = folder.join("assessment.json");
+    let output = common::cli(os_args![
+        "assess",
+        common::fixture(MODEL),
+        "--config",
+        common::fixture("cifar10.yaml"),
+        "--backend",
+        "ort",
+        "--out",
+        out
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    out
+}
+
+fn train(config: &Config, assessment: &Path, run: &Path) -> train::Trained {
+    train::train_model(&common::fixture(MODEL), assessment, 0.25, config, run).unwrap()
+}
+
+fn weights(spec: &PatchSpec) -> Vec<ArrayD<f32>> {
+    spec.layers.iter().flat_map(|l| std::iter::once(l.weight.clone()).chain(l.bias.clone())).collect()
+}
+
+#[test]
+fn training_resumes_to_the_uninterrupted_result_and_repeats_exactly() {
+    let folder = tempfile::tempdir().unwrap();
+    let assessment = assessment(folder.path());
+    let whole = train(&config(BackendKind::Ort, 2), &assessment, &folder.path().join("whole"));
+    let again = train(&config(BackendKind::Ort, 2), &assessment, &folder.path().join("again"));
+    assert_eq!(weights(&whole.spec), weights(&again.spec), "same seed, same result");
+
+    let split = folder.path().join("split");
+    let first = train(&config(BackendKind::Ort, 1), &assessment, &split);
+    assert_eq!(first.summary.epochs.len(), 1);
+    let resumed = train(&config(BackendKind::Ort, 2), &assessment, &split);
+    assert_eq!(weights(&resumed.spec), weights(&whole.spec), "resumed run differs from the uninterrupted one");
+    let figures = |s: &train::TrainSummary| -> Vec<(f64, f64, f64, f64)> {
+        s.epochs.iter().map(|e| (e.learning_rate, e.loss, e.train_accuracy, e.val_accuracy)).collect()
+    };
+    assert_eq!(figures(&resumed.summary), figures(&whole.summary));
+    assert_eq!(resumed.summary.best_epoch, whole.summary.best_epoch);
+    // The second epoch runs at the cosine schedule's rate for epoch 1 of T_max = 200.
+    assert_eq!(whole.summary.epochs[1].learning_rate, train::cosine(0.01, 1, 200));
+    let csv = std::fs::read_to_string(split.join("train.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(csv.starts_with("epoch,learning_rate,loss,train_accuracy,val_accuracy"), "{csv}");
+
+    // Other settings in the same folder: refused, the checkpoint left alone.
+    let mut other = config(BackendKind::Ort, 2);
+    other.train.learning_rate = 0.02;
+    let error = train::train_model(&common::fixture(MODEL), &assessment, 0.25, &other, &split).err().unwrap();
+    assert!(error.to_string().contains("different training run"), "{error}");
+}
+
+#[test]
+fn the_trained_spec_patches_into_the_model_training_validated() {
+    let folder = tempfile::tempdir().unwrap();
+    let assessment = assessment(folder.path());
+    let run = folder.path().join("run");
+    let trained = train(&config(BackendKind::Ort, 2), &assessment, &run);
+    let spec = train::spec_path(&run);
+    let blamed: Vec<usize> = trained.spec.layers.iter().map(|l| l.blamed.len()).collect();
+    assert_eq!(blamed, [4, 8, 16], "⌊κ·m⌋ filters of tiny_cnn's 16, 32 and 64");
+
+    // The command the acceptance runs: the DP-β model of the trained spec.
+    let beta = folder.path().join("beta.onnx");
+    let output = common::cli(os_args!["patch", common::fixture(MODEL), beta, "--spec", spec, "--boundary", "adapt-all"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    // Its accuracy on T_val° is the one training reported for the best epoch.
+    let config = config(BackendKind::Ort, 2);
+    let data = TrainData::load(&config).unwrap();
+    let model = onnx_deeppatch::onnx::load_model(&beta).unwrap();
+    let io = ModelIo::resolve(&model, &config.preprocess).unwrap();
+    let options = BackendOptions { kind: BackendKind::Ort, ..Default::default() };
+    let mut session = open_session(&model.encode_to_vec(), &options).unwrap();
+    let evaluation = evaluate(session.as_mut(), &io, data.images.clone(), &data.val, &SIGMAS, &data.preprocess, 256).unwrap();
+    let correct = evaluation.clean.correct + evaluation.blurred.iter().map(|(_, r)| r.correct).sum::<usize>();
+    let total = data.val.len() * 7;
+    assert_eq!(trained.summary.val_images, total);
+    let reported = (trained.summary.best_val_accuracy * total as f64 / 100.0).round() as usize;
+    assert_eq!(correct, reported, "T_val° correct predictions of the patched model");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("train.json")).unwrap()).unwrap();
+    assert_eq!(summary["best_epoch"], serde_json::json!(trained.summary.best_epoch));
+}
+
+#[test]
+fn tract_and_onnxruntime_train_alike() {
+    let folder = tempfile::tempdir().unwrap();
+    let assessment = assessment(folder.path());
+    let ort = train(&config(BackendKind::Ort, 1), &assessment, &folder.path().join("ort"));
+    let tract = train(&config(BackendKind::Tract, 1), &assessment, &folder.path().join("tract"));
+    for (a, b) in weights(&ort.spec).iter().zip(weights(&tract.spec)) {
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let gap = (a - &b).iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(gap <= 1e-3 * scale, "weights differ by {gap:e} (scale {scale:e})");
+    }
+    assert!((ort.summary.epochs[0].loss - tract.summary.epochs[0].loss).abs() < 1e-4);
+}
+
+#[test]
+fn a_diverging_run_stops_with_an_error() {
+    let folder = tempfile::tempdir().unwrap();
+    let assessment = assessment(folder.path());
+    let run = folder.path().join("run");
+    let output = common::cli(os_args![
+        "train",
+        common::fixture(MODEL),
+        "--config",
+        common::fixture("cifar10.yaml"),
+        "--backend",
+        "ort",
+        "--assessment",
+        assessment,
+        "--out",
+        run,
+        "--epochs",
+        "2",
+        "--learning-rate",
+        "1e30"
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the loss is") && stderr.contains("no epoch finished"), "{stderr}");
+    assert!(!run.join("spec.json").exists());
+}
