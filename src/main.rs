@@ -33,7 +33,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Accuracy on the clean test set and its blurred copies: std, blurσ, nRob, joint.
+    /// Accuracy on the clean test set and its blurred copies: std, blurσ, nRob, joint. A γ-patched
+    /// model is reported as PT, DP-β, DP-γ (with adapted shares), DP-γ batch-256, DP-fb and oracle.
     Eval {
         model: PathBuf,
         #[command(flatten)]
