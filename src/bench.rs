@@ -148,3 +148,98 @@ pub fn patch_cost(model_path: &std::path::Path, config: &Config, kappa: f64, rou
     let replacement_bytes = spec.layers.iter().map(|l| 4 * (l.weight.len() + l.bias.as_ref().map_or(0, |b| b.len()))).sum();
     Ok(PatchCost { kappa, cases, original_bytes: encode(&model).len(), patched_bytes: encode(&half).len(), replacement_bytes })
 }
+
+/// Training-step throughput on a β model against the forward pass of the same model.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainThroughput {
+    pub kappa: f64,
+    pub batch: usize,
+    pub steps: usize,
+    /// Trained tensors and their elements.
+    pub trained_tensors: usize,
+    pub trained_parameters: usize,
+    /// Images per second of the generated training step (forward, backward, SGD update), the
+    /// weights carried between steps by the backend.
+    pub step_rate: f64,
+    /// Images per second of the β model's forward pass alone on the same batch.
+    pub forward_rate: f64,
+    /// step_rate / forward_rate.
+    pub ratio: f64,
+}
+
+/// Times `steps` training steps of batch `batch` on the β model of a random patch at `kappa`
+/// (fresh replacement filters, as retraining starts), alternating with forward passes of the same
+/// model on the same batch; the fastest round of each counts. `save_step` keeps the step graph for
+/// profiling.
+pub fn train_throughput(
+    model_path: &std::path::Path,
+    config: &Config,
+    kappa: f64,
+    batch: usize,
+    steps: usize,
+    save_step: Option<&std::path::Path>,
+) -> Result<TrainThroughput> {
+    use crate::autodiff::{training_step, StepOptions};
+    use crate::backend::stepping::{open_stepping_session, Carried};
+
+    let model = crate::onnx::load_model(model_path)?;
+    let io = ModelIo::resolve(&model, &config.preprocess)?;
+    let spec = crate::units::spec::random_spec(&model, kappa, config.data.seed, crate::units::Decision::adapt_all())?;
+    let (beta, params) = crate::units::beta_model(&model, &spec)?;
+    let trainable: Vec<&str> =
+        params.iter().flat_map(|p| std::iter::once(p.replacement_weight.as_str()).chain(p.replacement_bias.as_deref())).collect();
+    let t = &config.train;
+    let step = training_step(&beta, &trainable, &StepOptions { momentum: t.momentum, weight_decay: t.weight_decay, logits: Some(io.output.clone()) })?;
+    if let Some(path) = save_step {
+        crate::onnx::save_model(&step.model, path, &crate::onnx::SaveOptions::default())?;
+    }
+    let index = crate::onnx::graph::GraphIndex::new(beta.graph.as_ref().ok_or_else(|| crate::error::Error::InvalidGraph("no graph".into()))?)?;
+    let mut carried = Vec::new();
+    let mut trained_parameters = 0;
+    for parameter in &step.parameters {
+        let tensor = index
+            .initializer(&parameter.name)
+            .ok_or_else(|| crate::error::Error::Internal(format!("no initializer '{}'", parameter.name)))?;
+        let value = crate::onnx::tensor::to_f32(tensor)?.into_owned();
+        trained_parameters += value.len();
+        carried.push(Carried { input: parameter.momentum.clone(), output: parameter.updated_momentum.clone(), value: Tensor::F32(ndarray::ArrayD::zeros(value.raw_dim())) });
+        carried.push(Carried { input: parameter.name.clone(), output: parameter.updated.clone(), value: Tensor::F32(value) });
+    }
+
+    let data = crate::data::load_split(config.data_root()?, crate::data::Split::Train, config.data.format)?;
+    let preprocess = preprocess_for(&config.preprocess, &data)?;
+    let chosen: Vec<usize> = (0..batch.min(data.len())).collect();
+    let images = Tensor::F32(make_batch(&data, &chosen, &Corruption::Blur(1.5), &preprocess)?);
+    let labels = Tensor::I64(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[chosen.len()]), chosen.iter().map(|&i| data.labels[i]).collect())
+        .map_err(|e| crate::error::Error::Internal(e.to_string()))?);
+    let rate = Tensor::F32(ndarray::ArrayD::from_elem(ndarray::IxDyn(&[]), 0.001f32));
+
+    let options = BackendOptions { kind: config.backend.kind, device: config.backend.device, threads: config.backend.threads };
+    let mut stepping = open_stepping_session(&prost::Message::encode_to_vec(&step.model), &options, carried)?;
+    let mut forward = open_session(&prost::Message::encode_to_vec(&beta), &options)?;
+    let feeds = [(step.images.as_str(), &images), (step.labels.as_str(), &labels), (step.learning_rate.as_str(), &rate)];
+    // Warm-up: plans, allocations, caches.
+    stepping.step(&feeds)?;
+    forward.run(&[(io.input.as_str(), &images)])?;
+    let (mut best_step, mut best_forward) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..steps.max(1) {
+        let start = Instant::now();
+        stepping.step(&feeds)?;
+        best_step = best_step.min(start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        forward.run(&[(io.input.as_str(), &images)])?;
+        best_forward = best_forward.min(start.elapsed().as_secs_f64());
+    }
+    let images_in_batch = chosen.len() as f64;
+    let (step_rate, forward_rate) = (images_in_batch / best_step, images_in_batch / best_forward);
+    Ok(TrainThroughput {
+        kappa,
+        batch: chosen.len(),
+        steps,
+        trained_tensors: step.parameters.len(),
+        trained_parameters,
+        step_rate,
+        forward_rate,
+        ratio: step_rate / forward_rate,
+    })
+}

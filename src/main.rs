@@ -128,6 +128,24 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Training-step throughput on the β model of random replacements at --kappa, against its
+    /// forward pass on the same batch.
+    Train {
+        model: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 0.25)]
+        kappa: f64,
+        /// Images per step.
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// Timed steps (and forward passes), alternating; the fastest of each counts.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Also write the training-step graph (for a runtime profiler).
+        #[arg(long, value_name = "FILE")]
+        save_step: Option<PathBuf>,
+    },
     /// `eval` throughput against bare inference on the same, already preprocessed tensors.
     Eval {
         model: PathBuf,
@@ -248,6 +266,11 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Strip { patched, output } => {
             let proto = onnx::load_model(&patched)?;
             onnx::save_model(&units::strip(&proto)?, &output, &onnx::SaveOptions { protect: Some(patched), ..Default::default() })?;
+        }
+        Command::Bench(Bench::Train { model, common, kappa, batch, steps, save_step }) => {
+            let config = common.resolve()?;
+            let result = bench::train_throughput(&model, &config, kappa, batch, steps, save_step.as_deref())?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
         }
         Command::Bench(Bench::Eval { model, common, rounds }) => {
             let config = common.resolve()?;
