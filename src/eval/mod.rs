@@ -165,7 +165,11 @@ pub fn evaluate_runs(runs: &mut [Run], io: &ModelIo, set: &TestSet, task: &str) 
                 result.predictions.push(predicted);
             }
             if let Some(at) = adapted_at {
-                result.adapted.extend(outputs[*at].as_bool()?.iter().copied());
+                let flags = outputs[*at].as_bool()?;
+                if flags.len() != batch.labels.len() {
+                    return Err(Error::InvalidGraph(format!("'{ADAPTED_OUTPUT}' holds {} flags for a batch of {}", flags.len(), batch.labels.len())));
+                }
+                result.adapted.extend(flags.iter().copied());
             }
         }
         progress.advance(batch.labels.len());
@@ -187,10 +191,10 @@ fn output_positions(run: &Run, io: &ModelIo) -> Result<(usize, Option<usize>)> {
     let names = run.session.output_names();
     let find = |name: &str| names.iter().position(|n| n == name);
     let logits = find(&io.output).ok_or_else(|| Error::Internal(format!("backend lost output '{}'", io.output)))?;
-    let adapted = match run.read_adapted {
-        true => Some(find(ADAPTED_OUTPUT).ok_or_else(|| Error::InvalidGraph(format!("the patched model has no output '{ADAPTED_OUTPUT}'")))?),
-        false => None,
-    };
+    let adapted = run
+        .read_adapted
+        .then(|| find(ADAPTED_OUTPUT).ok_or_else(|| Error::InvalidGraph(format!("the patched model has no output '{ADAPTED_OUTPUT}'"))))
+        .transpose()?;
     Ok((logits, adapted))
 }
 
