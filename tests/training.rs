@@ -152,3 +152,42 @@ fn a_diverging_run_stops_with_an_error() {
     assert!(stderr.contains("the loss is") && stderr.contains("no epoch finished"), "{stderr}");
     assert!(!run.join("spec.json").exists());
 }
+
+#[test]
+fn bn_adapt_stores_the_replacement_channels_statistics_on_t_train() {
+    let folder = tempfile::tempdir().unwrap();
+    let assessment = assessment(folder.path());
+    let mut config = config(BackendKind::Ort, 1);
+    config.train.bn_adapt = true;
+    // One batch holds all of T_train (980 images), so the batch statistics are the data's own.
+    config.train.batch_size = 1024;
+    let trained = train(&config, &assessment, &folder.path().join("run"));
+    assert_eq!(trained.summary.bn_adapted_layers, Some(3));
+    let adapted = trained.spec.layers[0].batchnorm.clone().expect("statistics of the first patched layer");
+
+    // Independently: the first patched convolution's output at the blamed channels, over the draw
+    // bn_adapt uses (the one after the last epoch), from the β model of the trained weights.
+    let model = onnx_deeppatch::onnx::load_model(&common::fixture(MODEL)).unwrap();
+    let mut plain = trained.spec.clone();
+    plain.layers.iter_mut().for_each(|l| l.batchnorm = None);
+    let (mut beta, params) = onnx_deeppatch::units::beta_model(&model, &plain).unwrap();
+    let conv_output = model.graph.as_ref().unwrap().node[params[0].position].output[0].clone();
+    beta.graph.as_mut().unwrap().output.push(onnx_deeppatch::onnx::proto::ValueInfoProto { name: Some(conv_output.clone()), ..Default::default() });
+    let data = TrainData::load(&config).unwrap();
+    let draw = train::epoch_draw(&data.train, config.data.seed, 1);
+    let input = onnx_deeppatch::data::make_mixed_batch(&data.images, &draw, &data.preprocess).unwrap();
+    let options = BackendOptions { kind: BackendKind::Ort, ..Default::default() };
+    let mut session = open_session(&beta.encode_to_vec(), &options).unwrap();
+    let names = session.output_names().to_vec();
+    let outputs = session.run(&[("input", &onnx_deeppatch::Tensor::F32(input))]).unwrap();
+    let z = outputs[names.iter().position(|n| *n == conv_output).unwrap()].as_f32().unwrap().clone();
+    for (k, &channel) in trained.spec.layers[0].blamed.iter().enumerate() {
+        let values: Vec<f64> = z.index_axis(ndarray::Axis(1), channel).iter().map(|&v| f64::from(v)).collect();
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let variance = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1.0);
+        let (got_mean, got_variance) = (f64::from(adapted[2][[k]]), f64::from(adapted[3][[k]]));
+        assert!((got_mean - mean).abs() <= 1e-4 * (1.0 + mean.abs()), "channel {channel}: mean {got_mean} against {mean}");
+        assert!((got_variance - variance).abs() <= 1e-4 * variance, "channel {channel}: variance {got_variance} against {variance}");
+    }
+}

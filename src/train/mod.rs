@@ -7,6 +7,7 @@
 //! backend (in device memory on a GPU). After every epoch a checkpoint is written to the run folder,
 //! and a rerun with the same inputs resumes from it.
 
+mod bn_adapt;
 mod checkpoint;
 mod draw;
 mod schedule;
@@ -124,9 +125,13 @@ pub struct TrainSummary {
     pub original_val_accuracy: f64,
     pub best_epoch: Option<usize>,
     pub best_val_accuracy: f64,
-    /// Whether some epoch beat the original model on T_val°; if none did, the patch must not be used.
+    /// Whether the patch (the best epoch, with `bn_adapt` its re-estimated statistics) beats the
+    /// original model on T_val°; if it does not, the patch must not be used.
     pub improved: bool,
-    pub bn_adapt: bool,
+    /// With `bn_adapt`: the layers whose replacement statistics were re-estimated, and the T_val°
+    /// accuracy of the best epoch's weights with them.
+    pub bn_adapted_layers: Option<usize>,
+    pub bn_adapt_val_accuracy: Option<f64>,
     pub epochs: Vec<EpochRecord>,
 }
 
@@ -223,7 +228,22 @@ pub fn train(model: &ModelProto, initial: &PatchSpec, data: &TrainData, config: 
     }
 
     let percent = |count: usize| 100.0 * count as f64 / log.val_images.max(1) as f64;
-    let improved = log.best_epoch.is_some() && log.best_correct > log.original_correct;
+    let mut spec = best;
+    let (mut bn_adapted_layers, mut bn_adapt_val_accuracy) = (None, None);
+    let mut final_correct = log.best_correct;
+    if settings.bn_adapt {
+        let layers = bn_adapt::adapt(model, &mut spec, data, config, &io, &options)?;
+        let correct = val_correct(&beta_model(model, &spec)?.0, data, config, &io, &options)?;
+        final_correct = correct;
+        progress::info(&format!(
+            "bn_adapt: {layers} layers re-estimated; T_val° {:.2} % (before {:.2} %)",
+            percent(correct),
+            percent(log.best_correct)
+        ));
+        bn_adapted_layers = Some(layers);
+        bn_adapt_val_accuracy = Some(percent(correct));
+    }
+    let improved = log.best_epoch.is_some() && final_correct > log.original_correct;
     if !improved {
         progress::info("no epoch beat the original model on T_val°: the patch must not be used (the pipeline keeps the original model)");
     }
@@ -236,10 +256,10 @@ pub fn train(model: &ModelProto, initial: &PatchSpec, data: &TrainData, config: 
         best_epoch: log.best_epoch,
         best_val_accuracy: percent(log.best_correct),
         improved,
-        bn_adapt: false,
+        bn_adapted_layers,
+        bn_adapt_val_accuracy,
         epochs: log.records.clone(),
     };
-    let mut spec = best;
     spec.metadata.insert("training".into(), format!(
         "{} epochs on {}, best epoch {:?}: T_val° {:.2} % (original {:.2} %)",
         log.epochs_done, summary.backend, summary.best_epoch, summary.best_val_accuracy, summary.original_val_accuracy
