@@ -105,6 +105,8 @@ impl Default for EvalConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
+    /// Blamed ratio κ: the first ⌊κ·m⌋ filters of each layer's ranking get replacements.
+    pub kappa: f64,
     pub epochs: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
@@ -118,7 +120,7 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { epochs: 20, batch_size: 256, learning_rate: 0.01, momentum: 0.9, weight_decay: 5e-4, t_max: 200, bn_adapt: false }
+        TrainConfig { kappa: 0.25, epochs: 20, batch_size: 256, learning_rate: 0.01, momentum: 0.9, weight_decay: 5e-4, t_max: 200, bn_adapt: false }
     }
 }
 
@@ -175,6 +177,9 @@ impl Config {
             return fail("eval.limit", "must be at least 1".into());
         }
         let t = &self.train;
+        if !(t.kappa > 0.0 && t.kappa <= 1.0) {
+            return fail("train.kappa", format!("{} is not in (0, 1]", t.kappa));
+        }
         if t.epochs == 0 {
             return fail("train.epochs", "must be at least 1".into());
         }

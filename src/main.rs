@@ -112,9 +112,9 @@ enum Command {
         /// The `assess` artifact that ranks the filters.
         #[arg(long, value_name = "FILE")]
         assessment: PathBuf,
-        /// Blamed ratio κ: the first ⌊κ·m⌋ filters of each layer's ranking.
-        #[arg(long, default_value_t = assess::DEFAULT_KAPPA)]
-        kappa: f64,
+        /// Blamed ratio κ: the first ⌊κ·m⌋ filters of each layer's ranking (train.kappa).
+        #[arg(long)]
+        kappa: Option<f64>,
         /// Run folder (a rerun resumes from its checkpoint).
         #[arg(long, value_name = "RUN")]
         out: PathBuf,
@@ -258,8 +258,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             onnx::save_model(&patched, &output, &onnx::SaveOptions { protect: Some(model), ..Default::default() })?;
         }
         Command::Train { model, common, assessment, kappa, out } => {
-            let config = common.resolve()?;
-            let trained = onnx_deeppatch::train::train_model(&model, &assessment, kappa, &config, &out)
+            let config = with_kappa(common.resolve()?, kappa)?;
+            let trained = onnx_deeppatch::train::train_model(&model, &assessment, config.train.kappa, &config, &out)
                 .with_context(|| format!("training replacement filters for {}", model.display()))?;
             println!("{}", serde_json::to_string_pretty(&trained.summary)?);
         }
@@ -282,6 +282,15 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The configuration with `train.kappa` set from a subcommand's `--kappa`, when given.
+fn with_kappa(mut config: Config, kappa: Option<f64>) -> anyhow::Result<Config> {
+    if let Some(kappa) = kappa {
+        config.train.kappa = kappa;
+        config.validate()?;
+    }
+    Ok(config)
 }
 
 fn write_report(path: Option<&Path>, render: impl FnOnce() -> anyhow::Result<String>) -> anyhow::Result<()> {

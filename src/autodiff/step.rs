@@ -227,7 +227,6 @@ mod tests {
     use super::*;
     use crate::autodiff::testing::{evaluator, promote, to_double};
     use crate::backend::{open_session, BackendKind, BackendOptions};
-    use crate::onnx::proto::NodeProto;
     use crate::onnx::tensor::to_f32;
     use crate::tensor::Tensor;
 
@@ -257,52 +256,15 @@ mod tests {
         rows.iter().sum::<f64>() / rows.len() as f64
     }
 
-    /// `model` shaped like a β model: every convolution reads its kernel (and bias) with the
-    /// first ⌊κ · filters⌋ filters replaced, through ScatterND, by new initializers of random
-    /// values. Returns the model and the replacement tensors' names.
-    fn beta_like(model: &ModelProto, kappa: f64) -> (ModelProto, Vec<String>) {
-        let mut model = model.clone();
-        let graph = model.graph.as_mut().unwrap();
-        let mut rng = ChaCha8Rng::seed_from_u64(25);
-        let mut merges = Vec::new();
-        let mut replacements = Vec::new();
-        for (k, node) in graph.node.iter_mut().enumerate().filter(|(_, n)| n.op_type() == "Conv") {
-            for input in 1..node.input.len() {
-                let original = graph.initializer.iter().find(|t| t.name() == node.input[input]).unwrap();
-                let mut shape: Vec<usize> = original.dims.iter().map(|&d| d as usize).collect();
-                let blamed = (kappa * shape[0] as f64) as usize;
-                shape[0] = blamed;
-                let name = format!("beta/{k}/{input}");
-                let values = ArrayD::from_shape_simple_fn(IxDyn(&shape), || rng.gen_range(-0.1f32..0.1));
-                let indices = format!("beta/{k}/blamed");
-                let merged = format!("beta/{k}/{input}/merged");
-                merges.push(NodeProto {
-                    op_type: Some("ScatterND".into()),
-                    input: vec![node.input[input].clone(), indices.clone(), name.clone()],
-                    output: vec![merged.clone()],
-                    ..Default::default()
-                });
-                replacements.push((crate::onnx::tensor::from_f32(&name, &values.view()), indices, blamed));
-                node.input[input] = merged;
-            }
-        }
-        let mut names = Vec::new();
-        for (tensor, indices, blamed) in replacements {
-            names.push(tensor.name().to_string());
-            graph.initializer.push(tensor);
-            if !graph.initializer.iter().any(|t| t.name() == indices) {
-                let blamed_ids: Vec<i64> = (0..blamed as i64).collect();
-                graph.initializer.push(crate::onnx::tensor::from_i64(&indices, &[blamed, 1], &blamed_ids));
-            }
-        }
-        graph.node.splice(0..0, merges);
-        (model, names)
-    }
-
     #[test]
     fn resnet20_gradients_match_finite_differences() {
-        let (model, replacements) =
-            beta_like(&crate::onnx::load_model(&shared("models/resnet20_cifar10.onnx")).unwrap(), 0.25);
+        // ResNet20's β model as retraining sees it: κ = 0.25, fresh replacement filters.
+        let original = crate::onnx::load_model(&shared("models/resnet20_cifar10.onnx")).unwrap();
+        let spec = crate::units::spec::random_spec(&original, 0.25, 7, crate::units::Decision::adapt_all()).unwrap();
+        let (model, params) = crate::units::beta_model(&original, &spec).unwrap();
+        let kernels: Vec<String> = params.iter().map(|p| p.replacement_weight.clone()).collect();
+        let biases: Vec<String> = params.iter().filter_map(|p| p.replacement_bias.clone()).collect();
+        let replacements: Vec<String> = kernels.iter().chain(&biases).cloned().collect();
         let graph = model.graph.as_ref().unwrap();
         // Every replacement kernel and bias trains, as in DeepPatch's retraining.
         let trainable: Vec<&str> = replacements.iter().map(String::as_str).collect();
@@ -368,8 +330,8 @@ mod tests {
         let step_size = 2f64.powi(-20);
         let mut worst: f64 = 0.0;
         // 16 kernel and 4 bias coordinates, from tensors spread over the network.
-        let (kernels, biases): (Vec<usize>, Vec<usize>) =
-            (0..trainable.len()).partition(|&i| trainable[i].ends_with("/1"));
+        // One kernel per patched layer comes first, then the biases.
+        let (kernels, biases): (Vec<usize>, Vec<usize>) = (0..trainable.len()).partition(|&i| i < params.len());
         let tensors =
             (0..16).map(|k| kernels[k * kernels.len() / 16]).chain((0..4).map(|k| biases[k * biases.len() / 4]));
         for tensor in tensors {
