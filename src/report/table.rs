@@ -46,13 +46,31 @@ fn patch_notes(report: &Report) -> Vec<String> {
     vec![
         format!(
             "decision: {}; DP-γ batch-{}: one decision per {} consecutive images by majority of the flags; oracle: clean images on PT, blurred on DP-β.",
-            patch.decision, patch.majority_batch, patch.majority_batch
+            decision_summary(&patch.decision),
+            patch.majority_batch,
+            patch.majority_batch
         ),
         format!(
             "DP-fb differs from PT on {} of {} predictions; DP-γ differs from the PT or DP-β prediction its flag selects on {}.",
             patch.fallback_differs, patch.predictions, patch.served_differs_from_routed
         ),
     ]
+}
+
+/// The recorded decision in one short line, whatever the rule: `rule (field value, …)`, arrays
+/// (a probe's weights) by their length only; the JSON report keeps every value.
+fn decision_summary(decision: &serde_json::Value) -> String {
+    let Some(fields) = decision.as_object() else { return decision.to_string() };
+    let rule = fields.get("rule").and_then(|r| r.as_str()).unwrap_or("unknown rule");
+    let described: Vec<String> = fields
+        .iter()
+        .filter(|(key, _)| *key != "rule")
+        .map(|(key, value)| match value.as_array() {
+            Some(values) => format!("{key}: {} values", values.len()),
+            None => format!("{key} {}", value.as_str().map_or_else(|| value.to_string(), String::from)),
+        })
+        .collect();
+    format!("{rule} ({})", described.join(", "))
 }
 
 /// An aligned plain-text table (widths in characters: labels hold β and γ).
@@ -131,5 +149,14 @@ mod tests {
         assert!(lines[4].starts_with("adapted %") && lines[4].ends_with("96.00"), "{lines:?}");
         report.primary = 0;
         assert!(!terminal(&report).contains(ADAPTED_LABEL));
+    }
+
+    #[test]
+    fn decisions_are_summarised_whatever_the_rule() {
+        let cr = serde_json::json!({"rule": "cr", "boundary": 0.45, "direction": "below", "mu_aug": null});
+        assert_eq!(decision_summary(&cr), "cr (boundary 0.45, direction below, mu_aug null)");
+        let probe = serde_json::json!({"rule": "probe", "bias": 0.5, "weights": [1.0, 2.0, 3.0]});
+        assert_eq!(decision_summary(&probe), "probe (bias 0.5, weights: 3 values)");
+        assert_eq!(decision_summary(&serde_json::Value::Null), "null");
     }
 }
