@@ -73,8 +73,8 @@ pub fn eval_throughput(model_path: &std::path::Path, config: &Config, rounds: us
 #[derive(Debug, Clone, Serialize)]
 pub struct LatencyCase {
     pub batch: usize,
-    /// "clean" (no sample adapted: the decision runs, the original path answers), "half" (boundary
-    /// at the batch's median CR) or "adapted" (every sample adapted).
+    /// "clean" (no sample adapted: the decision runs, the original path answers), "half" (the
+    /// rule's threshold at the batch's median score) or "adapted" (every sample adapted).
     pub case: String,
     pub adapted_share: f64,
     pub original_ms: f64,
@@ -86,48 +86,91 @@ pub struct LatencyCase {
 #[derive(Debug, Clone, Serialize)]
 pub struct PatchCost {
     pub kappa: f64,
+    /// The decision rule of the patched models (`cr` or `probe`).
+    pub rule: BenchRule,
     pub cases: Vec<LatencyCase>,
     pub original_bytes: usize,
     pub patched_bytes: usize,
     pub replacement_bytes: usize,
 }
 
+/// The decision rule `bench patch` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchRule {
+    /// The Corrective Rate against a boundary.
+    Cr,
+    /// The probe (its cost does not depend on its weights; fixed ones are used).
+    Probe,
+}
+
+/// How `bench patch` runs.
+#[derive(Debug, Clone)]
+pub struct PatchCostOptions {
+    pub kappa: f64,
+    pub rounds: usize,
+    pub rule: BenchRule,
+    /// Only the clean cases (batch 1 and the full batch): the decision's cost alone.
+    pub clean_only: bool,
+}
+
 /// Builds γ-patched models of `model_path` with random replacement filters at `kappa` and times
 /// them against the original on real test images, alternating the two `rounds` times and keeping
 /// the fastest mean of each.
-pub fn patch_cost(model_path: &std::path::Path, config: &Config, kappa: f64, rounds: usize) -> Result<PatchCost> {
-    use crate::units::{gamma_model, spec::random_spec, Boundary, Decision};
+pub fn patch_cost(model_path: &std::path::Path, config: &Config, options: &PatchCostOptions) -> Result<PatchCost> {
+    use crate::units::{gamma_model, spec::random_spec, Decision};
     let model = crate::onnx::load_model(model_path)?;
     let io = ModelIo::resolve(&model, &config.preprocess)?;
     let data = crate::data::load_split(config.data_root()?, crate::data::Split::Test, config.data.format)?;
     let preprocess = preprocess_for(&config.preprocess, &data)?;
     let count = data.len().min(256);
     let images = make_batch(&data, &(0..count).collect::<Vec<_>>(), &Corruption::Clean, &preprocess)?;
-    let options = BackendOptions { kind: config.backend.kind, device: config.backend.device, threads: config.backend.threads };
+    let backend = BackendOptions { kind: config.backend.kind, device: config.backend.device, threads: config.backend.threads };
     let encode = |m: &crate::onnx::proto::ModelProto| prost::Message::encode_to_vec(m);
 
-    let mut spec = random_spec(&model, kappa, config.data.seed, Decision::adapt_none())?;
-    let clean = gamma_model(&model, &spec)?;
-    let mut probe = open_session(&encode(&clean), &options)?;
-    let cr_position = probe.output_names().iter().position(|n| n == crate::units::CR_OUTPUT).unwrap_or(0);
-    let mut cr: Vec<f32> = probe.run(&[(io.input.as_str(), &Tensor::F32(images.clone()))])?[cr_position].as_f32()?.iter().copied().collect();
-    cr.sort_by(f32::total_cmp);
-    spec.set_boundary(Boundary::Value(cr[cr.len() / 2]));
-    let half = gamma_model(&model, &spec)?;
-    spec.set_boundary(Boundary::AdaptAll);
-    let adapted = gamma_model(&model, &spec)?;
+    // The rule's score on the batch, then its threshold below every score (clean), at the median
+    // (half) and above every score (adapted).
+    let mut spec = random_spec(&model, options.kappa, config.data.seed, Decision::adapt_none())?;
+    let (score_output, rule) = match options.rule {
+        BenchRule::Cr => (crate::units::CR_OUTPUT, None),
+        BenchRule::Probe => (crate::units::PROBE_LOGIT_OUTPUT, Some(first_patched_filters(&model, &spec)?)),
+    };
+    let with_threshold = |threshold: f32| match rule {
+        None => Decision::Cr { boundary: threshold, direction: crate::units::Direction::Below, mu_clean: None, mu_aug: None },
+        // logit = mean of the raw features − threshold: adapted when the mean exceeds it.
+        Some(channels) => Decision::Probe {
+            mean: vec![0.0; 3 * channels],
+            std: vec![1.0; 3 * channels],
+            weights: vec![1.0 / (3 * channels) as f32; 3 * channels],
+            bias: -threshold,
+        },
+    };
+    spec.decision = with_threshold(0.0);
+    let mut session = open_session(&encode(&gamma_model(&model, &spec)?), &backend)?;
+    let at = session.output_names().iter().position(|n| n == score_output).unwrap_or(0);
+    let mut scores: Vec<f32> = session.run(&[(io.input.as_str(), &Tensor::F32(images.clone()))])?[at].as_f32()?.iter().copied().collect();
+    scores.sort_by(f32::total_cmp);
+    let (low, median, high) = (scores[0], scores[scores.len() / 2], scores[scores.len() - 1]);
+    // CR adapts below the boundary, the probe above its threshold.
+    let (clean_at, adapted_at) = if rule.is_none() { (low - 1.0, high + 1.0) } else { (high + 1.0, low - 1.0) };
+    let mut build = |threshold: f32| -> Result<crate::onnx::proto::ModelProto> {
+        spec.decision = with_threshold(threshold);
+        gamma_model(&model, &spec)
+    };
+    let (clean, half, adapted) = (build(clean_at)?, build(median)?, build(adapted_at)?);
 
-    let mut original = open_session(&encode(&model), &options)?;
+    let mut original = open_session(&encode(&model), &backend)?;
     let mut cases = Vec::new();
-    for (batch, case, patched) in [(1, "clean", &clean), (1, "adapted", &adapted), (count, "clean", &clean), (count, "half", &half), (count, "adapted", &adapted)] {
+    let all = [(1, "clean", &clean), (1, "adapted", &adapted), (count, "clean", &clean), (count, "half", &half), (count, "adapted", &adapted)];
+    for (batch, case, patched) in all.into_iter().filter(|(_, case, _)| !options.clean_only || *case == "clean") {
         let input = Tensor::F32(images.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..batch)).to_owned());
-        let mut session = open_session(&encode(patched), &options)?;
+        let mut session = open_session(&encode(patched), &backend)?;
         let flags_at = session.output_names().iter().position(|n| n == crate::units::ADAPTED_OUTPUT).unwrap_or(0);
         let flags = session.run(&[(io.input.as_str(), &input)])?;
         let adapted_share = flags[flags_at].as_bool()?.iter().filter(|&&a| a).count() as f64 / batch as f64;
         let repeats = (4096 / batch).clamp(3, 1000);
         let (mut best_original, mut best_patched) = (f64::INFINITY, f64::INFINITY);
-        for _ in 0..rounds.max(1) {
+        for _ in 0..options.rounds.max(1) {
             for (best, session) in [(&mut best_original, &mut original), (&mut best_patched, &mut session)] {
                 let start = Instant::now();
                 for _ in 0..repeats {
@@ -146,7 +189,24 @@ pub fn patch_cost(model_path: &std::path::Path, config: &Config, kappa: f64, rou
         });
     }
     let replacement_bytes = spec.layers.iter().map(|l| 4 * (l.weight.len() + l.bias.as_ref().map_or(0, |b| b.len()))).sum();
-    Ok(PatchCost { kappa, cases, original_bytes: encode(&model).len(), patched_bytes: encode(&half).len(), replacement_bytes })
+    Ok(PatchCost {
+        kappa: options.kappa,
+        rule: options.rule,
+        cases,
+        original_bytes: encode(&model).len(),
+        patched_bytes: encode(&half).len(),
+        replacement_bytes,
+    })
+}
+
+/// The number of filters of the spec's first patched convolution (the probe's C).
+fn first_patched_filters(model: &crate::onnx::proto::ModelProto, spec: &crate::units::PatchSpec) -> Result<usize> {
+    let patched = spec.validate(model)?;
+    crate::analysis::convolutions(model)?
+        .into_iter()
+        .find(|c| patched.iter().any(|p| p.position == c.position))
+        .map(|c| c.filters)
+        .ok_or_else(|| crate::error::Error::Internal("no patched convolution".into()))
 }
 
 /// Training-step throughput on a β model against the forward pass of the same model.

@@ -165,6 +165,12 @@ enum Bench {
         /// Alternating rounds of each; the fastest of each counts.
         #[arg(long, default_value_t = 9)]
         rounds: usize,
+        /// The decision rule of the patched models.
+        #[arg(long, value_enum, default_value = "cr")]
+        rule: bench::BenchRule,
+        /// Only the clean cases (batch 1 and 256): the decision's own cost.
+        #[arg(long)]
+        clean_only: bool,
     },
 }
 
@@ -276,9 +282,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             let config = common.resolve()?;
             println!("{}", serde_json::to_string_pretty(&bench::eval_throughput(&model, &config, rounds)?)?);
         }
-        Command::Bench(Bench::Patch { model, common, kappa, rounds }) => {
+        Command::Bench(Bench::Patch { model, common, kappa, rounds, rule, clean_only }) => {
             let config = common.resolve()?;
-            println!("{}", serde_json::to_string_pretty(&bench::patch_cost(&model, &config, kappa, rounds)?)?);
+            let options = bench::PatchCostOptions { kappa, rounds, rule, clean_only };
+            println!("{}", serde_json::to_string_pretty(&bench::patch_cost(&model, &config, &options)?)?);
         }
     }
     Ok(())

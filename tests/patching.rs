@@ -1,6 +1,7 @@
 //! The γ-patched model's contract (BRIEF §2 "Inference semantics", §3) on every shared model, with
 //! random replacement filters at κ = 0.25: checked by an independent onnxruntime script, against a
-//! plain Rust computation of the Corrective Rate, across backends, and through `strip`.
+//! plain Rust computation of the Corrective Rate (and of the probe rule's logit), across backends,
+//! and through `strip`.
 
 mod common;
 
@@ -13,7 +14,7 @@ use onnx_deeppatch::data::npy::{read_npy, NpyData};
 use onnx_deeppatch::onnx::graph::GraphIndex;
 use onnx_deeppatch::onnx::proto::{ModelProto, ValueInfoProto};
 use onnx_deeppatch::onnx::load_model;
-use onnx_deeppatch::units::{beta_model, PatchSpec};
+use onnx_deeppatch::units::{beta_model, Decision, PatchSpec};
 use onnx_deeppatch::Tensor;
 
 /// The first `n` images of the shared preprocessed test batch.
@@ -70,6 +71,89 @@ fn cr_counts(original: &ModelProto, spec: &PatchSpec, x: &Tensor) -> (Vec<usize>
     (counts, per_sample)
 }
 
+/// The first patched convolution's original output z (after its BatchNormalization when one
+/// directly follows), [N, C, H, W], from the original model.
+fn probe_input(original: &ModelProto, spec: &PatchSpec, x: &Tensor) -> ArrayD<f32> {
+    let graph = original.graph.as_ref().unwrap();
+    let index = GraphIndex::new(graph).unwrap();
+    let convs = spec.validate(original).unwrap();
+    let first = convs.iter().min_by_key(|c| index.topological_order().iter().position(|&p| p == c.position)).unwrap();
+    let s = site(&index, first.position);
+    let z = s.batchnorm.map_or_else(|| graph.node[s.conv].output[0].clone(), |bn| graph.node[bn].output[0].clone());
+    output(&run(&exposing(original, &z), BackendKind::Ort, x), &z).as_f32().unwrap().clone()
+}
+
+/// The probe's 3·C features per sample, in plain Rust (f64): mean relu(z_c), share of z_c > 0, and
+/// the mean of (mean |z[h, w+1] − z[h, w]|, mean |z[h+1, w] − z[h, w]|) over h < H−1, w < W−1.
+fn probe_features(z: &ArrayD<f32>) -> Vec<Vec<f64>> {
+    let (channels, height, width) = (z.shape()[1], z.shape()[2], z.shape()[3]);
+    (0..z.shape()[0])
+        .map(|n| {
+            let mut features = vec![0.0; 3 * channels];
+            for c in 0..channels {
+                let at = |h: usize, w: usize| f64::from(z[[n, c, h, w]]);
+                let pixels = (height * width) as f64;
+                let mut relu = 0.0;
+                let mut positive = 0.0;
+                for h in 0..height {
+                    for w in 0..width {
+                        relu += at(h, w).max(0.0);
+                        positive += f64::from(u8::from(at(h, w) > 0.0));
+                    }
+                }
+                let (mut across, mut down) = (0.0, 0.0);
+                for h in 0..height - 1 {
+                    for w in 0..width - 1 {
+                        across += (at(h, w + 1) - at(h, w)).abs();
+                        down += (at(h + 1, w) - at(h, w)).abs();
+                    }
+                }
+                let pairs = ((height - 1) * (width - 1)) as f64;
+                features[c] = relu / pixels;
+                features[channels + c] = positive / pixels;
+                features[2 * channels + c] = (across / pairs + down / pairs) / 2.0;
+            }
+            features
+        })
+        .collect()
+}
+
+/// The probe's logit per sample from the Rust features, and the scale of its terms (Σ |w·x| + |b|).
+fn probe_logits(original: &ModelProto, spec: &PatchSpec, decision: &Decision, x: &Tensor) -> (Vec<f64>, Vec<f64>) {
+    let Decision::Probe { mean, std, weights, bias } = decision else { panic!("a probe expected") };
+    probe_features(&probe_input(original, spec, x))
+        .iter()
+        .map(|f| {
+            let terms: Vec<f64> = (0..f.len()).map(|i| f64::from(weights[i]) * (f[i] - f64::from(mean[i])) / f64::from(std[i])).collect();
+            (terms.iter().sum::<f64>() + f64::from(*bias), terms.iter().map(|t| t.abs()).sum::<f64>() + f64::from(bias.abs()))
+        })
+        .unzip()
+}
+
+/// A probe standardised on the batch's own features, with fixed pseudo-random weights and the
+/// bias that puts the boundary between the two middle logits (a mixed batch).
+fn probe_for(original: &ModelProto, spec: &PatchSpec, x: &Tensor) -> Decision {
+    let features = probe_features(&probe_input(original, spec, x));
+    let count = features[0].len();
+    let column = |i: usize| features.iter().map(move |f| f[i]);
+    let mean: Vec<f32> = (0..count).map(|i| (column(i).sum::<f64>() / features.len() as f64) as f32).collect();
+    let std: Vec<f32> = (0..count)
+        .map(|i| {
+            let variance = column(i).map(|v| (v - f64::from(mean[i])).powi(2)).sum::<f64>() / features.len() as f64;
+            (variance.sqrt() as f32).max(1e-3)
+        })
+        .collect();
+    let weights: Vec<f32> = (0..count).map(|i| ((i * 7919 % 13) as f32 - 6.0) / 6.0).collect();
+    let mut probe = Decision::Probe { mean, std, weights, bias: 0.0 };
+    let (mut logits, _) = probe_logits(original, spec, &probe, x);
+    logits.sort_by(f64::total_cmp);
+    let middle = (logits[logits.len() / 2 - 1] + logits[logits.len() / 2]) / 2.0;
+    if let Decision::Probe { bias, .. } = &mut probe {
+        *bias = -middle as f32;
+    }
+    probe
+}
+
 fn check_model(name: &str, source: PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = |f: &str| dir.path().join(f);
@@ -94,17 +178,35 @@ fn check_model(name: &str, source: PathBuf) {
     let median = sorted[sorted.len() / 2];
     patch(&source, &path("mixed.onnx"), &["--spec", spec_path.to_str().unwrap(), "--boundary", &median.to_string()]);
 
+    // The probe rule on the same filters, its bias set so that about half the batch adapts; its
+    // logits equal the plain Rust computation on the same activations.
+    let probe_spec_path = path("probe.json");
+    let mut probe_spec = spec.clone();
+    probe_spec.decision = probe_for(&original, &spec, &x);
+    probe_spec.save(&probe_spec_path).unwrap();
+    patch(&source, &path("probe.onnx"), &["--spec", probe_spec_path.to_str().unwrap()]);
+    let probe = load_model(&path("probe.onnx")).unwrap();
+    let logits = output(&run(&probe, BackendKind::Ort, &x), "deeppatch_probe_logit").as_f32().unwrap().clone();
+    let (expected, scale) = probe_logits(&original, &spec, &probe_spec.decision, &x);
+    for (n, (&got, (&want, &scale))) in logits.iter().zip(expected.iter().zip(&scale)).enumerate() {
+        assert!((f64::from(got) - want).abs() <= 1e-5 * scale.max(1.0), "{name} sample {n}: probe logit {got} vs {want} (scale {scale})");
+    }
+
     let reference = common::shared().join("reference/cifar10_test256_nchw.npy");
-    let text = common::run_python("check_patched.py", os_args![source, path("all.onnx"), path("none.onnx"), path("mixed.onnx"), spec_path, reference]);
+    let text = common::run_python(
+        "check_patched.py",
+        os_args![source, path("all.onnx"), path("none.onnx"), spec_path, reference, path("mixed.onnx"), path("probe.onnx")],
+    );
     assert!(text.contains("all checks passed"), "{name}: {text}");
 
-    // Backends agree on the mixed model: same routing, same classes, logits within 1e-3.
-    let mixed = load_model(&path("mixed.onnx")).unwrap();
-    let (ort, tract) = (run(&mixed, BackendKind::Ort, &x), run(&mixed, BackendKind::Tract, &x));
-    assert_eq!(output(&ort, "deeppatch_adapted"), output(&tract, "deeppatch_adapted"), "{name}: routing differs");
-    let (a, b) = (output(&ort, "logits").as_f32().unwrap(), output(&tract, "logits").as_f32().unwrap());
-    for (p, q) in a.iter().zip(b.iter()) {
-        assert!((p - q).abs() <= 1e-3 * p.abs().max(1.0), "{name}: ort {p} vs tract {q}");
+    // Backends agree on the mixed models: same routing, same classes, logits within 1e-3.
+    for mixed in [load_model(&path("mixed.onnx")).unwrap(), probe] {
+        let (ort, tract) = (run(&mixed, BackendKind::Ort, &x), run(&mixed, BackendKind::Tract, &x));
+        assert_eq!(output(&ort, "deeppatch_adapted"), output(&tract, "deeppatch_adapted"), "{name}: routing differs");
+        let (a, b) = (output(&ort, "logits").as_f32().unwrap(), output(&tract, "logits").as_f32().unwrap());
+        for (p, q) in a.iter().zip(b.iter()) {
+            assert!((p - q).abs() <= 1e-3 * p.abs().max(1.0), "{name}: ort {p} vs tract {q}");
+        }
     }
 
     // strip gives the original model back, message for message.

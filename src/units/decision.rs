@@ -1,18 +1,27 @@
-//! The γ decision subgraph: the Corrective Rate at the first patched layer (BRIEF §2.4) and the
-//! per-sample adaptation flags derived from it.
+//! The γ decision subgraph, fed by the first patched layer (BRIEF §2.4): the Corrective Rate
+//! (always computed, the `deeppatch_cr` monitoring output), the rule's score (CR itself, or the
+//! probe's logit) and the per-sample adaptation flags derived from it.
 //!
 //! CR_n = |{neurons where exactly one of z⁻ > 0, z⁺ > 0}| / |z⁺|, with z⁻ the blamed original
 //! channels and z⁺ the replacement channels, both after the layer's own BatchNormalization and
 //! activation. z⁻ is read from the original model's own value, so it is bit-for-bit the value the
 //! model computes; z⁺ is computed beside it from the replacement filters.
+//!
+//! Cost matters here: a clean batch pays for this subgraph and nothing else, so it uses as few
+//! nodes as the contract allows (see docs/patching.md for the figures).
 
 use super::spec::{Decision, Direction};
 use super::PatchedParams;
 use crate::analysis::site::Site;
 use crate::analysis::ConvInfo;
-use crate::error::Result;
-use crate::onnx::builder::{int, Builder, BOOL, FLOAT};
-use crate::onnx::proto::GraphProto;
+use crate::error::{Error, Result};
+use crate::onnx::builder::{int, ints, Builder, FLOAT};
+use crate::onnx::proto::{GraphProto, NodeProto};
+use crate::onnx::tensor::to_f32;
+
+/// The value holding the probe's raw features, [N, 4C] (see [`probe_logit`]); not a graph output,
+/// calibration exposes it.
+pub const PROBE_FEATURES: &str = "deeppatch_probe_features";
 
 /// Names of the decision's values.
 pub struct DecisionValues {
@@ -24,8 +33,16 @@ pub struct DecisionValues {
     pub any: String,
 }
 
+/// The names the decision gives its monitoring values.
+pub struct OutputNames<'a> {
+    pub cr: &'a str,
+    pub adapted: &'a str,
+    /// The probe's logit per sample (used by the probe rule only).
+    pub logit: &'a str,
+}
+
 /// Emits the CR and the decision for the layer at `site`, whose merged parameters are `params`.
-/// `cr_name` and `adapted_name` are the names of the monitoring outputs.
+/// `switch` is the bool scalar that turns adaptation off.
 #[allow(clippy::too_many_arguments)]
 pub fn emit(
     builder: &mut Builder,
@@ -36,9 +53,29 @@ pub fn emit(
     blamed: &[usize],
     decision: &Decision,
     switch: &str,
-    cr_name: &str,
-    adapted_name: &str,
+    names: &OutputNames,
 ) -> Result<DecisionValues> {
+    corrective_rate(builder, graph, site, conv, params, blamed, names.cr)?;
+    let any = match decision {
+        Decision::Cr { boundary, direction, .. } => gate(builder, names.cr, *direction == Direction::Above, *boundary, switch, names.adapted)?,
+        Decision::Probe { .. } => {
+            probe_logit(builder, graph, site, conv, decision, names.logit)?;
+            gate(builder, names.logit, true, 0.0, switch, names.adapted)?
+        }
+    };
+    Ok(DecisionValues { cr: names.cr.to_string(), adapted: names.adapted.to_string(), any })
+}
+
+/// `cr_name` = ReduceMean(Cast(Xor(z⁻ > 0, z⁺ > 0))) over channels and pixels.
+fn corrective_rate(
+    builder: &mut Builder,
+    graph: &GraphProto,
+    site: &Site,
+    conv: &ConvInfo,
+    params: &PatchedParams,
+    blamed: &[usize],
+    cr_name: &str,
+) -> Result<()> {
     let channels = builder.ints(&blamed.iter().map(|&c| c as i64).collect::<Vec<_>>());
     let original = builder.op("Gather", &[&site.output, &channels], vec![int("axis", 1)]);
 
@@ -71,8 +108,8 @@ pub fn emit(
         let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         replacement = builder.op("BatchNormalization", &inputs, bn.attribute.clone());
     }
-    if let Some(activation_position) = site.activation {
-        let activation = &graph.node[activation_position];
+    // The sign test needs the activation only where it can move a value across zero.
+    if let Some(activation) = site.activation.map(|p| &graph.node[p]).filter(|a| !keeps_sign(graph, a)) {
         let mut inputs = vec![replacement.as_str()];
         inputs.extend(activation.input.iter().skip(1).map(String::as_str));
         replacement = builder.op(activation.op_type.as_deref().unwrap_or("Relu"), &inputs, activation.attribute.clone());
@@ -86,17 +123,170 @@ pub fn emit(
     let rank = conv.kernel.len() + 2;
     let axes: Vec<i64> = (1..rank as i64).collect();
     builder.reduce_named("ReduceMean", &counts, &axes, false, cr_name);
+    Ok(())
+}
 
-    let Decision::Cr { boundary, direction, .. } = decision;
-    let boundary = builder.scalar(FLOAT, f64::from(*boundary))?;
-    let comparison = match direction {
-        Direction::Below => "Less",
-        Direction::Above => "Greater",
+/// Whether `activation(x) > 0` exactly when `x > 0`, in floating point too, so the sign test can
+/// read x: Relu; LeakyRelu and Elu with α > 0 (identity above zero, ≤ 0 below); Clip with constant
+/// bounds lo ≤ 0 < hi. Not Tanh, Softsign or Selu (their results above zero go through arithmetic
+/// that may round a tiny x to 0), nor HardSwish, HardSigmoid or Sigmoid.
+pub fn keeps_sign(graph: &GraphProto, activation: &NodeProto) -> bool {
+    let attribute = |name: &str, default: f32| {
+        activation.attribute.iter().find(|a| a.name.as_deref() == Some(name)).and_then(|a| a.f).unwrap_or(default)
     };
-    let rule = builder.op(comparison, &[cr_name, &boundary], vec![]);
-    builder.op_named("And", &[&rule, switch], vec![], adapted_name);
-    let flags = builder.op("Cast", &[adapted_name], vec![int("to", FLOAT as i64)]);
-    let most = builder.reduce("ReduceMax", &flags, &[], false);
-    let any = builder.op("Cast", &[&most], vec![int("to", BOOL as i64)]);
-    Ok(DecisionValues { cr: cr_name.to_string(), adapted: adapted_name.to_string(), any })
+    match activation.op_type.as_deref() {
+        Some("Relu") => true,
+        Some("LeakyRelu") => attribute("alpha", 0.01) > 0.0,
+        Some("Elu") => attribute("alpha", 1.0) > 0.0,
+        Some("Clip") => {
+            // Opset 11 and newer: optional constant inputs; before: attributes.
+            let bound = |slot: usize, name: &str, default: f32| -> Option<f32> {
+                match activation.input.get(slot).filter(|n| !n.is_empty()) {
+                    Some(value) => {
+                        let tensor = graph.initializer.iter().find(|t| t.name.as_deref() == Some(value.as_str()))?;
+                        to_f32(tensor).ok()?.iter().next().copied()
+                    }
+                    None => Some(attribute(name, default)),
+                }
+            };
+            matches!((bound(1, "min", f32::NEG_INFINITY), bound(2, "max", f32::INFINITY)), (Some(lo), Some(hi)) if lo <= 0.0 && hi > 0.0)
+        }
+        _ => false,
+    }
+}
+
+/// The probe's logit per sample, written to `logit_name`.
+///
+/// z is the first patched convolution's original output, after the BatchNormalization that
+/// directly follows it (before any activation). Per channel c and sample:
+/// - f1_c = mean over pixels of relu(z_c);
+/// - f2_c = share of pixels with z_c > 0 (`Sign(relu(z_c))` is 1 there, 0 elsewhere);
+/// - f3_c = mean |neighbour difference| of z_c over the (H−1)·(W−1) pixels that have both a right
+///   and a lower neighbour: (mean |z[h, w+1] − z[h, w]| + mean |z[h+1, w] − z[h, w]|) / 2. Both
+///   differences come from one depthwise 2×2 convolution with ±1 taps (exact: one rounding each).
+///
+/// The raw features, [N, 4C] = [f1 (C), f2 (C), (horizontal, vertical) mean per channel (2C)], are
+/// the value [`PROBE_FEATURES`]; the logit is `(F − m) / s · w + b` with the probe's mean, std and
+/// weights laid out over that order (each f3 half standardised with 2σ, so the halves add up to
+/// (f3 − μ)/σ).
+pub fn probe_logit(builder: &mut Builder, graph: &GraphProto, site: &Site, conv: &ConvInfo, decision: &Decision, logit_name: &str) -> Result<()> {
+    let Decision::Probe { mean, std, weights, bias } = decision else {
+        return Err(Error::Internal("probe_logit called for a rule that is not the probe".into()));
+    };
+    let conv_node = &graph.node[site.conv];
+    if conv.kernel.len() != 2 {
+        return Err(Error::Unsupported {
+            node: conv.name.clone(),
+            op_type: "Conv".into(),
+            message: format!("the probe decision needs a 2-D convolution, this one is {}-D", conv.kernel.len()),
+        });
+    }
+    let channels = conv.filters;
+    decision.validate(channels)?;
+    let z = match site.batchnorm {
+        Some(bn) => graph.node[bn].output[0].clone(),
+        None => conv_node.output[0].clone(),
+    };
+    // relu(z) is the model's own value when its activation is a Relu reading z.
+    let relu = match site.activation.map(|p| &graph.node[p]) {
+        Some(activation) if activation.op_type.as_deref() == Some("Relu") => site.output.clone(),
+        _ => builder.op("Relu", &[&z], vec![]),
+    };
+    let positive = builder.op("Sign", &[&relu], vec![]);
+    let mut taps = Vec::with_capacity(8 * channels);
+    for _ in 0..channels {
+        taps.extend([-1.0, 1.0, 0.0, 0.0]); // z[h, w+1] − z[h, w]
+        taps.extend([-1.0, 0.0, 1.0, 0.0]); // z[h+1, w] − z[h, w]
+    }
+    let kernel = builder.floats(FLOAT, &[2 * channels, 1, 2, 2], &taps)?;
+    let differences = builder.op("Conv", &[&z, &kernel], vec![int("group", channels as i64), ints("kernel_shape", &[2, 2])]);
+    let magnitudes = builder.op("Abs", &[&differences], vec![]);
+    let pooled: Vec<String> = [&relu, &positive, &magnitudes].iter().map(|v| builder.reduce("ReduceMean", v, &[2, 3], false)).collect();
+    let pooled: Vec<&str> = pooled.iter().map(String::as_str).collect();
+    builder.op_named("Concat", &pooled, vec![int("axis", 1)], PROBE_FEATURES);
+
+    let (m, s, w) = probe_layout(mean, std, weights, channels);
+    let m = builder.floats(FLOAT, &[m.len()], &m)?;
+    let s = builder.floats(FLOAT, &[s.len()], &s)?;
+    let w = builder.floats(FLOAT, &[w.len()], &w)?;
+    let centred = builder.op("Sub", &[PROBE_FEATURES, &m], vec![]);
+    let standardised = builder.op("Div", &[&centred, &s], vec![]);
+    let dot = builder.op("MatMul", &[&standardised, &w], vec![]);
+    let b = builder.scalar(FLOAT, f64::from(*bias))?;
+    builder.op_named("Add", &[&dot, &b], vec![], logit_name);
+    Ok(())
+}
+
+/// The probe's mean, std and weights (3C each) laid out over the raw features [f1, f2, f3
+/// horizontal/vertical interleaved] (4C each).
+fn probe_layout(mean: &[f32], std: &[f32], weights: &[f32], channels: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut m, mut s, mut w) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..2 * channels {
+        m.push(f64::from(mean[i]));
+        s.push(f64::from(std[i]));
+        w.push(f64::from(weights[i]));
+    }
+    for c in 0..channels {
+        let i = 2 * channels + c;
+        for _ in 0..2 {
+            m.push(f64::from(mean[i]));
+            s.push(2.0 * f64::from(std[i]));
+            w.push(f64::from(weights[i]));
+        }
+    }
+    (m, s, w)
+}
+
+/// The flags `adapted_name` = (score on the adapted side of `threshold`) AND `switch`, and the
+/// "any adapted" scalar. The switch gates the score once (a switched-off sample's score becomes
+/// a value that never adapts), so the flags and "any" take two comparisons and one reduction.
+fn gate(builder: &mut Builder, score: &str, adapt_above: bool, threshold: f32, switch: &str, adapted_name: &str) -> Result<String> {
+    let (never, compare, extreme) =
+        if adapt_above { (f64::NEG_INFINITY, "Greater", "ReduceMax") } else { (f64::INFINITY, "Less", "ReduceMin") };
+    let never = builder.scalar(FLOAT, never)?;
+    let threshold = builder.scalar(FLOAT, f64::from(threshold))?;
+    let gated = builder.op("Where", &[switch, score, &never], vec![]);
+    builder.op_named(compare, &[&gated, &threshold], vec![], adapted_name);
+    let most = builder.reduce(extreme, &gated, &[], false);
+    Ok(builder.op(compare, &[&most, &threshold], vec![]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::builder::float;
+    use crate::onnx::tensor::from_f32;
+
+    fn node(op: &str, inputs: &[&str]) -> NodeProto {
+        NodeProto { op_type: Some(op.into()), input: inputs.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    }
+
+    #[test]
+    fn sign_keeping_activations() {
+        let mut graph = GraphProto::default();
+        for (name, value) in [("zero", 0.0f32), ("six", 6.0), ("minus", -1.0)] {
+            graph.initializer.push(from_f32(name, &ndarray::arr0(value).into_dyn().view()));
+        }
+        assert!(keeps_sign(&graph, &node("Relu", &["x"])));
+        assert!(keeps_sign(&graph, &node("LeakyRelu", &["x"])));
+        let mut negative_slope = node("LeakyRelu", &["x"]);
+        negative_slope.attribute.push(float("alpha", -0.5));
+        assert!(!keeps_sign(&graph, &negative_slope));
+        assert!(keeps_sign(&graph, &node("Clip", &["x", "zero", "six"])));
+        assert!(keeps_sign(&graph, &node("Clip", &["x", "minus"])));
+        assert!(!keeps_sign(&graph, &node("Clip", &["x", "six"])), "lo > 0: every value is positive");
+        assert!(!keeps_sign(&graph, &node("Clip", &["x", "runtime", "six"])), "bounds unknown at build time");
+        assert!(keeps_sign(&graph, &node("Elu", &["x"])));
+        for op in ["Tanh", "Sigmoid", "HardSigmoid", "HardSwish", "Selu"] {
+            assert!(!keeps_sign(&graph, &node(op, &["x"])), "{op}");
+        }
+    }
+
+    #[test]
+    fn probe_layout_splits_the_difference_feature() {
+        let (m, s, w) = probe_layout(&[1.0, 2.0, 3.0], &[0.5, 0.25, 4.0], &[7.0, 8.0, 9.0], 1);
+        assert_eq!(m, [1.0, 2.0, 3.0, 3.0]);
+        assert_eq!(s, [0.5, 0.25, 8.0, 8.0]);
+        assert_eq!(w, [7.0, 8.0, 9.0, 9.0]);
+    }
 }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use super::{decision, merge_parameters, spec::PatchSpec, with_patched_inputs, ADAPTED_OUTPUT, CR_OUTPUT, DECISION_INPUT};
+use super::{decision, merge_parameters, spec::PatchSpec, with_patched_inputs, ADAPTED_OUTPUT, CR_OUTPUT, DECISION_INPUT, PROBE_LOGIT_OUTPUT};
 use crate::analysis::site::site;
 use crate::error::{Error, Result};
 use crate::onnx::builder::{graph_attribute, int, tensor_info, Builder, BOOL, FLOAT};
@@ -48,7 +48,7 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
         graph.input.iter().filter(|i| index.is_runtime_input(i.name.as_deref().unwrap_or(""))).collect();
 
     let mut builder = Builder::new(graph, crate::onnx::default_opset(model));
-    builder.reserve(&[DECISION_INPUT, ADAPTED_OUTPUT, CR_OUTPUT]);
+    builder.reserve(&[DECISION_INPUT, ADAPTED_OUTPUT, CR_OUTPUT, PROBE_LOGIT_OUTPUT, decision::PROBE_FEATURES]);
     let layers: Vec<_> = convs.iter().cloned().zip(spec.layers.iter().cloned()).collect();
     let patched = merge_parameters(&mut builder, graph, &layers)?;
     let merges = std::mem::take(&mut builder.nodes);
@@ -65,6 +65,7 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
         .collect();
     let original_nodes: Vec<NodeProto> = graph.node.iter().map(|n| renamed_values(n, &renamed)).collect();
 
+    let names = decision::OutputNames { cr: CR_OUTPUT, adapted: ADAPTED_OUTPUT, logit: PROBE_LOGIT_OUTPUT };
     let decision = decision::emit(
         &mut builder,
         graph,
@@ -74,8 +75,7 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
         &spec.layers[first].blamed,
         &spec.decision,
         DECISION_INPUT,
-        CR_OUTPUT,
-        ADAPTED_OUTPUT,
+        &names,
     )?;
     let decision_nodes = std::mem::take(&mut builder.nodes);
 
@@ -172,7 +172,10 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     g.initializer.push(from_bool(DECISION_INPUT, &[], &[true]));
     g.input.push(tensor_info(DECISION_INPUT, BOOL, vec![]));
     g.output.push(tensor_info(ADAPTED_OUTPUT, BOOL, vec![batch.clone()]));
-    g.output.push(tensor_info(CR_OUTPUT, FLOAT, vec![batch]));
+    g.output.push(tensor_info(CR_OUTPUT, FLOAT, vec![batch.clone()]));
+    if matches!(spec.decision, super::Decision::Probe { .. }) {
+        g.output.push(tensor_info(PROBE_LOGIT_OUTPUT, FLOAT, vec![batch]));
+    }
     set_metadata(&mut out, spec, &convs, layout);
     Ok(out)
 }
@@ -217,19 +220,22 @@ fn batch_dimension(inputs: &[&ValueInfoProto]) -> Dimension {
 fn set_metadata(model: &mut ModelProto, spec: &PatchSpec, convs: &[crate::analysis::ConvInfo], layout: serde_json::Value) {
     let blamed: serde_json::Map<String, serde_json::Value> =
         convs.iter().zip(&spec.layers).map(|(c, l)| (c.name.clone(), json!(l.blamed))).collect();
-    let super::Decision::Cr { boundary, direction, mu_clean, mu_aug } = &spec.decision;
     let mut entries = vec![
         ("deeppatch.version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
         ("deeppatch.kappa".to_string(), spec.kappa.to_string()),
         ("deeppatch.blamed".to_string(), serde_json::Value::Object(blamed).to_string()),
+        ("deeppatch.rule".to_string(), spec.decision.rule().to_string()),
         ("deeppatch.decision".to_string(), serde_json::to_string(&spec.decision).unwrap_or_default()),
-        ("deeppatch.boundary".to_string(), boundary.to_string()),
-        ("deeppatch.direction".to_string(), serde_json::to_value(direction).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()),
         (LAYOUT_KEY.to_string(), layout.to_string()),
     ];
-    for (key, value) in [("deeppatch.mu_clean", mu_clean), ("deeppatch.mu_aug", mu_aug)] {
-        if let Some(v) = value {
-            entries.push((key.to_string(), v.to_string()));
+    if let super::Decision::Cr { boundary, direction, mu_clean, mu_aug } = &spec.decision {
+        entries.push(("deeppatch.boundary".to_string(), boundary.to_string()));
+        let direction = serde_json::to_value(direction).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        entries.push(("deeppatch.direction".to_string(), direction));
+        for (key, value) in [("deeppatch.mu_clean", mu_clean), ("deeppatch.mu_aug", mu_aug)] {
+            if let Some(v) = value {
+                entries.push((key.to_string(), v.to_string()));
+            }
         }
     }
     entries.extend(spec.metadata.iter().map(|(k, v)| (format!("deeppatch.{k}"), v.clone())));

@@ -35,6 +35,8 @@ pub const DECISION_INPUT: &str = "deeppatch_decision";
 /// Monitoring outputs: which samples took the replacement path, and their Corrective Rate.
 pub const ADAPTED_OUTPUT: &str = "deeppatch_adapted";
 pub const CR_OUTPUT: &str = "deeppatch_cr";
+/// Monitoring output of the probe rule: its logit per sample (adapted when > 0).
+pub const PROBE_LOGIT_OUTPUT: &str = "deeppatch_probe_logit";
 
 /// The values a patched convolution reads instead of its original parameters.
 #[derive(Debug, Clone)]

@@ -47,12 +47,19 @@ pub enum Direction {
     Above,
 }
 
-/// The per-sample γ decision.
+/// The per-sample γ decision: a rule fed by the first patched layer (BRIEF §2.4, "the γ decision
+/// is pluggable").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "rule", rename_all = "kebab-case")]
 pub enum Decision {
     /// The Corrective Rate at the first patched layer against a boundary.
     Cr { boundary: f32, direction: Direction, mu_clean: Option<f32>, mu_aug: Option<f32> },
+    /// A logistic regression on channel statistics of the first patched convolution's original
+    /// output z (see `decision::probe_features`): adapt when
+    /// `bias + Σ weights[i] · (feature[i] − mean[i]) / std[i] > 0`. Features are ordered
+    /// [mean relu(z_c) for every c, share of z_c > 0 for every c, mean |neighbour difference of
+    /// z_c| for every c], 3·C values for C channels.
+    Probe { mean: Vec<f32>, std: Vec<f32>, weights: Vec<f32>, bias: f32 },
 }
 
 impl Decision {
@@ -64,6 +71,35 @@ impl Decision {
     /// A CR decision that adapts no sample.
     pub fn adapt_none() -> Decision {
         Decision::Cr { boundary: -1.0, direction: Direction::Below, mu_clean: None, mu_aug: None }
+    }
+
+    /// The rule's name as in the file form (`cr`, `probe`).
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Decision::Cr { .. } => "cr",
+            Decision::Probe { .. } => "probe",
+        }
+    }
+
+    /// Checks a probe's parameters against the C channels of the layer that feeds it.
+    pub fn validate(&self, channels: usize) -> Result<()> {
+        let Decision::Probe { mean, std, weights, bias } = self else { return Ok(()) };
+        let expected = 3 * channels;
+        for (field, values) in [("mean", mean), ("std", std), ("weights", weights)] {
+            if values.len() != expected {
+                return Err(Error::Config(format!("patch spec, decision.{field}: {} values, the probe needs 3 × {channels} = {expected}", values.len())));
+            }
+            if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+                return Err(Error::Config(format!("patch spec, decision.{field}: {bad} is not a finite number")));
+            }
+        }
+        if let Some(bad) = std.iter().find(|s| **s <= 0.0) {
+            return Err(Error::Config(format!("patch spec, decision.std: {bad} is not positive")));
+        }
+        if !bias.is_finite() {
+            return Err(Error::Config(format!("patch spec, decision.bias: {bias} is not a finite number")));
+        }
+        Ok(())
     }
 }
 
@@ -256,13 +292,17 @@ impl std::str::FromStr for Boundary {
 }
 
 impl PatchSpec {
-    /// Replaces the decision's boundary (a value keeps the recorded direction and means).
+    /// Replaces the decision by a CR boundary (a value keeps a CR rule's direction and means; a
+    /// probe gives way to a CR rule that adapts below the value).
     pub fn set_boundary(&mut self, boundary: Boundary) {
         self.decision = match (boundary, &self.decision) {
             (Boundary::AdaptAll, _) => Decision::adapt_all(),
             (Boundary::AdaptNone, _) => Decision::adapt_none(),
             (Boundary::Value(value), Decision::Cr { direction, mu_clean, mu_aug, .. }) => {
                 Decision::Cr { boundary: value, direction: *direction, mu_clean: *mu_clean, mu_aug: *mu_aug }
+            }
+            (Boundary::Value(value), Decision::Probe { .. }) => {
+                Decision::Cr { boundary: value, direction: Direction::Below, mu_clean: None, mu_aug: None }
             }
         };
     }
