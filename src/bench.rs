@@ -202,11 +202,7 @@ pub fn patch_cost(model_path: &std::path::Path, config: &Config, options: &Patch
 /// The number of filters of the spec's first patched convolution (the probe's C).
 fn first_patched_filters(model: &crate::onnx::proto::ModelProto, spec: &crate::units::PatchSpec) -> Result<usize> {
     let patched = spec.validate(model)?;
-    crate::analysis::convolutions(model)?
-        .into_iter()
-        .find(|c| patched.iter().any(|p| p.position == c.position))
-        .map(|c| c.filters)
-        .ok_or_else(|| crate::error::Error::Internal("no patched convolution".into()))
+    Ok(patched[crate::units::gamma::first_patched(model, &patched)?].filters)
 }
 
 /// Training-step throughput on a β model against the forward pass of the same model.

@@ -8,6 +8,7 @@ pub mod assess;
 pub mod autodiff;
 pub mod backend;
 pub mod bench;
+pub mod calibrate;
 pub mod config;
 pub mod data;
 pub mod error;

@@ -121,6 +121,27 @@ enum Command {
     },
     /// Turn a γ-patched model back into the original computation.
     Strip { patched: PathBuf, output: PathBuf },
+    /// Fit the γ decision on T_val and T_val*: three rules side by side, the chosen one into a new spec.
+    Calibrate {
+        model: PathBuf,
+        /// The patch specification to calibrate (not overwritten).
+        #[arg(long, value_name = "FILE")]
+        spec: PathBuf,
+        /// Where to write the spec with the chosen decision.
+        #[arg(long, value_name = "FILE")]
+        out_spec: PathBuf,
+        /// Calibration report (JSON).
+        #[arg(long, value_name = "FILE")]
+        report: PathBuf,
+        /// Which rule goes into the spec.
+        #[arg(long, value_enum, default_value = "auto")]
+        rule: onnx_deeppatch::calibrate::RuleChoice,
+        /// Write histograms of CR and of the probe's logit (SVG) into DIR.
+        #[arg(long, value_name = "DIR")]
+        svg_dir: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Benchmarks measured side by side in one run.
     #[command(subcommand)]
     Bench(Bench),
@@ -268,6 +289,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             let trained = onnx_deeppatch::train::train_model(&model, &assessment, config.train.kappa, &config, &out)
                 .with_context(|| format!("training replacement filters for {}", model.display()))?;
             println!("{}", serde_json::to_string_pretty(&trained.summary)?);
+        }
+        Command::Calibrate { model, spec, out_spec, report, rule, svg_dir, common } => {
+            let config = common.resolve()?;
+            let options = onnx_deeppatch::calibrate::CalibrateOptions { rule };
+            let calibration = onnx_deeppatch::calibrate::calibrate_files(&model, &spec, &out_spec, &report, svg_dir.as_deref(), &config, &options)
+                .with_context(|| format!("calibrating {}", spec.display()))?;
+            print!("{}", calibration.summary());
         }
         Command::Strip { patched, output } => {
             let proto = onnx::load_model(&patched)?;

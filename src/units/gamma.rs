@@ -41,8 +41,7 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     }
     let convs = spec.validate(model)?;
     let index = GraphIndex::new(graph)?;
-    let order: HashMap<usize, usize> = index.topological_order().iter().enumerate().map(|(rank, &p)| (p, rank)).collect();
-    let first = (0..convs.len()).min_by_key(|&i| order[&convs[i].position]).unwrap_or(0);
+    let first = first_patched(model, &convs)?;
     let first_site = site(&index, convs[first].position);
     let runtime_inputs: Vec<&ValueInfoProto> =
         graph.input.iter().filter(|i| index.is_runtime_input(i.name.as_deref().unwrap_or(""))).collect();
@@ -178,6 +177,15 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     }
     set_metadata(&mut out, spec, &convs, layout);
     Ok(out)
+}
+
+/// The position in `patched` (a spec's validated convolutions) of the one closest to the input:
+/// the layer the γ decision reads.
+pub fn first_patched(model: &ModelProto, patched: &[crate::analysis::ConvInfo]) -> Result<usize> {
+    crate::analysis::convolutions(model)?
+        .iter()
+        .find_map(|c| patched.iter().position(|p| p.position == c.position))
+        .ok_or_else(|| Error::Config("patch spec: no layers".into()))
 }
 
 /// `output`'s type under a new name.
