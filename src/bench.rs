@@ -299,3 +299,97 @@ pub fn train_throughput(
         ratio: step_rate / forward_rate,
     })
 }
+
+/// One layer of `bench assess`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AssessLayerTimes {
+    pub index: usize,
+    pub name: String,
+    pub filters: usize,
+    pub naive_s: f64,
+    pub fast_s: f64,
+    pub ratio: f64,
+    /// Share of the masked images (filters × T_val*) the fast method ran; the others kept their
+    /// original prediction.
+    pub fast_rows_run: f64,
+}
+
+/// What `bench assess` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct AssessSpeed {
+    /// T_val* images.
+    pub images: usize,
+    pub rounds: usize,
+    /// The original model's pass over T_val* (acc₀), made once per assessment by either method.
+    pub original_s: f64,
+    pub layers: Vec<AssessLayerTimes>,
+    /// `original_s` plus the layers: each method's assessment of these layers.
+    pub naive_s: f64,
+    pub fast_s: f64,
+    pub ratio: f64,
+    /// System load (1, 5 and 15 minutes) before and after, where `/proc/loadavg` exists.
+    pub load_before: Option<[f64; 3]>,
+    pub load_after: Option<[f64; 3]>,
+}
+
+/// Assesses the `layers` (indices among the assessable convolutions, all when `None`) with the
+/// fast method and the naive oracle alternately, layer by layer, `rounds` times (each round swaps
+/// which goes first), on the same T_val* and backend settings. Keeps each method's fastest time per
+/// layer; fails if their counts differ anywhere.
+pub fn assess_speed(model_path: &std::path::Path, config: &Config, layers: Option<&[usize]>, rounds: usize) -> Result<AssessSpeed> {
+    use crate::assess::{self, Method, Original};
+    let load_before = load_average();
+    let model = crate::onnx::load_model(model_path)?;
+    let io = ModelIo::resolve(&model, &config.preprocess)?;
+    let data = assess::load_val_star(config)?;
+    if data.is_empty() {
+        return Err(crate::Error::Config("the validation set is empty".into()));
+    }
+    let options = BackendOptions { kind: config.backend.kind, device: config.backend.device, threads: config.backend.threads };
+    let convs = assess::assessable(&model)?;
+    let indices: Vec<usize> = layers.map_or_else(|| (0..convs.len()).collect(), <[usize]>::to_vec);
+    let rounds = rounds.max(1);
+    let filters: usize = indices.iter().filter_map(|&i| convs.get(i)).map(|c| c.filters).sum();
+    let mut progress = crate::progress::Progress::new("bench assess (fast, naive)", 2 * rounds * filters);
+    let start = Instant::now();
+    let original = Original::predict(&model, &io, &data, &options)?;
+    let original_s = start.elapsed().as_secs_f64();
+    let mut times = Vec::new();
+    for &index in &indices {
+        let (mut best, mut runs) = ([f64::INFINITY; 2], [None, None]);
+        for round in 0..rounds {
+            let order = if round % 2 == 0 { [Method::Fast, Method::Naive] } else { [Method::Naive, Method::Fast] };
+            for method in order {
+                let start = Instant::now();
+                let run = assess::assess_layer(&model, &io, &data, &options, method, index, &original, &mut progress)?;
+                let slot = usize::from(method == Method::Naive);
+                best[slot] = best[slot].min(start.elapsed().as_secs_f64());
+                runs[slot] = Some(run);
+            }
+        }
+        let [Some(fast), Some(naive)] = runs else { return Err(crate::Error::Internal("a benchmark round did not run".into())) };
+        if fast.counts != naive.counts {
+            return Err(crate::Error::Internal(format!("fast and naive counts differ on layer {index} ({})", naive.counts.name)));
+        }
+        times.push(AssessLayerTimes {
+            index,
+            name: naive.counts.name,
+            filters: naive.counts.filters,
+            naive_s: best[1],
+            fast_s: best[0],
+            ratio: best[1] / best[0],
+            fast_rows_run: fast.rows_run as f64 / fast.rows_total.max(1) as f64,
+        });
+    }
+    progress.finish();
+    let naive_s = original_s + times.iter().map(|t| t.naive_s).sum::<f64>();
+    let fast_s = original_s + times.iter().map(|t| t.fast_s).sum::<f64>();
+    Ok(AssessSpeed { images: data.len(), rounds, original_s, layers: times, naive_s, fast_s, ratio: naive_s / fast_s, load_before, load_after: load_average() })
+}
+
+/// The 1, 5 and 15 minute load averages, where the system publishes them.
+fn load_average() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().ok());
+    Some([fields.next()??, fields.next()??, fields.next()??])
+}

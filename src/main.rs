@@ -193,6 +193,19 @@ enum Bench {
         #[arg(long)]
         clean_only: bool,
     },
+    /// Filter assessment: the fast method against the naive oracle, layer by layer on the same
+    /// T_val* (set its size with --val-size); fails if their counts differ.
+    Assess {
+        model: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        /// Layers to assess (indices among the assessable convolutions); all by default.
+        #[arg(long, value_delimiter = ',', num_args = 1..)]
+        layers: Option<Vec<usize>>,
+        /// Alternating rounds of each per layer; the fastest of each counts.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+    },
 }
 
 /// The configuration file and the flags that override its fields.
@@ -314,6 +327,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             let config = common.resolve()?;
             let options = bench::PatchCostOptions { kappa, rounds, rule, clean_only };
             println!("{}", serde_json::to_string_pretty(&bench::patch_cost(&model, &config, &options)?)?);
+        }
+        Command::Bench(Bench::Assess { model, common, layers, rounds }) => {
+            let config = common.resolve()?;
+            println!("{}", serde_json::to_string_pretty(&bench::assess_speed(&model, &config, layers.as_deref(), rounds)?)?);
         }
     }
     Ok(())

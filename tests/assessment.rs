@@ -59,8 +59,8 @@ fn tiny_cnn_fast_equals_naive_on_every_filter() {
 
 /// ResNet20 with a 60-image T_val: the stem, a residual block's second convolution (read by the
 /// skip Add), both convolutions of the first down-sampling block and the last convolution. All
-/// 688 filters naive take about four minutes on the shared 2-core machine; `assess --naive` on
-/// the command line compares them all.
+/// 688 filters take several minutes on the shared 2-core machine; `bench assess` compares them all
+/// (docs/assessment.md).
 #[test]
 fn resnet20_fast_equals_naive_on_residual_and_downsampling_layers() {
     let layers = [0, 2, 7, 8, 18];
@@ -196,29 +196,25 @@ fn merged_shards_equal_an_unsharded_run() {
     assert_eq!(output.status.code(), Some(2));
 }
 
-/// Benchmark (ort CPU, ResNet20, 60 validation images = 360 T_val* images): naive and fast
-/// alternate layer by layer, so load from other processes hits both alike; counts must agree.
-/// `cargo test --release --test assessment -- --ignored --nocapture bench`
+/// `bench assess` runs both methods over the same layers and images and reports per-layer times;
+/// it fails when their counts differ. On tiny_cnn's first layer (after a ReLU) some masked images
+/// equal their original and are not run.
 #[test]
-#[ignore = "benchmark: several minutes on two cores"]
-fn bench_resnet20_naive_vs_fast() {
-    let config = config(60, BackendKind::Ort);
-    let proto = onnx_deeppatch::onnx::load_model(&common::shared_model("resnet20_cifar10")).unwrap();
-    let io = ModelIo::resolve(&proto, &config.preprocess).unwrap();
-    let data = assess::load_val_star(&config).unwrap();
-    let options = BackendOptions { kind: BackendKind::Ort, ..Default::default() };
-    let (mut fast_s, mut naive_s) = (0.0, 0.0);
-    for layer in 0..assess::assessable(&proto).unwrap().len() {
-        let start = Instant::now();
-        let fast = assess::fast(&proto, &io, &data, &options, Some(&[layer])).unwrap();
-        let f = start.elapsed().as_secs_f64();
-        let start = Instant::now();
-        let naive = assess::naive(&proto, &io, &data, &options, Some(&[layer])).unwrap();
-        let n = start.elapsed().as_secs_f64();
-        assert_eq!(fast, naive);
-        eprintln!("layer {layer:2} ({:2} filters): naive {n:6.1} s, fast {f:5.1} s, ratio {:.2}", naive.layers[0].filters, n / f);
-        fast_s += f;
-        naive_s += n;
-    }
-    eprintln!("all 688 filters, {} images: naive {naive_s:.1} s, fast {fast_s:.1} s, ratio {:.2}", data.len(), naive_s / fast_s);
+fn bench_assess_reports_both_methods_per_layer() {
+    let output = common::cli(os_args![
+        "--quiet", "bench", "assess", common::shared_model("tiny_cnn_cifar10"), "--data", common::shared().join("data/cifar10-jpg"),
+        "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--backend", "ort", "--val-size", "10", "--layers", "0,2"
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["images"], 60);
+    let layers = report["layers"].as_array().unwrap();
+    assert_eq!(layers.iter().map(|l| l["index"].as_u64().unwrap()).collect::<Vec<_>>(), vec![0, 2]);
+    assert_eq!(layers.iter().map(|l| l["filters"].as_u64().unwrap()).collect::<Vec<_>>(), vec![16, 64]);
+    let seconds = |v: &serde_json::Value| v.as_f64().unwrap();
+    let naive: f64 = layers.iter().map(|l| seconds(&l["naive_s"])).sum::<f64>() + seconds(&report["original_s"]);
+    assert!((seconds(&report["naive_s"]) - naive).abs() < 1e-9);
+    assert!((seconds(&report["ratio"]) - seconds(&report["naive_s"]) / seconds(&report["fast_s"])).abs() < 1e-9);
+    let run = seconds(&layers[0]["fast_rows_run"]);
+    assert!(run > 0.5 && run < 1.0, "share of masked images run on layer 0: {run}");
 }

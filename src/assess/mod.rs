@@ -1,0 +1,337 @@
+//! Filter assessment (BRIEF §2.1): for every convolution with constant weights and every output
+//! channel j, the number of T_val* images classified correctly when channel j is zeroed (an α unit),
+//! against the original model's count.
+//!
+//! [`naive`] is the oracle and the benchmark baseline: one α model and one full pass over T_val*
+//! per filter. [`fast`] gives the same integer counts without recomputing what a zeroed channel
+//! cannot change: per layer it runs the part of the graph above the layer once per batch, keeps
+//! the values the rest of the graph reads from it (the *frontier*: the layer's output and e.g.
+//! residual skip inputs), and runs only the downstream part on those tensors with one channel
+//! overwritten ([`cut`]). An image whose channel j already holds what the α model writes there
+//! (a channel a ReLU zeroed everywhere) is not run at all: the α model computes exactly the
+//! original model for it, so it keeps its original prediction ([`fast`]'s module).
+//!
+//! Exactness: runtimes fuse a convolution with the per-channel operators that follow it
+//! (BatchNormalization, activations) and with the α unit's mask. So the cut is placed after that
+//! channel-wise chain, and the zeroed channel is overwritten with what the α model itself computes
+//! there (measured once per layer by running the all-channels-zeroed α model), not with a value
+//! computed here.
+
+mod artifact;
+mod cut;
+mod fast;
+
+use std::path::Path;
+use std::time::Instant;
+
+use ndarray::Axis;
+use serde::{Deserialize, Serialize};
+
+pub use self::artifact::{blamed, load, merge, partial_path, ranking, save, Assessment, LayerScores, Shard};
+use self::artifact::{read_partial, PartialHeader, PartialWriter};
+pub use self::cut::{cut, downstream_model, upstream_model, Cut};
+use crate::analysis::{convolutions, ConvInfo};
+use crate::backend::{open_session, BackendOptions, Session};
+use crate::config::{Config, SIGMAS};
+use crate::data::split::{stratified_split, ValSize};
+use crate::data::{make_batch, load_split, Corruption, Split};
+use crate::error::{Error, Result};
+use crate::eval::{argmax, preprocess_for, ModelIo};
+use crate::onnx::proto::ModelProto;
+use crate::progress::Progress;
+use crate::tensor::Tensor;
+use crate::units::alpha_model;
+
+/// Default blamed ratio κ.
+pub const DEFAULT_KAPPA: f64 = 0.25;
+
+/// T_val*: the validation images blurred at every σ, preprocessed into batches once.
+pub struct ValStar {
+    /// Input batches (the model's image input).
+    pub batches: Vec<Tensor>,
+    /// True labels per batch.
+    pub labels: Vec<Vec<i64>>,
+    /// Validation images (before blurring).
+    pub images: usize,
+    /// Fingerprint of the validation images and labels (see `Dataset::fingerprint`).
+    pub fingerprint: String,
+}
+
+impl ValStar {
+    /// Number of images of T_val* (six per validation image).
+    pub fn len(&self) -> usize {
+        self.labels.iter().map(Vec::len).sum()
+    }
+
+    /// Whether T_val* is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Loads the training split named by `config`, draws T_val (stratified, seeded) and builds T_val*.
+pub fn load_val_star(config: &Config) -> Result<ValStar> {
+    let root = config.data_root()?;
+    let train = load_split(root, Split::Train, config.data.format)?;
+    let size = config.data.val_size.map_or(ValSize::Fraction(config.data.val_fraction), ValSize::Count);
+    let (_, val) = stratified_split(&train.labels, size, config.data.seed)?;
+    let preprocess = preprocess_for(&config.preprocess, &train)?;
+    let batch_size = config.eval.batch_size.max(1);
+    let mut batches = Vec::new();
+    let mut labels = Vec::new();
+    for &sigma in &SIGMAS {
+        for chunk in val.chunks(batch_size) {
+            batches.push(Tensor::F32(make_batch(&train, chunk, &Corruption::Blur(sigma), &preprocess)?));
+            labels.push(chunk.iter().map(|&i| train.labels[i]).collect());
+        }
+    }
+    Ok(ValStar { batches, labels, images: val.len(), fingerprint: train.subset(&val).fingerprint() })
+}
+
+/// Correct predictions per channel of one convolution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerCounts {
+    /// Position among the [`assessable`] convolutions.
+    pub index: usize,
+    pub name: String,
+    pub filters: usize,
+    /// Correct predictions on T_val* with channel j zeroed.
+    pub correct: Vec<usize>,
+}
+
+/// Raw result of an assessment: exact counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counts {
+    /// Size of T_val*.
+    pub total: usize,
+    /// Correct predictions of the original model.
+    pub correct0: usize,
+    pub layers: Vec<LayerCounts>,
+}
+
+/// The convolutions that are assessed: those with constant weights, in topological order.
+pub fn assessable(model: &ModelProto) -> Result<Vec<ConvInfo>> {
+    Ok(convolutions(model)?.into_iter().filter(|c| c.constant && c.filters > 0).collect())
+}
+
+/// The assessable convolutions at `positions` (indices into [`assessable`]), all when `None`,
+/// with their indices.
+fn selected(model: &ModelProto, positions: Option<&[usize]>) -> Result<Vec<(usize, ConvInfo)>> {
+    let all = assessable(model)?;
+    match positions {
+        None => Ok(all.into_iter().enumerate().collect()),
+        Some(positions) => positions
+            .iter()
+            .map(|&p| {
+                let conv = all.get(p).cloned();
+                conv.map(|c| (p, c)).ok_or_else(|| Error::Config(format!("layer {p} does not exist (the model has {} assessable convolutions)", all.len())))
+            })
+            .collect(),
+    }
+}
+
+fn encode(model: &ModelProto) -> Vec<u8> {
+    prost::Message::encode_to_vec(model)
+}
+
+/// Position of `name` among the session's outputs.
+fn output_position(session: &dyn Session, name: &str) -> Result<usize> {
+    session.output_names().iter().position(|n| n == name).ok_or_else(|| Error::Internal(format!("backend lost output '{name}'")))
+}
+
+/// Whether each row of `logits` predicts its label.
+fn correct_rows(logits: &Tensor, labels: &[i64]) -> Result<Vec<bool>> {
+    let logits = logits.as_f32()?;
+    let rows = logits.len_of(Axis(0));
+    if rows != labels.len() {
+        return Err(Error::Internal(format!("{rows} logit rows for {} images", labels.len())));
+    }
+    Ok(logits.axis_iter(Axis(0)).zip(labels).map(|(values, &label)| argmax(values.iter().copied()) == label).collect())
+}
+
+/// Per image of T_val*, batch by batch, whether `model` classifies it correctly.
+fn correct_images(model: &ModelProto, io: &ModelIo, data: &ValStar, options: &BackendOptions) -> Result<Vec<Vec<bool>>> {
+    let mut session = open_session(&encode(model), options)?;
+    let position = output_position(session.as_ref(), &io.output)?;
+    data.batches
+        .iter()
+        .zip(&data.labels)
+        .map(|(batch, labels)| correct_rows(&session.run(&[(io.input.as_str(), batch)])?[position], labels))
+        .collect()
+}
+
+/// The original model's predictions on T_val*: acc₀, and the answer for every image whose
+/// masked variant equals the original (see [`fast`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Original {
+    /// Per batch of T_val*, per image: classified correctly.
+    pub correct: Vec<Vec<bool>>,
+}
+
+impl Original {
+    /// Runs the original model over T_val*.
+    pub fn predict(model: &ModelProto, io: &ModelIo, data: &ValStar, options: &BackendOptions) -> Result<Original> {
+        Ok(Original { correct: correct_images(model, io, data, options)? })
+    }
+
+    /// Correct predictions in all of T_val*.
+    pub fn count(&self) -> usize {
+        self.correct.iter().flatten().filter(|&&c| c).count()
+    }
+}
+
+/// The oracle: one α model and one full pass over T_val* per filter of every selected layer
+/// (`layers`: indices into [`assessable`], all when `None`).
+pub fn naive(model: &ModelProto, io: &ModelIo, data: &ValStar, options: &BackendOptions, layers: Option<&[usize]>) -> Result<Counts> {
+    assess_layers(model, io, data, options, Method::Naive, layers, Vec::new(), &mut |_| Ok(()))
+}
+
+/// One layer of [`naive`].
+fn naive_layer(model: &ModelProto, conv: &ConvInfo, io: &ModelIo, data: &ValStar, options: &BackendOptions, progress: &mut Progress) -> Result<Vec<usize>> {
+    let mut correct = Vec::with_capacity(conv.filters);
+    for j in 0..conv.filters {
+        let images = correct_images(&alpha_model(model, &conv.name, &[j])?, io, data, options)?;
+        correct.push(images.iter().flatten().filter(|&&c| c).count());
+        progress.advance(1);
+    }
+    Ok(correct)
+}
+
+/// Same counts as [`naive`], computed layer by layer on the frontier of each (module docs).
+pub fn fast(model: &ModelProto, io: &ModelIo, data: &ValStar, options: &BackendOptions, layers: Option<&[usize]>) -> Result<Counts> {
+    assess_layers(model, io, data, options, Method::Fast, layers, Vec::new(), &mut |_| Ok(()))
+}
+
+/// What assessing one layer did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerRun {
+    pub counts: LayerCounts,
+    /// Masked images (filters × T_val*) the backend ran; the others kept the original prediction.
+    pub rows_run: usize,
+    pub rows_total: usize,
+}
+
+/// Assesses the layer at `index` (among [`assessable`]) with `method`, given the original
+/// model's predictions.
+#[allow(clippy::too_many_arguments)]
+pub fn assess_layer(
+    model: &ModelProto,
+    io: &ModelIo,
+    data: &ValStar,
+    options: &BackendOptions,
+    method: Method,
+    index: usize,
+    original: &Original,
+    progress: &mut Progress,
+) -> Result<LayerRun> {
+    let (_, conv) = selected(model, Some(&[index]))?.remove(0);
+    let rows_total = conv.filters * data.len();
+    let (correct, rows_run) = match method {
+        Method::Naive => (naive_layer(model, &conv, io, data, options, progress)?, rows_total),
+        Method::Fast => {
+            let run = fast::layer(model, &conv, io, data, options, original)?;
+            progress.advance(conv.filters);
+            run
+        }
+    };
+    Ok(LayerRun { counts: LayerCounts { index, name: conv.name.clone(), filters: conv.filters, correct }, rows_run, rows_total })
+}
+
+/// Assesses the selected layers (all when `None`) with `method`, skipping those in `done` (a
+/// resumed run) and handing each newly finished layer to `finished` (which records it) before
+/// the next starts.
+#[allow(clippy::too_many_arguments)]
+pub fn assess_layers(
+    model: &ModelProto,
+    io: &ModelIo,
+    data: &ValStar,
+    options: &BackendOptions,
+    method: Method,
+    layers: Option<&[usize]>,
+    done: Vec<LayerCounts>,
+    finished: &mut dyn FnMut(&LayerCounts) -> Result<()>,
+) -> Result<Counts> {
+    let convs = selected(model, layers)?;
+    let original = Original::predict(model, io, data, options)?;
+    let todo: Vec<&(usize, ConvInfo)> = convs.iter().filter(|(i, _)| !done.iter().any(|d| d.index == *i)).collect();
+    let label = match method {
+        Method::Naive => "assessing filters (naive)",
+        Method::Fast => "assessing filters",
+    };
+    let mut progress = Progress::new(label, todo.iter().map(|(_, c)| c.filters).sum());
+    let mut out = done;
+    for (index, _) in todo {
+        let layer = assess_layer(model, io, data, options, method, *index, &original, &mut progress)?.counts;
+        finished(&layer)?;
+        out.push(layer);
+    }
+    progress.finish();
+    out.retain(|l| convs.iter().any(|(i, _)| *i == l.index));
+    out.sort_by_key(|l| l.index);
+    Ok(Counts { total: data.len(), correct0: original.count(), layers: out })
+}
+
+/// Which implementation computes the counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Naive,
+    Fast,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Naive => "naive",
+            Method::Fast => "fast",
+        }
+    }
+}
+
+/// What one `assess` run does besides the data and backend of the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct AssessOptions {
+    pub naive: bool,
+    pub kappa: Option<f64>,
+    pub shard: Option<Shard>,
+    /// The artifact; finished layers are recorded beside it (`FILE.partial`) and a rerun resumes.
+    pub out: Option<std::path::PathBuf>,
+}
+
+/// The `assess` command: loads the model and T_val*, assesses the layers (of the shard), resuming
+/// from the partial artifact when there is one, writes the artifact atomically and returns it.
+pub fn assess_model(model_path: &Path, config: &Config, options: &AssessOptions) -> Result<Assessment> {
+    let kappa = options.kappa.unwrap_or(DEFAULT_KAPPA);
+    let method = if options.naive { Method::Naive } else { Method::Fast };
+    let model = crate::onnx::load_model(model_path)?;
+    let io = ModelIo::resolve(&model, &config.preprocess)?;
+    let data = load_val_star(config)?;
+    if data.is_empty() {
+        return Err(Error::Config("the validation set is empty".into()));
+    }
+    let backend = BackendOptions { kind: config.backend.kind, device: config.backend.device, threads: config.backend.threads };
+    let total = assessable(&model)?.len();
+    let layers = options.shard.map_or_else(|| (0..total).collect(), |s| s.layers(total));
+    let model_sha256 = crate::units::spec::model_sha256(&model);
+    let header = PartialHeader { model_sha256: model_sha256.clone(), data_fingerprint: data.fingerprint.clone(), images: data.len(), layers: layers.clone() };
+    let partial = options.out.as_deref().map(partial_path);
+    let done = partial.as_deref().map(|p| read_partial(p, &header)).unwrap_or_default();
+    if !done.is_empty() {
+        crate::progress::info(&format!("resuming: {} of {} layers already assessed", done.len(), layers.len()));
+    }
+    let mut writer = partial.map(|p| PartialWriter::create(p, &header, &done)).transpose()?;
+    let start = Instant::now();
+    let counts = assess_layers(&model, &io, &data, &backend, method, Some(&layers), done, &mut |layer| match writer.as_mut() {
+        Some(w) => w.append(layer),
+        None => Ok(()),
+    })?;
+    crate::progress::info(&format!("assessed in {:.1} s", start.elapsed().as_secs_f64()));
+    let mut assessment = Assessment::from_counts(&counts, kappa, model_sha256, data.fingerprint, method.name(), total)?;
+    assessment.shard = options.shard;
+    if let Some(out) = options.out.as_deref() {
+        save(&assessment, out)?;
+        drop(writer);
+        let partial = partial_path(out);
+        std::fs::remove_file(&partial).map_err(|e| Error::io(&partial, e))?;
+    }
+    Ok(assessment)
+}
