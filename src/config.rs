@@ -116,11 +116,25 @@ pub struct TrainConfig {
     pub t_max: usize,
     /// Re-estimate the replacement channels' BatchNormalization statistics after training.
     pub bn_adapt: bool,
+    /// How the replacement filters start.
+    pub init: ReplacementInit,
+}
+
+/// The starting point of the replacement filters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplacementInit {
+    /// Fresh filters, PyTorch's Conv2d default (Kaiming-uniform): the paper's algorithm.
+    #[default]
+    Kaiming,
+    /// Copies of the blamed filters: the β model starts as the original model, so short training
+    /// on little data can only move it towards robustness (not in the paper).
+    Original,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { kappa: 0.25, epochs: 20, batch_size: 256, learning_rate: 0.01, momentum: 0.9, weight_decay: 5e-4, t_max: 200, bn_adapt: false }
+        TrainConfig { kappa: 0.25, epochs: 20, batch_size: 256, learning_rate: 0.01, momentum: 0.9, weight_decay: 5e-4, t_max: 200, bn_adapt: false, init: ReplacementInit::Kaiming }
     }
 }
 
@@ -282,6 +296,9 @@ pub struct Overrides {
     /// Re-estimate BatchNormalization statistics of the replacement channels (train.bn_adapt).
     #[arg(long)]
     pub bn_adapt: bool,
+    /// Start of the replacement filters: kaiming (the paper) or original (train.init).
+    #[arg(long, value_enum)]
+    pub init: Option<ReplacementInit>,
 }
 
 impl Overrides {
@@ -329,6 +346,7 @@ impl Overrides {
         set(&mut c.train.weight_decay, &self.weight_decay);
         set(&mut c.train.t_max, &self.t_max);
         c.train.bn_adapt |= self.bn_adapt;
+        set(&mut c.train.init, &self.init);
         config.validate()?;
         Ok(config)
     }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod eval;
 pub mod inspect;
 pub mod onnx;
+pub mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod tensor;

@@ -119,6 +119,32 @@ enum Command {
         #[arg(long, value_name = "RUN")]
         out: PathBuf,
     },
+    /// The whole pipeline: assess → train → calibrate → the γ-patched model OUT, evaluated; every
+    /// stage's artifact in the run folder, finished stages reused on a rerun.
+    Rewrite {
+        input: PathBuf,
+        output: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        /// Blamed ratio κ (train.kappa).
+        #[arg(long)]
+        kappa: Option<f64>,
+        /// Run folder (default: OUT with the extension .run).
+        #[arg(long, value_name = "DIR")]
+        run: Option<PathBuf>,
+        /// The γ decision rule: auto, cr-midpoint, cr-accuracy or probe.
+        #[arg(long, value_enum, default_value_t = onnx_deeppatch::calibrate::RuleChoice::Auto)]
+        rule: onnx_deeppatch::calibrate::RuleChoice,
+        /// Skip the evaluation on the test set.
+        #[arg(long)]
+        no_eval: bool,
+    },
+    /// The whole pipeline on the bundled ResNet20 and CIFAR-10 subset, ending with the table.
+    Demo {
+        /// Folder for the patched model and the run's artifacts.
+        #[arg(long, value_name = "DIR", default_value = "deeppatch-demo")]
+        out: PathBuf,
+    },
     /// Turn a γ-patched model back into the original computation.
     Strip { patched: PathBuf, output: PathBuf },
     /// Fit the γ decision on T_val and T_val*: three rules side by side, the chosen one into a new spec.
@@ -310,6 +336,18 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("calibrating {}", spec.display()))?;
             print!("{}", calibration.summary());
         }
+        Command::Rewrite { input, output, common, kappa, run, rule, no_eval } => {
+            let config = with_kappa(common.resolve()?, kappa)?;
+            let run = run.unwrap_or_else(|| onnx_deeppatch::pipeline::default_run(&output));
+            let options = onnx_deeppatch::pipeline::RewriteOptions { run, rule, evaluate: !no_eval };
+            let done = onnx_deeppatch::pipeline::rewrite(&input, &output, &config, &options)
+                .with_context(|| format!("rewriting {}", input.display()))?;
+            print_rewritten(&done);
+        }
+        Command::Demo { out } => {
+            let done = onnx_deeppatch::pipeline::demo(&out).context("demo")?;
+            print_rewritten(&done);
+        }
         Command::Strip { patched, output } => {
             let proto = onnx::load_model(&patched)?;
             onnx::save_model(&units::strip(&proto)?, &output, &onnx::SaveOptions { protect: Some(patched), ..Default::default() })?;
@@ -334,6 +372,16 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The table of a rewritten model (and whether it is patched).
+fn print_rewritten(done: &onnx_deeppatch::pipeline::Rewritten) {
+    if !done.patched {
+        println!("training did not beat the original model on T_val°: the output is the original model");
+    }
+    if let Some(evaluation) = &done.evaluation {
+        print!("{}", report::terminal(&evaluation.report));
+    }
 }
 
 /// The configuration with `train.kappa` set from a subcommand's `--kappa`, when given.

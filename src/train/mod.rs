@@ -29,7 +29,7 @@ use crate::assess::{self, Assessment};
 use crate::autodiff::{training_step, StepOptions, TrainingStep};
 use crate::backend::stepping::{open_stepping_session, Carried, SteppingSession};
 use crate::backend::{open_session, BackendOptions};
-use crate::config::{Config, SIGMAS};
+use crate::config::{Config, ReplacementInit, SIGMAS};
 use crate::data::split::{stratified_split, ValSize};
 use crate::data::{load_split, BatchStream, Dataset, Preprocess, Split};
 use crate::error::{Error, Result};
@@ -66,8 +66,9 @@ impl TrainData {
 }
 
 /// The patch to train: per assessed layer the first ⌊κ·m⌋ filters of its ranking blamed, with fresh
-/// Kaiming-uniform replacements drawn from `seed`.
-pub fn initial_spec(model: &ModelProto, assessment: &Assessment, kappa: f64, seed: u64) -> Result<PatchSpec> {
+/// Kaiming-uniform replacements drawn from `seed` or, with `ReplacementInit::Original`, copies of
+/// the blamed filters.
+pub fn initial_spec(model: &ModelProto, assessment: &Assessment, kappa: f64, seed: u64, init: ReplacementInit) -> Result<PatchSpec> {
     if !(0.0..=1.0).contains(&kappa) {
         return Err(Error::Config(format!("kappa: {kappa} is not in [0, 1]")));
     }
@@ -81,7 +82,12 @@ pub fn initial_spec(model: &ModelProto, assessment: &Assessment, kappa: f64, see
     for layer in &assessment.layers {
         let blamed = assess::blamed(&layer.ranking, kappa);
         if !blamed.is_empty() {
-            layers.push(init_replacement(find_conv(&convs, &layer.name)?, blamed, &mut rng));
+            let conv = find_conv(&convs, &layer.name)?;
+            let mut patch = init_replacement(conv, blamed, &mut rng);
+            if init == ReplacementInit::Original {
+                copy_blamed_filters(model, conv, &mut patch)?;
+            }
+            layers.push(patch);
         }
     }
     if layers.is_empty() {
@@ -95,6 +101,26 @@ pub fn initial_spec(model: &ModelProto, assessment: &Assessment, kappa: f64, see
         decision: Decision::adapt_all(),
         metadata: BTreeMap::new(),
     })
+}
+
+/// Sets the replacement filters (and biases) of `patch` to the convolution's own blamed filters.
+fn copy_blamed_filters(model: &ModelProto, conv: &crate::analysis::ConvInfo, patch: &mut crate::units::LayerPatch) -> Result<()> {
+    let graph = model.graph.as_ref().ok_or_else(|| Error::InvalidGraph("the model has no graph".into()))?;
+    let index = crate::onnx::graph::GraphIndex::new(graph)?;
+    let node = &graph.node[conv.position];
+    let original = |position: usize| -> Result<ArrayD<f32>> {
+        let tensor = index.constant(&node.input[position]).ok_or_else(|| Error::Unsupported {
+            node: conv.name.clone(),
+            op_type: "Conv".into(),
+            message: "its weights are not constant".into(),
+        })?;
+        Ok(crate::onnx::tensor::to_f32(tensor)?.select(ndarray::Axis(0), &patch.blamed))
+    };
+    patch.weight = original(1)?;
+    if patch.bias.is_some() {
+        patch.bias = Some(original(2)?);
+    }
+    Ok(())
 }
 
 /// One line of the training log.
@@ -462,6 +488,6 @@ pub fn train_model(model_path: &Path, assessment_path: &Path, kappa: f64, config
     if assessment.data_fingerprint != data.fingerprint {
         progress::info("note: the assessment was made on other validation data than this training run's T_val");
     }
-    let initial = initial_spec(&model, &assessment, kappa, config.data.seed)?;
+    let initial = initial_spec(&model, &assessment, kappa, config.data.seed, config.train.init)?;
     train(&model, &initial, &data, config, run)
 }
