@@ -313,10 +313,10 @@ pub fn calibrate(model: &ModelProto, spec: &PatchSpec, config: &Config, options:
     })
 }
 
-/// The 3·C probe features from the graph's raw ones [f1 (C), f2 (C), (horizontal, vertical) (2C)].
+/// The 3·C probe features from the graph's raw ones [f1 (C), f2 (C), horizontal (C), vertical (C)].
 fn probe_features(raw: &[f32], channels: usize) -> Vec<f64> {
     let mut features: Vec<f64> = raw[..2 * channels].iter().map(|&v| f64::from(v)).collect();
-    features.extend((0..channels).map(|c| (f64::from(raw[2 * channels + 2 * c]) + f64::from(raw[2 * channels + 2 * c + 1])) / 2.0));
+    features.extend((0..channels).map(|c| (f64::from(raw[2 * channels + c]) + f64::from(raw[3 * channels + c])) / 2.0));
     features
 }
 
@@ -452,6 +452,6 @@ mod tests {
 
     #[test]
     fn raw_probe_features_fold_into_three_per_channel() {
-        assert_eq!(probe_features(&[1.0, 2.0, 3.0, 4.0, 0.5, 1.5, 2.0, 4.0], 2), [1.0, 2.0, 3.0, 4.0, 1.0, 3.0]);
+        assert_eq!(probe_features(&[1.0, 2.0, 3.0, 4.0, 0.5, 2.0, 1.5, 4.0], 2), [1.0, 2.0, 3.0, 4.0, 1.0, 3.0]);
     }
 }

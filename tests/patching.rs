@@ -84,7 +84,8 @@ fn probe_input(original: &ModelProto, spec: &PatchSpec, x: &Tensor) -> ArrayD<f3
 }
 
 /// The probe's 3·C features per sample, in plain Rust (f64): mean relu(z_c), share of z_c > 0, and
-/// the mean of (mean |z[h, w+1] − z[h, w]|, mean |z[h+1, w] − z[h, w]|) over h < H−1, w < W−1.
+/// the mean of (mean |z[h, w+1] − z[h, w]| over horizontal pairs, mean |z[h+1, w] − z[h, w]| over
+/// vertical pairs).
 fn probe_features(z: &ArrayD<f32>) -> Vec<Vec<f64>> {
     let (channels, height, width) = (z.shape()[1], z.shape()[2], z.shape()[3]);
     (0..z.shape()[0])
@@ -102,16 +103,19 @@ fn probe_features(z: &ArrayD<f32>) -> Vec<Vec<f64>> {
                     }
                 }
                 let (mut across, mut down) = (0.0, 0.0);
-                for h in 0..height - 1 {
-                    for w in 0..width - 1 {
-                        across += (at(h, w + 1) - at(h, w)).abs();
-                        down += (at(h + 1, w) - at(h, w)).abs();
+                for h in 0..height {
+                    for w in 0..width {
+                        if w + 1 < width {
+                            across += (at(h, w + 1) - at(h, w)).abs();
+                        }
+                        if h + 1 < height {
+                            down += (at(h + 1, w) - at(h, w)).abs();
+                        }
                     }
                 }
-                let pairs = ((height - 1) * (width - 1)) as f64;
                 features[c] = relu / pixels;
                 features[channels + c] = positive / pixels;
-                features[2 * channels + c] = (across / pairs + down / pairs) / 2.0;
+                features[2 * channels + c] = (across / (height * (width - 1)) as f64 + down / ((height - 1) * width) as f64) / 2.0;
             }
             features
         })

@@ -158,15 +158,15 @@ pub fn keeps_sign(graph: &GraphProto, activation: &NodeProto) -> bool {
 /// The probe's logit per sample, written to `logit_name`.
 ///
 /// z is the first patched convolution's original output, after the BatchNormalization that
-/// directly follows it (before any activation). Per channel c and sample:
-/// - f1_c = mean over pixels of relu(z_c);
-/// - f2_c = share of pixels with z_c > 0 (`Sign(relu(z_c))` is 1 there, 0 elsewhere);
-/// - f3_c = mean |neighbour difference| of z_c over the (H−1)·(W−1) pixels that have both a right
-///   and a lower neighbour: (mean |z[h, w+1] − z[h, w]| + mean |z[h+1, w] − z[h, w]|) / 2. Both
-///   differences come from one depthwise 2×2 convolution with ±1 taps (exact: one rounding each).
+/// directly follows it (before any activation). Per channel c and sample, over H×W pixels:
+/// - f1_c = mean of relu(z_c);
+/// - f2_c = share of pixels with z_c > 0;
+/// - f3_c = (mean over the H·(W−1) horizontal pairs of |z[h, w+1] − z[h, w]| + mean over the
+///   (H−1)·W vertical pairs of |z[h+1, w] − z[h, w]|) / 2. Each difference comes from a
+///   depthwise convolution with taps −1, +1 (one rounding, as a − b).
 ///
-/// The raw features, [N, 4C] = [f1 (C), f2 (C), (horizontal, vertical) mean per channel (2C)], are
-/// the value [`PROBE_FEATURES`]; the logit is `(F − m) / s · w + b` with the probe's mean, std and
+/// The raw features, [N, 4C] = [f1 (C), f2 (C), horizontal means (C), vertical means (C)], are the
+/// value [`PROBE_FEATURES`]; the logit is `(F − m) / s · w + b` with the probe's mean, std and
 /// weights laid out over that order (each f3 half standardised with 2σ, so the halves add up to
 /// (f3 − μ)/σ).
 pub fn probe_logit(builder: &mut Builder, graph: &GraphProto, site: &Site, conv: &ConvInfo, decision: &Decision, logit_name: &str) -> Result<()> {
@@ -192,16 +192,20 @@ pub fn probe_logit(builder: &mut Builder, graph: &GraphProto, site: &Site, conv:
         Some(activation) if activation.op_type.as_deref() == Some("Relu") => site.output.clone(),
         _ => builder.op("Relu", &[&z], vec![]),
     };
-    let positive = builder.op("Sign", &[&relu], vec![]);
-    let mut taps = Vec::with_capacity(8 * channels);
-    for _ in 0..channels {
-        taps.extend([-1.0, 1.0, 0.0, 0.0]); // z[h, w+1] − z[h, w]
-        taps.extend([-1.0, 0.0, 1.0, 0.0]); // z[h+1, w] − z[h, w]
+    // Greater + Cast: onnxruntime's Sign is several times slower on large maps.
+    let zero = builder.scalar(FLOAT, 0.0)?;
+    let positive = builder.op("Greater", &[&relu, &zero], vec![]);
+    let positive = builder.op("Cast", &[&positive], vec![int("to", FLOAT as i64)]);
+    let mut pooled = vec![builder.reduce("ReduceMean", &relu, &[2, 3], false), builder.reduce("ReduceMean", &positive, &[2, 3], false)];
+    // Depthwise convolutions with one filter per channel, so runtimes use their fast
+    // depthwise kernels.
+    for kernel_shape in [[1i64, 2], [2, 1]] {
+        let taps: Vec<f64> = (0..channels).flat_map(|_| [-1.0, 1.0]).collect();
+        let kernel = builder.floats(FLOAT, &[channels, 1, kernel_shape[0] as usize, kernel_shape[1] as usize], &taps)?;
+        let differences = builder.op("Conv", &[&z, &kernel], vec![int("group", channels as i64), ints("kernel_shape", &kernel_shape)]);
+        let magnitudes = builder.op("Abs", &[&differences], vec![]);
+        pooled.push(builder.reduce("ReduceMean", &magnitudes, &[2, 3], false));
     }
-    let kernel = builder.floats(FLOAT, &[2 * channels, 1, 2, 2], &taps)?;
-    let differences = builder.op("Conv", &[&z, &kernel], vec![int("group", channels as i64), ints("kernel_shape", &[2, 2])]);
-    let magnitudes = builder.op("Abs", &[&differences], vec![]);
-    let pooled: Vec<String> = [&relu, &positive, &magnitudes].iter().map(|v| builder.reduce("ReduceMean", v, &[2, 3], false)).collect();
     let pooled: Vec<&str> = pooled.iter().map(String::as_str).collect();
     builder.op_named("Concat", &pooled, vec![int("axis", 1)], PROBE_FEATURES);
 
@@ -218,23 +222,15 @@ pub fn probe_logit(builder: &mut Builder, graph: &GraphProto, site: &Site, conv:
 }
 
 /// The probe's mean, std and weights (3C each) laid out over the raw features [f1, f2, f3
-/// horizontal/vertical interleaved] (4C each).
+/// horizontal, f3 vertical] (4C each).
 fn probe_layout(mean: &[f32], std: &[f32], weights: &[f32], channels: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let (mut m, mut s, mut w) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..2 * channels {
-        m.push(f64::from(mean[i]));
-        s.push(f64::from(std[i]));
-        w.push(f64::from(weights[i]));
-    }
-    for c in 0..channels {
-        let i = 2 * channels + c;
-        for _ in 0..2 {
-            m.push(f64::from(mean[i]));
-            s.push(2.0 * f64::from(std[i]));
-            w.push(f64::from(weights[i]));
-        }
-    }
-    (m, s, w)
+    let stretched = |values: &[f32], scale: f64| -> Vec<f64> {
+        let difference = &values[2 * channels..];
+        let first: Vec<f64> = values[..2 * channels].iter().map(|&v| f64::from(v)).collect();
+        let halves = difference.iter().chain(difference).map(|&v| scale * f64::from(v));
+        first.into_iter().chain(halves).collect()
+    };
+    (stretched(mean, 1.0), stretched(std, 2.0), stretched(weights, 1.0))
 }
 
 /// The flags `adapted_name` = (score on the adapted side of `threshold`) AND `switch`, and the
@@ -284,9 +280,9 @@ mod tests {
 
     #[test]
     fn probe_layout_splits_the_difference_feature() {
-        let (m, s, w) = probe_layout(&[1.0, 2.0, 3.0], &[0.5, 0.25, 4.0], &[7.0, 8.0, 9.0], 1);
-        assert_eq!(m, [1.0, 2.0, 3.0, 3.0]);
-        assert_eq!(s, [0.5, 0.25, 8.0, 8.0]);
-        assert_eq!(w, [7.0, 8.0, 9.0, 9.0]);
+        let (m, s, w) = probe_layout(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[0.5, 0.25, 1.0, 1.0, 4.0, 8.0], &[7.0; 6], 2);
+        assert_eq!(m, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 5.0, 6.0]);
+        assert_eq!(s, [0.5, 0.25, 1.0, 1.0, 8.0, 16.0, 8.0, 16.0]);
+        assert_eq!(w, [7.0; 8]);
     }
 }
