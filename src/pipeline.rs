@@ -51,6 +51,10 @@ pub struct Rewritten {
 /// every stage's artifact in `run`.
 pub fn rewrite(input: &Path, output: &Path, config: &Config, options: &RewriteOptions) -> Result<Rewritten> {
     let (run, evaluate) = (options.run.as_path(), options.evaluate);
+    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+    if canonical(output).is_some() && canonical(output) == canonical(input) {
+        return Err(Error::Config(format!("{}: the output would overwrite the input model; give another path", output.display())));
+    }
     let model = onnx::load_model(input)?;
     std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
     let data = TrainData::load(config)?;
