@@ -102,7 +102,7 @@ pub fn load(run: &Path, identity: &str) -> Result<Option<Saved>> {
     if checkpoint.identity != identity {
         return Err(Error::Config(format!(
             "{} holds a checkpoint of a different training run (other model, filters, data or settings); \
-             use another --out folder or remove it",
+             use another run folder or remove this one",
             run.display()
         )));
     }
