@@ -73,21 +73,16 @@ pub fn fit(features: &[Vec<f64>], positive: &[bool], l2: f64) -> Probe {
             let p = 1.0 / (1.0 + (-dot(x, &theta)).exp());
             let g = weight[i] * (p - label[i]);
             let h = weight[i] * p * (1.0 - p);
-            for a in 0..=d {
+            for (a, row) in hessian.iter_mut().enumerate() {
                 gradient[a] += g * x[a];
-                for b in 0..=a {
-                    hessian[a][b] += h * x[a] * x[b];
+                for (cell, xb) in row.iter_mut().zip(x) {
+                    *cell += h * x[a] * xb;
                 }
             }
         }
-        for a in 0..=d {
-            for b in 0..a {
-                hessian[b][a] = hessian[a][b];
-            }
-            if a < d {
-                gradient[a] += l2 * theta[a];
-                hessian[a][a] += l2;
-            }
+        for a in 0..d {
+            gradient[a] += l2 * theta[a];
+            hessian[a][a] += l2;
         }
         let Some(step) = solve(hessian, gradient) else { break };
         let mut scale = 1.0;
@@ -124,10 +119,11 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
         }
         a.swap(column, pivot);
         b.swap(column, pivot);
+        let pivot_row = a[column].clone();
         for row in column + 1..n {
-            let factor = a[row][column] / a[column][column];
-            for k in column..n {
-                a[row][k] -= factor * a[column][k];
+            let factor = a[row][column] / pivot_row[column];
+            for (x, p) in a[row][column..].iter_mut().zip(&pivot_row[column..]) {
+                *x -= factor * p;
             }
             b[row] -= factor * b[column];
         }
