@@ -70,6 +70,14 @@ fn resnet20_fast_equals_naive_on_residual_and_downsampling_layers() {
 }
 
 #[test]
+fn resnet20_fast_equals_naive_on_tract() {
+    // The shortcut pads reach the downstream part as integer values: constants there, as tract
+    // needs them (a stage-1 layer, whose frontier holds both downsampling shortcuts' pads).
+    let (counts, _, _) = fast_equals_naive("resnet20_cifar10", 10, BackendKind::Tract, Some(&[1]));
+    assert_eq!(counts.layers[0].filters, 16);
+}
+
+#[test]
 fn assess_command_writes_the_artifact() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("assessment.json");

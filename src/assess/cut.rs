@@ -144,7 +144,7 @@ fn input_info(name: &str, tensor: &Tensor) -> ValueInfoProto {
 
 /// The downstream part of `model` as a model whose inputs are the frontier values (typed after
 /// `examples`) and whose output is the logits.
-pub fn downstream_model(model: &ModelProto, cut: &Cut, examples: &[Tensor], logits: &str) -> Result<ModelProto> {
+pub fn downstream_model(model: &ModelProto, cut: &Cut, examples: &[Tensor], logits: &str, constant_integers: bool) -> Result<ModelProto> {
     let graph = model.graph.as_ref().ok_or_else(|| Error::InvalidGraph("the model has no graph".into()))?;
     let computes_logits = cut.downstream.iter().any(|&p| graph.node[p].output.iter().any(|o| o == logits));
     if !computes_logits {
@@ -157,7 +157,17 @@ pub fn downstream_model(model: &ModelProto, cut: &Cut, examples: &[Tensor], logi
     let mut out = model.clone();
     let g = out.graph.as_mut().ok_or_else(|| Error::Internal("graph vanished".into()))?;
     g.node = cut.downstream.iter().map(|&p| graph.node[p].clone()).collect();
-    g.input = cut.frontier.iter().zip(examples).map(|(name, t)| input_info(name, t)).collect();
+    // With `constant_integers`, integer values at the frontier (shape computations such as a
+    // shortcut's pads, checked by the caller to be the same for every batch) become constants,
+    // which tract needs where an operator takes them as attributes.
+    let constant = |t: &Tensor| constant_integers && matches!(t, Tensor::I64(_));
+    g.input = cut.frontier.iter().zip(examples).filter(|(_, t)| !constant(t)).map(|(name, t)| input_info(name, t)).collect();
+    for (name, example) in cut.frontier.iter().zip(examples) {
+        if let (true, Tensor::I64(values)) = (constant(example), example) {
+            let values: Vec<i64> = values.iter().copied().collect();
+            g.initializer.push(crate::onnx::tensor::from_i64(name, example.shape(), &values));
+        }
+    }
     g.output = vec![value_info(graph, logits)];
     // Intermediate shapes recorded for the whole graph may not hold for stacked variants.
     g.value_info.clear();

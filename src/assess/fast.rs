@@ -36,6 +36,7 @@ pub(super) fn layer(model: &ModelProto, conv: &ConvInfo, io: &ModelIo, data: &Va
     let fill = fill(model, conv, &cut, io, first, options)?;
     let mut upstream = open_session(&encode(&upstream_model(model, &cut.frontier)?), options)?;
     let order: Vec<usize> = cut.frontier.iter().map(|f| output_position(upstream.as_ref(), f)).collect::<Result<_>>()?;
+    let constant_integers = integers_ignore_the_batch(upstream.as_mut(), &order, io, first)?;
     let mut downstream: Option<(Box<dyn Session>, usize)> = None;
     let mut correct = vec![0usize; conv.filters];
     let mut rows_run = 0;
@@ -45,7 +46,7 @@ pub(super) fn layer(model: &ModelProto, conv: &ConvInfo, io: &ModelIo, data: &Va
         let (session, logits) = match &mut downstream {
             Some(open) => open,
             None => {
-                let session = open_session(&encode(&downstream_model(model, &cut, &frontier, &io.output)?), options)?;
+                let session = open_session(&encode(&downstream_model(model, &cut, &frontier, &io.output, constant_integers)?), options)?;
                 let logits = output_position(session.as_ref(), &io.output)?;
                 downstream.insert((session, logits))
             }
@@ -60,8 +61,12 @@ pub(super) fn layer(model: &ModelProto, conv: &ConvInfo, io: &ModelIo, data: &Va
             });
         }
         let changed = changed(value, &fill)?;
-        // Stacking variants of different images needs the batch axis on every frontier value.
-        let stackable = frontier[1..].iter().all(|t| matches!(t, Tensor::F32(a) if a.ndim() > 0 && a.len_of(Axis(0)) == n));
+        // Integer frontier values (shape computations such as a shortcut's pads) are constants of
+        // the downstream model; the others are fed, and stacking variants of different images
+        // needs the batch axis on each of them.
+        let fed_others: Vec<(&str, &Tensor)> =
+            cut.frontier[1..].iter().map(String::as_str).zip(&frontier[1..]).filter(|(_, t)| !(constant_integers && matches!(t, Tensor::I64(_)))).collect();
+        let stackable = fed_others.iter().all(|(_, t)| matches!(t, Tensor::F32(a) if a.ndim() > 0 && a.len_of(Axis(0)) == n));
         let mut rows: Vec<Variant> = Vec::new();
         for (j, images) in changed.iter().enumerate() {
             if stackable {
@@ -82,10 +87,14 @@ pub(super) fn layer(model: &ModelProto, conv: &ConvInfo, io: &ModelIo, data: &Va
         let per_call = if stackable { VARIANT_ROWS } else { n.max(1) };
         for chunk in rows.chunks(per_call) {
             let masked = Tensor::F32(masked(value, &fill, chunk)?);
-            let gathered: Vec<Tensor> = if stackable { frontier[1..].iter().map(|t| Ok(Tensor::F32(gather(t.as_f32()?, chunk)?))).collect::<Result<_>>()? } else { Vec::new() };
-            let others = if stackable { &gathered[..] } else { &frontier[1..] };
+            let gathered: Vec<Tensor> =
+                if stackable { fed_others.iter().map(|(_, t)| Ok(Tensor::F32(gather(t.as_f32()?, chunk)?))).collect::<Result<_>>()? } else { Vec::new() };
             let mut fed: Vec<(&str, &Tensor)> = vec![(cut.frontier[0].as_str(), &masked)];
-            fed.extend(cut.frontier[1..].iter().map(String::as_str).zip(others));
+            if stackable {
+                fed.extend(fed_others.iter().map(|(name, _)| *name).zip(&gathered));
+            } else {
+                fed.extend(fed_others.iter().copied());
+            }
             let outputs = session.run(&fed)?;
             let row_labels: Vec<i64> = chunk.iter().map(|&(_, i)| labels[i]).collect();
             for (&(j, _), ok) in chunk.iter().zip(correct_rows(&outputs[*logits], &row_labels)?) {
@@ -100,6 +109,18 @@ pub(super) fn layer(model: &ModelProto, conv: &ConvInfo, io: &ModelIo, data: &Va
 /// What the α model computes at the cut for a zeroed channel, per channel (`[C, …]`): the
 /// all-channels-zeroed α model run on one image (the chain after a zeroed convolution does not
 /// depend on the image).
+/// Whether the integer values at the frontier are the same for a batch and for its first image
+/// alone: then they do not depend on the batch and can be constants of the downstream model.
+fn integers_ignore_the_batch(upstream: &mut dyn Session, order: &[usize], io: &ModelIo, batch: &Tensor) -> Result<bool> {
+    let integers = |outputs: Vec<Tensor>| -> Vec<Tensor> { order.iter().map(|&p| outputs[p].clone()).filter(|t| matches!(t, Tensor::I64(_))).collect() };
+    let whole = integers(upstream.run(&[(io.input.as_str(), batch)])?);
+    if whole.is_empty() {
+        return Ok(true);
+    }
+    let first = Tensor::F32(batch.as_f32()?.slice_axis(Axis(0), Slice::from(0..1)).to_owned());
+    Ok(integers(upstream.run(&[(io.input.as_str(), &first)])?) == whole)
+}
+
 fn fill(model: &ModelProto, conv: &ConvInfo, cut: &Cut, io: &ModelIo, batch: &Tensor, options: &BackendOptions) -> Result<ArrayD<f32>> {
     let all: Vec<usize> = (0..conv.filters).collect();
     let zeroed = upstream_model(&alpha_model(model, &conv.name, &all)?, std::slice::from_ref(&cut.value))?;
