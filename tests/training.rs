@@ -24,19 +24,18 @@ fn config(backend: BackendKind, epochs: usize) -> Config {
     config
 }
 
+/// Runs `command` on tiny_cnn with the fixture configuration on onnxruntime, then `extra`.
+fn on_tiny_cnn(command: &str, extra: &[&std::ffi::OsStr]) -> std::process::Output {
+    let (model, config) = (common::fixture(MODEL), common::fixture("cifar10.yaml"));
+    let mut args: Vec<&std::ffi::OsStr> = os_args![command, model, "--config", config, "--backend", "ort"].to_vec();
+    args.extend(extra);
+    common::cli(&args)
+}
+
 /// The assessment of tiny_cnn on the fixture data, made once per test by the `assess` command.
 fn assessment(folder: &Path) -> PathBuf {
     let out = folder.join("assessment.json");
-    let output = common::cli(os_args![
-        "assess",
-        common::fixture(MODEL),
-        "--config",
-        common::fixture("cifar10.yaml"),
-        "--backend",
-        "ort",
-        "--out",
-        out
-    ]);
+    let output = on_tiny_cnn("assess", os_args!["--out", out]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     out
 }
@@ -131,22 +130,7 @@ fn a_diverging_run_stops_with_an_error() {
     let folder = tempfile::tempdir().unwrap();
     let assessment = assessment(folder.path());
     let run = folder.path().join("run");
-    let output = common::cli(os_args![
-        "train",
-        common::fixture(MODEL),
-        "--config",
-        common::fixture("cifar10.yaml"),
-        "--backend",
-        "ort",
-        "--assessment",
-        assessment,
-        "--out",
-        run,
-        "--epochs",
-        "2",
-        "--learning-rate",
-        "1e30"
-    ]);
+    let output = on_tiny_cnn("train", os_args!["--assessment", assessment, "--out", run, "--epochs", "2", "--learning-rate", "1e30"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("the loss is") && stderr.contains("no epoch finished"), "{stderr}");
