@@ -235,32 +235,18 @@ pub fn train_throughput(
     steps: usize,
     save_step: Option<&std::path::Path>,
 ) -> Result<TrainThroughput> {
-    use crate::autodiff::{training_step, StepOptions};
-    use crate::backend::stepping::{open_stepping_session, Carried};
+    use crate::backend::stepping::open_stepping_session;
 
     let model = crate::onnx::load_model(model_path)?;
     let io = ModelIo::resolve(&model, &config.preprocess)?;
     let spec = crate::units::spec::random_spec(&model, kappa, config.data.seed, crate::units::Decision::adapt_all())?;
-    let (beta, params) = crate::units::beta_model(&model, &spec)?;
-    let trainable: Vec<&str> =
-        params.iter().flat_map(|p| std::iter::once(p.replacement_weight.as_str()).chain(p.replacement_bias.as_deref())).collect();
-    let t = &config.train;
-    let step = training_step(&beta, &trainable, &StepOptions { momentum: t.momentum, weight_decay: t.weight_decay, logits: Some(io.output.clone()) })?;
+    let graph = crate::train::step_graph(&model, &spec, config, &io)?;
+    let (beta, step) = (&graph.beta, &graph.step);
     if let Some(path) = save_step {
         crate::onnx::save_model(&step.model, path, &crate::onnx::SaveOptions::default())?;
     }
-    let index = crate::onnx::graph::GraphIndex::new(beta.graph.as_ref().ok_or_else(|| crate::error::Error::InvalidGraph("no graph".into()))?)?;
-    let mut carried = Vec::new();
-    let mut trained_parameters = 0;
-    for parameter in &step.parameters {
-        let tensor = index
-            .initializer(&parameter.name)
-            .ok_or_else(|| crate::error::Error::Internal(format!("no initializer '{}'", parameter.name)))?;
-        let value = crate::onnx::tensor::to_f32(tensor)?.into_owned();
-        trained_parameters += value.len();
-        carried.push(Carried { input: parameter.momentum.clone(), output: parameter.updated_momentum.clone(), value: Tensor::F32(ndarray::ArrayD::zeros(value.raw_dim())) });
-        carried.push(Carried { input: parameter.name.clone(), output: parameter.updated.clone(), value: Tensor::F32(value) });
-    }
+    let carried = graph.carried(&spec)?;
+    let trained_parameters = spec.layers.iter().map(|l| l.weight.len() + l.bias.as_ref().map_or(0, |b| b.len())).sum();
 
     let data = crate::data::load_split(config.data_root()?, crate::data::Split::Train, config.data.format)?;
     let preprocess = preprocess_for(&config.preprocess, &data)?;
@@ -272,7 +258,7 @@ pub fn train_throughput(
 
     let options = BackendOptions { kind: config.backend.kind, device: config.backend.device, threads: config.backend.threads };
     let mut stepping = open_stepping_session(&prost::Message::encode_to_vec(&step.model), &options, carried)?;
-    let mut forward = open_session(&prost::Message::encode_to_vec(&beta), &options)?;
+    let mut forward = open_session(&prost::Message::encode_to_vec(beta), &options)?;
     let feeds = [(step.images.as_str(), &images), (step.labels.as_str(), &labels), (step.learning_rate.as_str(), &rate)];
     // Warm-up: plans, allocations, caches.
     stepping.step(&feeds)?;

@@ -12,7 +12,6 @@
 //! logistic regression on channel statistics, see `units::decision::probe_logit`). docs/calibration.md
 //! has the file forms.
 
-pub mod histogram;
 mod logistic;
 
 use std::path::{Path, PathBuf};
@@ -134,7 +133,7 @@ impl Calibration {
             ("cr.svg", "Corrective Rate at the first patched layer", "CR", &cr_clean, &cr_star),
             ("probe_logit.svg", "Probe logit (adapt when > 0)", "logit", &logit_clean, &logit_star),
         ] {
-            let svg = histogram::histogram(title, axis, &[("T_val (clean)", clean), ("T_val* (blurred)", star)], 40);
+            let svg = crate::report::histogram::histogram(title, axis, &[("T_val (clean)", clean), ("T_val* (blurred)", star)], 40);
             let path = dir.join(file);
             crate::onnx::io::write_atomically(&path, svg.as_bytes())?;
         }

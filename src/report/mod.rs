@@ -5,6 +5,7 @@
 //! A γ-patched model adds the share of samples routed to the replacement filters per condition.
 //! The file forms are described in docs/reports.md.
 
+pub mod histogram;
 mod svg;
 mod table;
 

@@ -4,17 +4,27 @@ use std::fmt::Write;
 
 use super::Report;
 
-const WIDTH: f64 = 700.0;
-const HEIGHT: f64 = 400.0;
-const LEFT: f64 = 60.0;
+pub(super) const WIDTH: f64 = 700.0;
+pub(super) const HEIGHT: f64 = 400.0;
+pub(super) const LEFT: f64 = 60.0;
 // Room for the legend: "DP-γ batch-256 (nRob 63.0)".
 const RIGHT: f64 = 210.0;
-const TOP: f64 = 30.0;
-const BOTTOM: f64 = 50.0;
-const COLOURS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
+pub(super) const TOP: f64 = 30.0;
+pub(super) const BOTTOM: f64 = 50.0;
+pub(super) const COLOURS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
 
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Opens an SVG document of the charts' size: the root element, a white background, the title.
+pub(super) fn open_document(svg: &mut String, title: &str) {
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(svg, r#"<text x="{}" y="18" text-anchor="middle" font-size="14">{}</text>"#, WIDTH / 2.0, escape(title));
 }
 
 /// The chart as a standalone SVG document.
@@ -25,12 +35,7 @@ pub fn chart(report: &Report) -> String {
     let x = |sigma: f64| LEFT + plot_w * sigma / max_sigma;
     let y = |accuracy: f64| TOP + plot_h * (1.0 - accuracy / 100.0);
     let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(svg, r#"<text x="{}" y="18" text-anchor="middle" font-size="14">Accuracy under Gaussian blur: {}</text>"#, WIDTH / 2.0, escape(&report.model));
+    open_document(&mut svg, &format!("Accuracy under Gaussian blur: {}", report.model));
     for step in 0..=10 {
         let accuracy = step as f64 * 10.0;
         let _ = writeln!(

@@ -180,13 +180,7 @@ pub fn train(model: &ModelProto, initial: &PatchSpec, data: &TrainData, config: 
     std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
     let io = ModelIo::resolve(model, &config.preprocess)?;
     let options = BackendOptions { kind: config.backend.kind, device: config.backend.device, threads: config.backend.threads };
-    let (beta, params) = beta_model(model, initial)?;
-    let step = training_step(
-        &beta,
-        &trainable_names(&params).iter().map(String::as_str).collect::<Vec<_>>(),
-        &StepOptions { momentum: settings.momentum, weight_decay: settings.weight_decay, logits: Some(io.output.clone()) },
-    )?;
-    let slots = slots(&params, &step)?;
+    let StepGraph { step, slots, .. } = step_graph(model, initial, config, &io)?;
     let identity = identity(model, initial, data, config);
 
     let (mut current, mut momentum, mut best, mut log) = match checkpoint::load(run, &identity)? {
@@ -297,9 +291,30 @@ pub fn train(model: &ModelProto, initial: &PatchSpec, data: &TrainData, config: 
     Ok(Trained { spec, summary })
 }
 
-/// The replacement tensors of the β model, the only trainable ones.
-fn trainable_names(params: &[PatchedParams]) -> Vec<String> {
-    params.iter().flat_map(|p| std::iter::once(p.replacement_weight.clone()).chain(p.replacement_bias.clone())).collect()
+/// The training step of a patch's β model, its replacement tensors the only trainable ones.
+pub struct StepGraph {
+    pub beta: ModelProto,
+    pub step: TrainingStep,
+    slots: Vec<Slot>,
+}
+
+impl StepGraph {
+    /// The carried tensors that start training from `spec`'s replacement weights, momenta zero.
+    pub fn carried(&self, spec: &PatchSpec) -> Result<Vec<Carried>> {
+        carried(&self.slots, spec, &BTreeMap::new())
+    }
+}
+
+/// Builds the step graph of `spec`'s β model with the SGD settings of `config.train`.
+pub fn step_graph(model: &ModelProto, spec: &PatchSpec, config: &Config, io: &ModelIo) -> Result<StepGraph> {
+    let (beta, params) = beta_model(model, spec)?;
+    let trainable: Vec<&str> =
+        params.iter().flat_map(|p| std::iter::once(p.replacement_weight.as_str()).chain(p.replacement_bias.as_deref())).collect();
+    let t = &config.train;
+    let options = StepOptions { momentum: t.momentum, weight_decay: t.weight_decay, logits: Some(io.output.clone()) };
+    let step = training_step(&beta, &trainable, &options)?;
+    let slots = slots(&params, &step)?;
+    Ok(StepGraph { beta, step, slots })
 }
 
 /// One trained tensor: its key in spec files (`layer<i>.weight`/`.bias`) and its step interface.

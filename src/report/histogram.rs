@@ -1,19 +1,12 @@
 //! An SVG histogram of one quantity for several groups of samples (e.g. CR on T_val and on T_val*),
-//! bars side by side per bin, in the style of `report::svg`.
+//! bars side by side per bin, in the style of the accuracy chart (`report::svg`).
 
 use std::fmt::Write;
 
-const WIDTH: f64 = 700.0;
-const HEIGHT: f64 = 400.0;
-const LEFT: f64 = 60.0;
-const RIGHT: f64 = 170.0;
-const TOP: f64 = 30.0;
-const BOTTOM: f64 = 50.0;
-const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e"];
+use super::svg::{escape, open_document, BOTTOM, COLOURS, HEIGHT, LEFT, TOP, WIDTH};
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
+/// Room for the legend at the right.
+const RIGHT: f64 = 170.0;
 
 /// Bin counts of `values` over `bins` equal bins spanning [low, high].
 pub fn counts(values: &[f64], low: f64, high: f64, bins: usize) -> Vec<usize> {
@@ -43,12 +36,7 @@ pub fn histogram(title: &str, axis: &str, groups: &[(&str, &Vec<f64>)], bins: us
     let bin_w = plot_w / bins.max(1) as f64;
     let bar_w = bin_w / groups.len().max(1) as f64;
     let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(svg, r#"<text x="{}" y="18" text-anchor="middle" font-size="14">{}</text>"#, WIDTH / 2.0, escape(title));
+    open_document(&mut svg, title);
     for step in 0..=4 {
         let share = top * step as f64 / 4.0;
         let y = TOP + plot_h * (1.0 - share / top);
