@@ -254,10 +254,12 @@ impl Builder {
         Ok(self.op("ConstantOfShape", &[&shape], vec![tensor("value", zero)]))
     }
 
-    /// `Where(condition, x, 0)`: `x` where the condition holds, zero elsewhere.
+    /// `x` where the condition holds, zero elsewhere (for finite `x`), as `x · Cast(condition)`:
+    /// onnxruntime runs that five times faster than `Where(condition, x, 0)`, whose kernel is
+    /// written for any broadcast.
     pub fn where_or_zero(&mut self, condition: &str, x: &str, dtype: i32) -> Result<String> {
-        let zero = self.scalar(dtype, 0.0)?;
-        Ok(self.op("Where", &[condition, x, &zero], vec![]))
+        let mask = self.op("Cast", &[condition], vec![int("to", i64::from(dtype))]);
+        Ok(self.op("Mul", &[x, &mask], vec![]))
     }
 
     /// `a · b` with `b` a scalar constant; `a` itself when `b` is 1.

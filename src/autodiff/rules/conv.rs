@@ -133,93 +133,126 @@ fn input_gradient(ctx: &Ctx, b: &mut Builder, dy: &str, grouping: &Grouping, win
     Ok(b.op("Conv", &[dy, &flipped], attributes))
 }
 
-/// dW[m, c, k] = Σ_n Σ_o dY[n, m, o] · X[n, g·C/G + c, o·s + k·d − pad]: for each kernel tap k,
-/// one matrix product per group over (sample, position) pairs, between the output gradient and
-/// the input positions the tap reads. The pairs are lined up in whichever way copies fewer
-/// elements per tap:
+/// dW[m, c, k] = Σ_n Σ_o dY[n, m, o] · X[n, g·C/G + c, o·s + k·d − pad]: per group, products
+/// between the output gradient and the input positions each kernel tap reads, summed over
+/// (sample, position) pairs. Both operands are laid out channel-major ([G, channels, N, *spatial]),
+/// a transpose that moves whole images and costs little, and every product is A·Bᵀ, so the input
+/// is never transposed element by element. The pairs are lined up in whichever way copies fewer
+/// elements:
 /// - few filters (β units train a quarter of them): the output gradient is placed once, spread by
-///   the strides, in a zero canvas; each tap takes a window of it the size of the input, so the
-///   input itself is reused whole by every tap;
-/// - otherwise: both operands are sliced to the (sample, output position) pairs whose input
-///   position lies inside the input.
+///   the strides, in a zero canvas; each tap takes a window of it the size of the input, the
+///   windows are stacked, and one product against the whole input serves every tap;
+/// - otherwise: per tap, both operands are sliced to the (sample, output position) pairs whose
+///   input position lies inside the input.
 ///
-/// Dense products run several times faster on the runtimes than a convolution whose kernel would
-/// be the output gradient, and neither form feeds padded data into a product (which tract's
-/// optimiser splits into thousands of pieces).
+/// Neither form feeds padded data into a product (which tract's optimiser splits into thousands
+/// of pieces).
 fn weight_gradient(ctx: &Ctx, b: &mut Builder, dy: &str, grouping: &Grouping, window: &Window) -> Result<String> {
-    let x = ctx.input(0);
     let Grouping { groups, channels, filters } = *grouping;
     let spatial = window.input.len();
-    let rank = spatial + 2;
-    // The input as [G, N, *input, C/G] and the output gradient as [G, M/G, N, *output].
-    let split = b.reshape(x, &[&[0, groups, channels], window.input.as_slice()].concat());
-    let perm: Vec<usize> = [1, 0].into_iter().chain(3..rank + 1).chain([2]).collect();
-    let inputs = b.transpose(&split, &perm);
-    let split = b.reshape(dy, &[&[0, groups, filters], window.output.as_slice()].concat());
-    let perm: Vec<usize> = [1, 2, 0].into_iter().chain(3..rank + 1).collect();
-    let gradient = b.transpose(&split, &perm);
+    let inputs = channel_major(b, ctx.input(0), groups, channels, &window.input);
+    let gradient = channel_major(b, dy, groups, filters, &window.output);
     let reach: Vec<i64> = (0..spatial).map(|a| window.extent(a) - 1 - window.begin[a]).collect();
-    let canvas = filters * window.input.iter().product::<i64>() < channels * window.output.iter().product::<i64>()
-        && reach.iter().all(|&r| r >= 0);
-    let canvas = if canvas { Some(gradient_canvas(ctx, b, &gradient, grouping, window, &reach)?) } else { None };
-    let whole_inputs = canvas.as_ref().map(|_| b.reshape(&inputs, &[groups, -1, channels]));
-    let dtype = ctx.float_type();
-    let mut products = Vec::new();
-    for tap in grid(&window.kernel) {
-        let offsets: Vec<i64> = (0..spatial).map(|a| tap[a] * window.dilations[a] - window.begin[a]).collect();
-        let operands = match (&canvas, &whole_inputs) {
-            (Some(canvas), Some(whole_inputs)) => {
-                // Input position i reads the canvas at i − offset + reach.
-                let ranges: Vec<(i64, i64, i64)> =
-                    (0..spatial).map(|a| (reach[a] - offsets[a], reach[a] - offsets[a] + window.input[a], 1)).collect();
-                let window_of = cut(b, &canvas.0, 3, &ranges, &canvas.1)?;
-                Some((b.reshape(&window_of, &[groups, filters, -1]), whole_inputs.clone()))
-            }
-            _ => {
-                // Per axis, the outputs [first, last] whose tap reads inside the input.
-                let ranges: Vec<(i64, i64)> = (0..spatial)
+    // Elements copied per tap: a canvas window of the output gradient, or both operands' slices.
+    let (inputs_size, outputs_size) = (window.input.iter().product::<i64>(), window.output.iter().product::<i64>());
+    let use_canvas = filters * inputs_size < (filters + channels) * outputs_size && reach.iter().all(|&r| r >= 0);
+    let taps = grid(&window.kernel);
+    let offsets = |tap: &[i64]| -> Vec<i64> { (0..spatial).map(|a| tap[a] * window.dilations[a] - window.begin[a]).collect() };
+    // [G, taps, M/G, C/G]
+    let products = if use_canvas {
+        let (canvas, size) = gradient_canvas(ctx, b, &gradient, grouping, window, &reach)?;
+        let mut windows = Vec::with_capacity(taps.len());
+        for tap in &taps {
+            // Input position i reads the canvas at i − offset + reach.
+            let offsets = offsets(tap);
+            let ranges: Vec<(i64, i64, i64)> =
+                (0..spatial).map(|a| (reach[a] - offsets[a], reach[a] - offsets[a] + window.input[a], 1)).collect();
+            windows.push(cut(b, &canvas, 3, &ranges, &size)?);
+        }
+        let windows: Vec<&str> = windows.iter().map(String::as_str).collect();
+        let stacked = concat(b, &windows, 1);
+        let rows = taps.len() as i64 * filters;
+        let product = transposed_product(b, &stacked, &inputs, groups, rows, channels);
+        b.reshape(&product, &[groups, taps.len() as i64, filters, channels])
+    } else {
+        let mut products = Vec::with_capacity(taps.len());
+        for tap in &taps {
+            let offsets = offsets(tap);
+            // Per axis, the outputs [first, last] whose tap reads inside the input.
+            let ranges: Vec<(i64, i64)> = (0..spatial)
+                .map(|a| {
+                    let stride = window.strides[a];
+                    let first = ((-offsets[a]).max(0) + stride - 1) / stride;
+                    let last = (window.output[a] - 1).min((window.input[a] - 1 - offsets[a]).div_euclid(stride));
+                    (first, last)
+                })
+                .collect();
+            let product = if ranges.iter().any(|(first, last)| first > last) {
+                // The tap reads only padding.
+                let zeros = vec![0.0; (groups * filters * channels) as usize];
+                b.floats(ctx.float_type(), &[groups as usize, filters as usize, channels as usize], &zeros)?
+            } else {
+                let kept: Vec<(i64, i64, i64)> = ranges.iter().map(|&(f, l)| (f, l + 1, 1)).collect();
+                let left = cut(b, &gradient, 3, &kept, &window.output)?;
+                let reads: Vec<(i64, i64, i64)> = (0..spatial)
                     .map(|a| {
+                        let (first, last) = ranges[a];
                         let stride = window.strides[a];
-                        let first = ((-offsets[a]).max(0) + stride - 1) / stride;
-                        let last = (window.output[a] - 1).min((window.input[a] - 1 - offsets[a]).div_euclid(stride));
-                        (first, last)
+                        (first * stride + offsets[a], last * stride + offsets[a] + 1, stride)
                     })
                     .collect();
-                if ranges.iter().any(|(first, last)| first > last) {
-                    None
-                } else {
-                    let kept: Vec<(i64, i64, i64)> = ranges.iter().map(|&(f, l)| (f, l + 1, 1)).collect();
-                    let left = cut(b, &gradient, 3, &kept, &window.output)?;
-                    let reads: Vec<(i64, i64, i64)> = (0..spatial)
-                        .map(|a| {
-                            let (first, last) = ranges[a];
-                            (
-                                first * window.strides[a] + offsets[a],
-                                last * window.strides[a] + offsets[a] + 1,
-                                window.strides[a],
-                            )
-                        })
-                        .collect();
-                    let right = cut(b, &inputs, 2, &reads, &window.input)?;
-                    Some((b.reshape(&left, &[groups, filters, -1]), b.reshape(&right, &[groups, -1, channels])))
-                }
-            }
-        };
-        let product = match operands {
-            Some((left, right)) => b.op("MatMul", &[&left, &right], vec![]),
-            // The tap reads only padding.
-            None => {
-                let zeros = vec![0.0; (groups * filters * channels) as usize];
-                b.floats(dtype, &[groups as usize, filters as usize, channels as usize], &zeros)?
-            }
-        };
-        products.push(b.unsqueeze(&product, &[3]));
-    }
-    let products: Vec<&str> = products.iter().map(String::as_str).collect();
-    let taps =
-        if products.len() == 1 { products[0].to_string() } else { b.op("Concat", &products, vec![int("axis", 3)]) };
+                let right = cut(b, &inputs, 3, &reads, &window.input)?;
+                transposed_product(b, &left, &right, groups, filters, channels)
+            };
+            products.push(b.unsqueeze(&product, &[1]));
+        }
+        let products: Vec<&str> = products.iter().map(String::as_str).collect();
+        concat(b, &products, 1)
+    };
+    let per_filter = b.transpose(&products, &[0, 2, 3, 1]);
     // [G, M/G, C/G, taps] is [M, C/G, *kernel] in row-major order.
-    Ok(b.reshape(&taps, &[&[groups * filters, channels], window.kernel.as_slice()].concat()))
+    Ok(b.reshape(&per_filter, &[&[groups * filters, channels], window.kernel.as_slice()].concat()))
+}
+
+/// `x` [N, G·per_group, *spatial] as [G, per_group, N, *spatial]. One group swaps the first two
+/// axes alone, which runtimes copy as whole images (an axis of size 1 in the permutation makes
+/// onnxruntime copy element by element, ten times slower).
+fn channel_major(b: &mut Builder, x: &str, groups: i64, per_group: i64, spatial: &[i64]) -> String {
+    let rank = spatial.len() + 2;
+    if groups == 1 {
+        let perm: Vec<usize> = [1, 0].into_iter().chain(2..rank).collect();
+        let swapped = b.transpose(x, &perm);
+        return b.unsqueeze(&swapped, &[0]);
+    }
+    let split = b.reshape(x, &[&[0, groups, per_group], spatial].concat());
+    let perm: Vec<usize> = [1, 2, 0].into_iter().chain(3..rank + 1).collect();
+    b.transpose(&split, &perm)
+}
+
+/// Σ over the trailing axes of `left` [G, rows, …] times `right` [G, columns, …]: [G, rows, columns].
+/// One group is a Gemm with the right operand transposed in the product itself; several groups
+/// need a batched MatMul, whose right operand is transposed first.
+fn transposed_product(b: &mut Builder, left: &str, right: &str, groups: i64, rows: i64, columns: i64) -> String {
+    if groups == 1 {
+        let left = b.reshape(left, &[rows, -1]);
+        let right = b.reshape(right, &[columns, -1]);
+        let product = b.op("Gemm", &[&left, &right], vec![int("transB", 1)]);
+        b.reshape(&product, &[1, rows, columns])
+    } else {
+        let left = b.reshape(left, &[groups, rows, -1]);
+        let right = b.reshape(right, &[groups, columns, -1]);
+        let right = b.transpose(&right, &[0, 2, 1]);
+        b.op("MatMul", &[&left, &right], vec![])
+    }
+}
+
+/// `parts` joined on `axis`, or the single part itself.
+fn concat(b: &mut Builder, parts: &[&str], axis: i64) -> String {
+    if parts.len() == 1 {
+        parts[0].to_string()
+    } else {
+        b.op("Concat", parts, vec![int("axis", axis)])
+    }
 }
 
 /// The output gradient [G, M/G, N, *output] spread by the strides (element o at o · stride) and
