@@ -1,7 +1,7 @@
 //! Conv with groups, strides, dilations, explicit or automatic pads and a bias. The input gradient
 //! is a Conv with the flipped kernel (unit strides) or a ConvTranspose with the forward geometry;
-//! the weight gradient is one matrix product per kernel tap between the output gradient and the
-//! input positions the tap reads.
+//! the weight gradient is a product between the output gradient and the input positions each kernel
+//! tap reads (one for all taps when few filters train).
 
 use super::{first, Builder, Ctx, Differentiable, Registry};
 use crate::autodiff::emit::{int, ints};
