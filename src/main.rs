@@ -210,7 +210,7 @@ enum Bench {
         #[arg(long, default_value_t = 0.25)]
         kappa: f64,
         /// Alternating rounds of each; the fastest of each counts.
-        #[arg(long, default_value_t = 9)]
+        #[arg(long, default_value_t = 25)]
         rounds: usize,
         /// The decision rule of the patched models.
         #[arg(long, value_enum, default_value = "cr")]
