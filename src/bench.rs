@@ -320,6 +320,10 @@ pub struct AssessLayerTimes {
     /// Share of the masked images (filters × T_val*) the fast method ran; the others kept their
     /// original prediction.
     pub fast_rows_run: f64,
+    /// Share of the masked images the fast method ran through the consumer-convolution
+    /// correction, and how many of those it reran on the exact path (logits near a tie).
+    pub fast_rows_corrected: f64,
+    pub fast_rows_rerun: usize,
 }
 
 /// What `bench assess` reports.
@@ -387,6 +391,8 @@ pub fn assess_speed(model_path: &std::path::Path, config: &Config, layers: Optio
             fast_s: best[0],
             ratio: best[1] / best[0],
             fast_rows_run: fast.rows_run as f64 / fast.rows_total.max(1) as f64,
+            fast_rows_corrected: fast.rows_corrected as f64 / fast.rows_total.max(1) as f64,
+            fast_rows_rerun: fast.rows_rerun,
         });
     }
     progress.finish();

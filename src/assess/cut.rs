@@ -16,7 +16,7 @@ use crate::tensor::Tensor;
 
 /// Operators that act on each channel separately, so a channel zeroed before them stays a
 /// function of nothing but itself after them; the cut moves past them (see the module docs).
-const CHANNELWISE: &[&str] = &["BatchNormalization", "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Identity"];
+pub(super) const CHANNELWISE: &[&str] = &["BatchNormalization", "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Identity"];
 
 /// How one layer's assessment splits the graph.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,27 +142,29 @@ fn input_info(name: &str, tensor: &Tensor) -> ValueInfoProto {
     }
 }
 
-/// The downstream part of `model` as a model whose inputs are the frontier values (typed after
-/// `examples`) and whose output is the logits.
-pub fn downstream_model(model: &ModelProto, cut: &Cut, examples: &[Tensor], logits: &str, constant_integers: bool) -> Result<ModelProto> {
+/// The nodes `downstream` (positions in `model`'s graph, topological order) as a model whose
+/// inputs are the values they read from above, `frontier` (typed after `examples`), and whose
+/// output is the logits: [`Cut::downstream`] and [`Cut::frontier`], or the part after the
+/// consumer convolutions when they are corrected.
+pub fn downstream_model(model: &ModelProto, downstream: &[usize], frontier: &[String], examples: &[Tensor], logits: &str, constant_integers: bool) -> Result<ModelProto> {
     let graph = model.graph.as_ref().ok_or_else(|| Error::InvalidGraph("the model has no graph".into()))?;
-    let computes_logits = cut.downstream.iter().any(|&p| graph.node[p].output.iter().any(|o| o == logits));
+    let computes_logits = downstream.iter().any(|&p| graph.node[p].output.iter().any(|o| o == logits));
     if !computes_logits {
         return Err(Error::Unsupported {
-            node: cut.value.clone(),
+            node: frontier.first().cloned().unwrap_or_default(),
             op_type: "Conv".into(),
             message: format!("the output '{logits}' does not depend on this value"),
         });
     }
     let mut out = model.clone();
     let g = out.graph.as_mut().ok_or_else(|| Error::Internal("graph vanished".into()))?;
-    g.node = cut.downstream.iter().map(|&p| graph.node[p].clone()).collect();
+    g.node = downstream.iter().map(|&p| graph.node[p].clone()).collect();
     // With `constant_integers`, integer values at the frontier (shape computations such as a
     // shortcut's pads, checked by the caller to be the same for every batch) become constants,
     // which tract needs where an operator takes them as attributes.
     let constant = |t: &Tensor| constant_integers && matches!(t, Tensor::I64(_));
-    g.input = cut.frontier.iter().zip(examples).filter(|(_, t)| !constant(t)).map(|(name, t)| input_info(name, t)).collect();
-    for (name, example) in cut.frontier.iter().zip(examples) {
+    g.input = frontier.iter().zip(examples).filter(|(_, t)| !constant(t)).map(|(name, t)| input_info(name, t)).collect();
+    for (name, example) in frontier.iter().zip(examples) {
         if let (true, Tensor::I64(values)) = (constant(example), example) {
             let values: Vec<i64> = values.iter().copied().collect();
             g.initializer.push(crate::onnx::tensor::from_i64(name, example.shape(), &values));

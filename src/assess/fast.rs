@@ -9,8 +9,11 @@
 //! [`Original`] holds. After a ReLU these are the channels an image leaves at zero everywhere:
 //! 2–22 % of (channel, image) pairs in ResNet20's layers on blurred images.
 
+use std::borrow::Cow;
+
 use ndarray::{ArrayD, Axis, IxDyn, Slice};
 
+use super::correct::{decided, Consumer, Correction};
 use super::cut::{cut, downstream_model, upstream_model, Cut};
 use super::{correct_rows, encode, output_position, Original, ValStar};
 use crate::analysis::ConvInfo;
@@ -27,47 +30,195 @@ const VARIANT_ROWS: usize = 256;
 /// One masked image: (channel zeroed, image within the batch).
 type Variant = (usize, usize);
 
-/// Correct predictions per channel of `conv` on T_val*, and how many masked images the backend
-/// ran (the rest kept their original prediction).
-pub(super) fn layer(model: &ModelProto, conv: &ConvInfo, io: &ModelIo, data: &ValStar, options: &BackendOptions, original: &Original) -> Result<(Vec<usize>, usize)> {
+/// What the fast method did on one layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct FastRun {
+    /// Correct predictions per channel.
+    pub correct: Vec<usize>,
+    /// Masked images the backend ran (the others kept their original prediction), those of them
+    /// that went through the consumer-convolution correction, and those of these rerun on the
+    /// exact path because their logits were close to a tie.
+    pub rows_run: usize,
+    pub rows_corrected: usize,
+    pub rows_rerun: usize,
+}
+
+/// Correct predictions per channel of `conv` on T_val*, and how the masked images were run.
+pub(super) fn layer(model: &ModelProto, conv: &ConvInfo, io: &ModelIo, data: &ValStar, options: &BackendOptions, original: &Original) -> Result<FastRun> {
     let graph = model.graph.as_ref().ok_or_else(|| Error::InvalidGraph("the model has no graph".into()))?;
     let cut = cut(graph, conv)?;
     let first = data.batches.first().ok_or_else(|| Error::Config("the validation set is empty".into()))?;
-    let fill = fill(model, conv, &cut, io, first, options)?;
-    let mut upstream = open_session(&encode(&upstream_model(model, &cut.frontier)?), options)?;
-    let order: Vec<usize> = cut.frontier.iter().map(|f| output_position(upstream.as_ref(), f)).collect::<Result<_>>()?;
-    let constant_integers = integers_ignore_the_batch(upstream.as_mut(), &order, io, first)?;
-    let mut downstream: Option<(Box<dyn Session>, usize)> = None;
-    let mut correct = vec![0usize; conv.filters];
-    let mut rows_run = 0;
+    let fill = fill(model, conv, &cut, io, first, options)?.insert_axis(Axis(0));
+    let correction = Correction::plan(graph, &cut, conv.filters)?;
+    // The upstream part computes the exact path's frontier and what the corrected path needs.
+    let mut names = cut.frontier.clone();
+    for name in correction.iter().flat_map(Correction::upstream_values) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let upstream = match &correction {
+        Some(correction) => correction.upstream(model, &cut, &fill, &names)?,
+        None => upstream_model(model, &names)?,
+    };
+    let mut upstream = open_session(&encode(&upstream), options)?;
+    let order: Vec<usize> = names.iter().map(|f| output_position(upstream.as_ref(), f)).collect::<Result<_>>()?;
+    let mut run = |batch: &Tensor| -> Result<Vec<Tensor>> { ordered(upstream.run(&[(io.input.as_str(), batch)])?, &order) };
+    let mut outputs = Some(run(first)?);
+    let constant_integers = integers_ignore_the_batch(outputs.as_deref().unwrap_or_default(), first, &mut run)?;
+    let mut layer = Layer {
+        model,
+        conv,
+        cut: &cut,
+        correction: correction.as_ref(),
+        fill: &fill,
+        names: &names,
+        logits: &io.output,
+        options,
+        constant_integers,
+        exact: None,
+        corrected: None,
+        run: FastRun { correct: vec![0; conv.filters], rows_run: 0, rows_corrected: 0, rows_rerun: 0 },
+    };
     for ((batch, labels), original) in data.batches.iter().zip(&data.labels).zip(&original.correct) {
-        let mut outputs: Vec<Option<Tensor>> = upstream.run(&[(io.input.as_str(), batch)])?.into_iter().map(Some).collect();
-        let frontier: Vec<Tensor> = order.iter().map(|&p| outputs[p].take().ok_or_else(|| Error::Internal("frontier value repeated".into()))).collect::<Result<_>>()?;
-        let (session, logits) = match &mut downstream {
-            Some(open) => open,
-            None => {
-                let session = open_session(&encode(&downstream_model(model, &cut, &frontier, &io.output, constant_integers)?), options)?;
-                let logits = output_position(session.as_ref(), &io.output)?;
-                downstream.insert((session, logits))
-            }
+        let outputs = match outputs.take() {
+            Some(first) => first,
+            None => run(batch)?,
         };
-        let value = frontier[0].as_f32()?;
+        layer.images(&outputs, labels, original)?;
+    }
+    Ok(layer.run)
+}
+
+/// `outputs` at `order`.
+fn ordered(outputs: Vec<Tensor>, order: &[usize]) -> Result<Vec<Tensor>> {
+    let mut outputs: Vec<Option<Tensor>> = outputs.into_iter().map(Some).collect();
+    order.iter().map(|&p| outputs.get_mut(p).and_then(Option::take).ok_or_else(|| Error::Internal("an upstream output is missing or repeated".into()))).collect()
+}
+
+/// Whether the integer values among `outputs` (the upstream part's on `batch`) are the same for
+/// the batch's first image alone: then they do not depend on the batch and can be constants of
+/// the downstream part.
+fn integers_ignore_the_batch(outputs: &[Tensor], batch: &Tensor, run: &mut dyn FnMut(&Tensor) -> Result<Vec<Tensor>>) -> Result<bool> {
+    let integers = |outputs: &[Tensor]| -> Vec<Tensor> { outputs.iter().filter(|t| matches!(t, Tensor::I64(_))).cloned().collect() };
+    let whole = integers(outputs);
+    if whole.is_empty() {
+        return Ok(true);
+    }
+    let first = Tensor::F32(batch.as_f32()?.slice_axis(Axis(0), Slice::from(0..1)).to_owned());
+    Ok(integers(&run(&first)?) == whole)
+}
+
+/// A downstream session and the position of the logits among its outputs.
+struct Open {
+    session: Box<dyn Session>,
+    logits: usize,
+}
+
+/// One layer's state while its batches are run.
+struct Layer<'a> {
+    model: &'a ModelProto,
+    conv: &'a ConvInfo,
+    cut: &'a Cut,
+    correction: Option<&'a Correction>,
+    /// The fill, `[1, C, …]`.
+    fill: &'a ArrayD<f32>,
+    /// The values the upstream part computes, in the order of its outputs as [`ordered`].
+    names: &'a [String],
+    logits: &'a str,
+    options: &'a BackendOptions,
+    constant_integers: bool,
+    /// The downstream part from the cut, and the one after the corrected convolutions; opened
+    /// when first needed.
+    exact: Option<Open>,
+    corrected: Option<Open>,
+    run: FastRun,
+}
+
+/// How a frontier value is fed for a call's variants.
+enum Feed<'a> {
+    /// Each variant's image with its channel overwritten by the replacement (`[1 or N, C, …]`).
+    Masked(&'a ArrayD<f32>, &'a ArrayD<f32>),
+    /// Each variant's own channel of its image, `[rows, 1, …]`.
+    Channel(&'a ArrayD<f32>),
+    /// The consumer's weights for the call's channel (a call holds variants of one channel).
+    Weights(&'a Consumer),
+    /// Each variant's image.
+    Gathered(&'a ArrayD<f32>),
+    /// A value without the batch axis, as it is (a call then holds one channel's whole batch).
+    Whole(&'a Tensor),
+}
+
+impl Feed<'_> {
+    fn rows(&self, rows: &[Variant]) -> Result<Cow<'_, Tensor>> {
+        Ok(match self {
+            Feed::Masked(value, replacement) => Cow::Owned(Tensor::F32(masked(value, replacement, rows)?)),
+            Feed::Channel(value) => Cow::Owned(Tensor::F32(channels(value, rows)?)),
+            Feed::Weights(consumer) => {
+                let &(j, _) = rows.first().ok_or_else(|| Error::Internal("a call without variants".into()))?;
+                Cow::Owned(Tensor::F32(consumer.channel_weight(j)?))
+            }
+            Feed::Gathered(value) => Cow::Owned(Tensor::F32(gather(value, rows)?)),
+            Feed::Whole(value) => Cow::Borrowed(*value),
+        })
+    }
+}
+
+/// The upstream value `name` among `outputs` (named `names`).
+fn value<'o>(outputs: &'o [Tensor], names: &[String], name: &str) -> Result<&'o Tensor> {
+    let position = names.iter().position(|n| n == name).ok_or_else(|| Error::Internal(format!("value '{name}' is not computed upstream")))?;
+    Ok(&outputs[position])
+}
+
+/// How the inputs `frontier` of a downstream part are fed, each with its name (integer
+/// constants of the downstream part are not), `special` deciding first, else the upstream value
+/// of that name; and whether every call can stack variants of different images (every value fed
+/// from upstream has the batch axis).
+fn feeds<'o>(
+    outputs: &'o [Tensor],
+    names: &[String],
+    frontier: &'o [String],
+    n: usize,
+    constant_integers: bool,
+    special: impl Fn(&str) -> Result<Option<Feed<'o>>>,
+) -> Result<(Vec<(&'o str, Feed<'o>)>, bool)> {
+    let mut fed = Vec::new();
+    let mut stackable = true;
+    for name in frontier {
+        let feed = match special(name)? {
+            Some(feed) => feed,
+            None => match value(outputs, names, name)? {
+                Tensor::I64(_) if constant_integers => continue,
+                Tensor::F32(a) if a.ndim() > 0 && a.len_of(Axis(0)) == n => Feed::Gathered(a),
+                other => {
+                    stackable = false;
+                    Feed::Whole(other)
+                }
+            },
+        };
+        fed.push((name.as_str(), feed));
+    }
+    Ok((fed, stackable))
+}
+
+impl Layer<'_> {
+    /// Counts the variants of one batch: `outputs` (the upstream part's, [`ordered`]), the labels
+    /// and whether the original model classifies each image correctly.
+    fn images(&mut self, outputs: &[Tensor], labels: &[i64], original: &[bool]) -> Result<()> {
         let n = labels.len();
-        if value.ndim() < 2 || value.len_of(Axis(0)) != n || value.shape()[1..] != *fill.shape() {
+        let (fill, cut) = (self.fill, self.cut);
+        let at_cut = outputs[0].as_f32()?;
+        if at_cut.ndim() < 2 || at_cut.len_of(Axis(0)) != n || at_cut.shape()[1..] != fill.shape()[1..] {
             return Err(Error::Unsupported {
-                node: conv.name.clone(),
+                node: self.conv.name.clone(),
                 op_type: "Conv".into(),
-                message: format!("value '{}' has shape {:?}, expected [{n}, {:?}]", cut.value, value.shape(), fill.shape()),
+                message: format!("value '{}' has shape {:?}, expected [{n}, {:?}]", cut.value, at_cut.shape(), &fill.shape()[1..]),
             });
         }
-        let changed = changed(value, &fill)?;
-        // Integer frontier values (shape computations such as a shortcut's pads) are constants of
-        // the downstream model; the others are fed, and stacking variants of different images
-        // needs the batch axis on each of them.
-        let fed_others: Vec<(&str, &Tensor)> =
-            cut.frontier[1..].iter().map(String::as_str).zip(&frontier[1..]).filter(|(_, t)| !(constant_integers && matches!(t, Tensor::I64(_)))).collect();
-        let stackable = fed_others.iter().all(|(_, t)| matches!(t, Tensor::F32(a) if a.ndim() > 0 && a.len_of(Axis(0)) == n));
+        let changed = changed(at_cut, fill)?;
+        let (exact, stackable) = feeds(outputs, self.names, &cut.frontier, n, self.constant_integers, |name| Ok((name == cut.value).then_some(Feed::Masked(at_cut, fill))))?;
         let mut rows: Vec<Variant> = Vec::new();
+        let mut correct = vec![0usize; self.conv.filters];
         for (j, images) in changed.iter().enumerate() {
             if stackable {
                 for (i, &differs) in images.iter().enumerate() {
@@ -83,44 +234,111 @@ pub(super) fn layer(model: &ModelProto, conv: &ConvInfo, io: &ModelIo, data: &Va
                 correct[j] += original.iter().filter(|&&c| c).count();
             }
         }
-        // Without a batch axis on the other values, a call holds one channel's whole batch.
-        let per_call = if stackable { VARIANT_ROWS } else { n.max(1) };
-        for chunk in rows.chunks(per_call) {
-            let masked = Tensor::F32(masked(value, &fill, chunk)?);
-            let gathered: Vec<Tensor> =
-                if stackable { fed_others.iter().map(|(_, t)| Ok(Tensor::F32(gather(t.as_f32()?, chunk)?))).collect::<Result<_>>()? } else { Vec::new() };
-            let mut fed: Vec<(&str, &Tensor)> = vec![(cut.frontier[0].as_str(), &masked)];
-            if stackable {
-                fed.extend(fed_others.iter().map(|(name, _)| *name).zip(&gathered));
-            } else {
-                fed.extend(fed_others.iter().copied());
-            }
-            let outputs = session.run(&fed)?;
-            let row_labels: Vec<i64> = chunk.iter().map(|&(_, i)| labels[i]).collect();
-            for (&(j, _), ok) in chunk.iter().zip(correct_rows(&outputs[*logits], &row_labels)?) {
-                correct[j] += usize::from(ok);
+        self.run.rows_run += rows.len();
+        let rerun = match self.correction.filter(|_| stackable) {
+            Some(correction) => self.corrected(correction, outputs, rows, labels, &mut correct)?,
+            None => rows,
+        };
+        // The exact path: without a batch axis on some value, a call holds one channel's batch.
+        if !rerun.is_empty() {
+            let (model, names, logits, constant_integers) = (self.model, self.names, self.logits, self.constant_integers);
+            let open = open(&mut self.exact, self.options, logits, || {
+                let examples: Vec<Tensor> = cut.frontier.iter().map(|f| value(outputs, names, f).cloned()).collect::<Result<_>>()?;
+                downstream_model(model, &cut.downstream, &cut.frontier, &examples, logits, constant_integers)
+            })?;
+            for chunk in rerun.chunks(if stackable { VARIANT_ROWS } else { n.max(1) }) {
+                let logits = call(open, &exact, chunk)?;
+                let row_labels: Vec<i64> = chunk.iter().map(|&(_, i)| labels[i]).collect();
+                for (&(j, _), ok) in chunk.iter().zip(correct_rows(&logits, &row_labels)?) {
+                    correct[j] += usize::from(ok);
+                }
             }
         }
-        rows_run += rows.len();
+        for (total, c) in self.run.correct.iter_mut().zip(correct) {
+            *total += c;
+        }
+        Ok(())
     }
-    Ok((correct, rows_run))
+
+    /// Runs the variants `rows` (grouped by channel) on the corrected path, counting into
+    /// `correct` those decided beyond doubt; returns the others, for the exact path (all of them
+    /// when some value lacks the batch axis).
+    fn corrected(&mut self, correction: &Correction, outputs: &[Tensor], rows: Vec<Variant>, labels: &[i64], correct: &mut [usize]) -> Result<Vec<Variant>> {
+        let (names, fill) = (self.names, self.fill);
+        let replacement = match &correction.masked {
+            Some(masked) => value(outputs, names, masked)?.as_f32()?,
+            None => fill,
+        };
+        let (fed, stackable) = feeds(outputs, names, &correction.frontier, labels.len(), self.constant_integers, |name| {
+            if name == correction.delta {
+                return Ok(Some(Feed::Channel(value(outputs, names, name)?.as_f32()?)));
+            }
+            if name == correction.value {
+                return Ok(Some(Feed::Masked(value(outputs, names, name)?.as_f32()?, replacement)));
+            }
+            if let Some(consumer) = correction.consumers.iter().find(|c| c.input == name) {
+                return Ok(Some(Feed::Gathered(value(outputs, names, &consumer.output)?.as_f32()?)));
+            }
+            Ok(correction.consumers.iter().find(|c| c.weight_input == name).map(Feed::Weights))
+        })?;
+        if !stackable {
+            return Ok(rows);
+        }
+        let (model, logits, constant_integers) = (self.model, self.logits, self.constant_integers);
+        let open = open(&mut self.corrected, self.options, logits, || {
+            let examples: Vec<Tensor> = correction
+                .frontier
+                .iter()
+                .map(|f| match correction.source(f) {
+                    Some(source) => value(outputs, names, source).cloned(),
+                    None => Ok(Tensor::F32(ArrayD::zeros(IxDyn(&[1; 4])))),
+                })
+                .collect::<Result<_>>()?;
+            correction.downstream(model, &examples, logits, constant_integers)
+        })?;
+        let mut rerun = Vec::new();
+        for channel in rows.chunk_by(|a, b| a.0 == b.0) {
+            for chunk in channel.chunks(VARIANT_ROWS) {
+                let logits = call(open, &fed, chunk)?;
+                for (&(j, i), row) in chunk.iter().zip(logits.as_f32()?.axis_iter(Axis(0))) {
+                    let row: Vec<f32> = row.iter().copied().collect();
+                    match decided(&row, labels[i]) {
+                        (ok, true) => correct[j] += usize::from(ok),
+                        (_, false) => rerun.push((j, i)),
+                    }
+                }
+            }
+        }
+        self.run.rows_corrected += rows.len();
+        self.run.rows_rerun += rerun.len();
+        Ok(rerun)
+    }
+}
+
+/// The downstream session in `slot`, opened on first use from the model `build` makes.
+fn open<'s>(slot: &'s mut Option<Open>, options: &BackendOptions, logits: &str, build: impl FnOnce() -> Result<ModelProto>) -> Result<&'s mut Open> {
+    if let Some(open) = slot {
+        return Ok(open);
+    }
+    let session = open_session(&encode(&build()?), options)?;
+    let logits = output_position(session.as_ref(), logits)?;
+    Ok(slot.insert(Open { session, logits }))
+}
+
+/// The logits of the variants `rows`, their inputs built by `feeds`.
+fn call(open: &mut Open, feeds: &[(&str, Feed)], rows: &[Variant]) -> Result<Tensor> {
+    let tensors: Vec<Cow<Tensor>> = feeds.iter().map(|(_, feed)| feed.rows(rows)).collect::<Result<_>>()?;
+    let fed: Vec<(&str, &Tensor)> = feeds.iter().map(|(name, _)| *name).zip(tensors.iter().map(|t| t.as_ref())).collect();
+    let mut outputs = open.session.run(&fed)?;
+    if open.logits >= outputs.len() {
+        return Err(Error::Internal("the downstream part lost its logits".into()));
+    }
+    Ok(outputs.swap_remove(open.logits))
 }
 
 /// What the α model computes at the cut for a zeroed channel, per channel (`[C, …]`): the
 /// all-channels-zeroed α model run on one image (the chain after a zeroed convolution does not
 /// depend on the image).
-/// Whether the integer values at the frontier are the same for a batch and for its first image
-/// alone: then they do not depend on the batch and can be constants of the downstream model.
-fn integers_ignore_the_batch(upstream: &mut dyn Session, order: &[usize], io: &ModelIo, batch: &Tensor) -> Result<bool> {
-    let integers = |outputs: Vec<Tensor>| -> Vec<Tensor> { order.iter().map(|&p| outputs[p].clone()).filter(|t| matches!(t, Tensor::I64(_))).collect() };
-    let whole = integers(upstream.run(&[(io.input.as_str(), batch)])?);
-    if whole.is_empty() {
-        return Ok(true);
-    }
-    let first = Tensor::F32(batch.as_f32()?.slice_axis(Axis(0), Slice::from(0..1)).to_owned());
-    Ok(integers(upstream.run(&[(io.input.as_str(), &first)])?) == whole)
-}
-
 fn fill(model: &ModelProto, conv: &ConvInfo, cut: &Cut, io: &ModelIo, batch: &Tensor, options: &BackendOptions) -> Result<ArrayD<f32>> {
     let all: Vec<usize> = (0..conv.filters).collect();
     let zeroed = upstream_model(&alpha_model(model, &conv.name, &all)?, std::slice::from_ref(&cut.value))?;
@@ -138,12 +356,12 @@ fn fill(model: &ModelProto, conv: &ConvInfo, cut: &Cut, io: &ModelIo, batch: &Te
 }
 
 /// `changed[j][i]`: whether channel j of image i in `value` (`[N, C, …]`) differs, in any bit,
-/// from `fill[j]`.
+/// from channel j of `fill` (`[1, C, …]`).
 fn changed(value: &ArrayD<f32>, fill: &ArrayD<f32>) -> Result<Vec<Vec<bool>>> {
     let value = value.as_standard_layout();
     let fill = fill.as_standard_layout();
     let (values, fills) = (standard(&value)?, standard(&fill)?);
-    let channels = fill.len_of(Axis(0));
+    let channels = fill.shape().get(1).copied().unwrap_or(0);
     let plane = fills.len() / channels.max(1);
     let per_image = fills.len();
     Ok((0..channels)
@@ -154,18 +372,43 @@ fn changed(value: &ArrayD<f32>, fill: &ArrayD<f32>) -> Result<Vec<Vec<bool>>> {
         .collect())
 }
 
-/// The rows of `value` named by `rows` (their image), each with its channel overwritten by `fill`.
-fn masked(value: &ArrayD<f32>, fill: &ArrayD<f32>, rows: &[Variant]) -> Result<ArrayD<f32>> {
+/// The rows of `value` (`[N, C, …]`) named by `rows` (their image), each with its channel j
+/// overwritten by channel j of `replacement` (`[1, C, …]`: the same for every image, or
+/// `[N, C, …]`: the image's own).
+fn masked(value: &ArrayD<f32>, replacement: &ArrayD<f32>, rows: &[Variant]) -> Result<ArrayD<f32>> {
     let mut out = gather(value, rows)?;
-    let fill = fill.as_standard_layout();
-    let fills = standard(&fill)?;
-    let plane = fills.len() / fill.len_of(Axis(0)).max(1);
-    let per_image = fills.len();
+    let images = replacement.len_of(Axis(0));
+    let channels = replacement.shape().get(1).copied().unwrap_or(0);
+    let replacement = replacement.as_standard_layout();
+    let replacements = standard(&replacement)?;
+    let per_image = replacements.len() / images.max(1);
+    let plane = per_image / channels.max(1);
+    if out.len() != rows.len() * per_image || (images != 1 && images != value.len_of(Axis(0))) {
+        return Err(Error::Internal(format!("a replacement of shape {:?} does not fit values of shape {:?}", replacement.shape(), value.shape())));
+    }
     let data = out.as_slice_mut().ok_or_else(|| Error::Internal("a gathered array is not contiguous".into()))?;
-    for (image, &(j, _)) in data.chunks_exact_mut(per_image).zip(rows) {
-        image[j * plane..(j + 1) * plane].copy_from_slice(&fills[j * plane..(j + 1) * plane]);
+    for (image, &(j, i)) in data.chunks_exact_mut(per_image).zip(rows) {
+        let source = if images == 1 { 0 } else { i };
+        image[j * plane..(j + 1) * plane].copy_from_slice(&replacements[source * per_image + j * plane..][..plane]);
     }
     Ok(out)
+}
+
+/// Channel j of image i of `value` (`[N, C, …]`) for each variant (j, i) of `rows`, stacked
+/// along axis 0 as single-channel images (`[rows, 1, …]`).
+fn channels(value: &ArrayD<f32>, rows: &[Variant]) -> Result<ArrayD<f32>> {
+    let value = value.as_standard_layout();
+    let values = standard(&value)?;
+    let per_image = values.len() / value.len_of(Axis(0)).max(1);
+    let plane = per_image / value.shape().get(1).copied().unwrap_or(0).max(1);
+    let mut data = Vec::with_capacity(rows.len() * plane);
+    for &(j, i) in rows {
+        data.extend_from_slice(&values[i * per_image + j * plane..][..plane]);
+    }
+    let mut shape = value.shape().to_vec();
+    shape[0] = rows.len();
+    shape[1] = 1;
+    ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// The images of `rows`, in order, stacked along axis 0.
@@ -194,7 +437,7 @@ mod tests {
     fn masked_rows_copy_their_image_and_overwrite_one_channel() {
         // Two images, three channels of two values each.
         let value = ArrayD::from_shape_vec(IxDyn(&[2, 3, 2]), (0..12).map(|v| v as f32).collect()).unwrap();
-        let fill = ArrayD::from_shape_vec(IxDyn(&[3, 2]), vec![-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]).unwrap();
+        let fill = ArrayD::from_shape_vec(IxDyn(&[1, 3, 2]), vec![-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]).unwrap();
         let out = masked(&value, &fill, &[(1, 0), (0, 1), (2, 1)]).unwrap();
         assert_eq!(out.shape(), &[3, 3, 2]);
         assert_eq!(out.as_slice().unwrap(), &[0.0, 1.0, -3.0, -4.0, 4.0, 5.0, -1.0, -2.0, 8.0, 9.0, 10.0, 11.0, 6.0, 7.0, 8.0, 9.0, -5.0, -6.0]);
@@ -203,7 +446,7 @@ mod tests {
     #[test]
     fn a_channel_changes_unless_every_bit_equals_the_fill() {
         let value = ArrayD::from_shape_vec(IxDyn(&[2, 2, 2]), vec![0.0, 0.0, 1.0, 0.0, -0.0, 0.0, 0.0, 0.0]).unwrap();
-        let fill = ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![0.0; 4]).unwrap();
+        let fill = ArrayD::from_shape_vec(IxDyn(&[1, 2, 2]), vec![0.0; 4]).unwrap();
         // Image 1's channel 0 holds -0.0: equal as a number, not as bits, so it is run.
         assert_eq!(changed(&value, &fill).unwrap(), vec![vec![false, true], vec![true, false]]);
     }

@@ -18,6 +18,7 @@
 //! computed here.
 
 mod artifact;
+mod correct;
 mod cut;
 mod fast;
 
@@ -209,6 +210,10 @@ pub struct LayerRun {
     /// Masked images (filters × T_val*) the backend ran; the others kept the original prediction.
     pub rows_run: usize,
     pub rows_total: usize,
+    /// Of those run, the masked images the fast method ran through the consumer-convolution
+    /// correction, and those of these it reran on the exact path (logits near a tie).
+    pub rows_corrected: usize,
+    pub rows_rerun: usize,
 }
 
 /// Assesses the layer at `index` (among [`assessable`]) with `method`, given the original
@@ -226,15 +231,21 @@ pub fn assess_layer(
 ) -> Result<LayerRun> {
     let (_, conv) = selected(model, Some(&[index]))?.remove(0);
     let rows_total = conv.filters * data.len();
-    let (correct, rows_run) = match method {
-        Method::Naive => (naive_layer(model, &conv, io, data, options, progress)?, rows_total),
+    let run = match method {
+        Method::Naive => fast::FastRun { correct: naive_layer(model, &conv, io, data, options, progress)?, rows_run: rows_total, rows_corrected: 0, rows_rerun: 0 },
         Method::Fast => {
             let run = fast::layer(model, &conv, io, data, options, original)?;
             progress.advance(conv.filters);
             run
         }
     };
-    Ok(LayerRun { counts: LayerCounts { index, name: conv.name.clone(), filters: conv.filters, correct }, rows_run, rows_total })
+    Ok(LayerRun {
+        counts: LayerCounts { index, name: conv.name.clone(), filters: conv.filters, correct: run.correct },
+        rows_run: run.rows_run,
+        rows_total,
+        rows_corrected: run.rows_corrected,
+        rows_rerun: run.rows_rerun,
+    })
 }
 
 /// Assesses the selected layers (all when `None`) with `method`, skipping those in `done` (a
