@@ -43,7 +43,8 @@ const GUARD_RELATIVE: f32 = 1e-4;
 /// A convolution that reads the masked value, corrected instead of run.
 #[derive(Debug, Clone)]
 pub(super) struct Consumer {
-    /// Its output `z`: computed by the upstream part, and in the corrected downstream part by
+    /// Its output `z`, or the end of a chain of Adds of values from above below it (a residual
+    /// block's skip Add): computed by the upstream part, and in the corrected downstream part by
     /// `input − conv(δ_j, weight_input)`.
     pub output: String,
     /// Inputs of the corrected downstream part: the variants' rows of `z`, and channel j's weights.
@@ -125,10 +126,27 @@ impl Correction {
         let mut consumers = Vec::new();
         let mut replaced = Vec::new();
         for (position, node) in index.consumers(&value) {
-            if let Some(consumer) = consumer(&index, node, &value, channels, &mut names)? {
-                consumers.push(consumer);
-                replaced.push(position);
+            let Some(mut consumer) = consumer(&index, node, &value, channels, &mut names)? else { continue };
+            replaced.push(position);
+            // Past an Add of a value from above (or a Sub of one from it), the correction is still
+            // the same subtraction: (z − c) + s = (z + s) − c.
+            loop {
+                let next: Vec<_> = index.consumers(&consumer.output).collect();
+                let [(position, node)] = next.as_slice() else { break };
+                let z = consumer.output.as_str();
+                let linear = match node.op_type.as_deref() {
+                    Some("Add") => node.input.iter().filter(|i| *i == z).count() == 1,
+                    Some("Sub") => node.input.first().map(String::as_str) == Some(z) && node.input.get(1).map(String::as_str) != Some(z),
+                    _ => false,
+                };
+                let from_above = node.input.len() == 2 && node.input.iter().all(|i| i == z || !dependent.contains(i.as_str()));
+                if outputs.contains(z) || !linear || !from_above || node.output.len() != 1 || node.output[0].is_empty() {
+                    break;
+                }
+                replaced.push(*position);
+                consumer.output = node.output[0].clone();
             }
+            consumers.push(consumer);
         }
         if consumers.is_empty() {
             return Ok(None);

@@ -143,8 +143,8 @@ enum Feed<'a> {
     Channel(&'a ArrayD<f32>),
     /// The consumer's weights for the call's channel (a call holds variants of one channel).
     Weights(&'a Consumer),
-    /// Each variant's image.
-    Gathered(&'a ArrayD<f32>),
+    /// Each variant's image (the value itself when the variants are its images in order).
+    Gathered(&'a Tensor),
     /// A value without the batch axis, as it is (a call then holds one channel's whole batch).
     Whole(&'a Tensor),
 }
@@ -158,7 +158,8 @@ impl Feed<'_> {
                 let &(j, _) = rows.first().ok_or_else(|| Error::Internal("a call without variants".into()))?;
                 Cow::Owned(Tensor::F32(consumer.channel_weight(j)?))
             }
-            Feed::Gathered(value) => Cow::Owned(Tensor::F32(gather(value, rows)?)),
+            Feed::Gathered(value) if rows.iter().enumerate().all(|(k, &(_, i))| k == i) && value.shape().first() == Some(&rows.len()) => Cow::Borrowed(*value),
+            Feed::Gathered(value) => Cow::Owned(Tensor::F32(gather(value.as_f32()?, rows)?)),
             Feed::Whole(value) => Cow::Borrowed(*value),
         })
     }
@@ -189,7 +190,7 @@ fn feeds<'o>(
             Some(feed) => feed,
             None => match value(outputs, names, name)? {
                 Tensor::I64(_) if constant_integers => continue,
-                Tensor::F32(a) if a.ndim() > 0 && a.len_of(Axis(0)) == n => Feed::Gathered(a),
+                tensor @ Tensor::F32(a) if a.ndim() > 0 && a.len_of(Axis(0)) == n => Feed::Gathered(tensor),
                 other => {
                     stackable = false;
                     Feed::Whole(other)
@@ -277,7 +278,7 @@ impl Layer<'_> {
                 return Ok(Some(Feed::Masked(value(outputs, names, name)?.as_f32()?, replacement)));
             }
             if let Some(consumer) = correction.consumers.iter().find(|c| c.input == name) {
-                return Ok(Some(Feed::Gathered(value(outputs, names, &consumer.output)?.as_f32()?)));
+                return Ok(Some(Feed::Gathered(value(outputs, names, &consumer.output)?)));
             }
             Ok(correction.consumers.iter().find(|c| c.weight_input == name).map(Feed::Weights))
         })?;
