@@ -77,15 +77,29 @@ pub struct LatencyCase {
     /// rule's threshold at the batch's median score) or "adapted" (every sample adapted).
     pub case: String,
     pub adapted_share: f64,
+    /// Runs of each model, interleaved.
+    pub runs: usize,
+    /// Fastest run of the original model.
     pub original_ms: f64,
-    /// The patched model serving the prediction: the original model's outputs fetched, as a server
-    /// returns them (the decision still runs: the `If` reads it).
+    /// Fastest run of the patched model serving the prediction: the original model's outputs
+    /// fetched, as a server returns them (the decision still runs: the `If` reads it).
     pub patched_ms: f64,
     pub ratio: f64,
-    /// The patched model with its monitoring outputs (`deeppatch_cr`, `deeppatch_adapted`, …)
-    /// fetched too.
+    /// Fastest run of the patched model with its monitoring outputs (`deeppatch_cr`,
+    /// `deeppatch_adapted`, …) fetched too.
     pub patched_with_monitoring_ms: f64,
     pub ratio_with_monitoring: f64,
+    /// Medians of the original and the served patched model.
+    pub original_median_ms: f64,
+    pub patched_median_ms: f64,
+    pub ratio_median: f64,
+}
+
+/// The `q` quantile (0 = fastest, 0.5 = median) of `times`, by rank.
+fn quantile(times: &[f64], q: f64) -> f64 {
+    let mut sorted = times.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(((sorted.len().saturating_sub(1)) as f64 * q).round() as usize).copied().unwrap_or(f64::NAN)
 }
 
 /// What `bench patch` reports.
@@ -121,8 +135,7 @@ pub struct PatchCostOptions {
 }
 
 /// Builds γ-patched models of `model_path` with random replacement filters at `kappa` and times
-/// them against the original on real test images, alternating the two `rounds` times and keeping
-/// the fastest mean of each.
+/// them against the original on real test images, in interleaved single runs.
 pub fn patch_cost(model_path: &std::path::Path, config: &Config, options: &PatchCostOptions) -> Result<PatchCost> {
     use crate::units::{gamma_model, spec::random_spec, Decision};
     let model = crate::onnx::load_model(model_path)?;
@@ -175,29 +188,32 @@ pub fn patch_cost(model_path: &std::path::Path, config: &Config, options: &Patch
         let flags_at = monitored.output_names().iter().position(|n| n == crate::units::ADAPTED_OUTPUT).unwrap_or(0);
         let flags = monitored.run(&[(io.input.as_str(), &input)])?;
         let adapted_share = flags[flags_at].as_bool()?.iter().filter(|&&a| a).count() as f64 / batch as f64;
-        // Short blocks (about 0.1 s at batch 1), many rounds: on a shared machine the fastest block
-        // of each model is one that ran undisturbed.
-        let repeats = (1024 / batch).clamp(3, 200);
-        let mut best = [f64::INFINITY; 3];
-        for _ in 0..options.rounds.max(1) {
-            for (best, session) in best.iter_mut().zip([&mut original, &mut served, &mut monitored]) {
+        // Single runs interleaved (original, served, monitored, original, …), so that all three
+        // meet the same disturbances on a shared machine; the fastest run of each is its cost
+        // undisturbed, the median what a loaded machine gives.
+        let runs = options.rounds.max(1) * (1024 / batch).clamp(3, 200);
+        let mut times: [Vec<f64>; 3] = Default::default();
+        for _ in 0..runs {
+            for (times, session) in times.iter_mut().zip([&mut original, &mut served, &mut monitored]) {
                 let start = Instant::now();
-                for _ in 0..repeats {
-                    session.run(&[(io.input.as_str(), &input)])?;
-                }
-                *best = best.min(start.elapsed().as_secs_f64() * 1e3 / repeats as f64);
+                session.run(&[(io.input.as_str(), &input)])?;
+                times.push(start.elapsed().as_secs_f64() * 1e3);
             }
         }
-        let [original_ms, patched_ms, patched_with_monitoring_ms] = best;
+        let [fastest, median] = [0.0, 0.5].map(|q| times.each_ref().map(|t| quantile(t, q)));
         cases.push(LatencyCase {
             batch,
             case: case.to_string(),
             adapted_share,
-            original_ms,
-            patched_ms,
-            ratio: patched_ms / original_ms,
-            patched_with_monitoring_ms,
-            ratio_with_monitoring: patched_with_monitoring_ms / original_ms,
+            runs,
+            original_ms: fastest[0],
+            patched_ms: fastest[1],
+            ratio: fastest[1] / fastest[0],
+            patched_with_monitoring_ms: fastest[2],
+            ratio_with_monitoring: fastest[2] / fastest[0],
+            original_median_ms: median[0],
+            patched_median_ms: median[1],
+            ratio_median: median[1] / median[0],
         });
     }
     let replacement_bytes = spec.layers.iter().map(|l| 4 * (l.weight.len() + l.bias.as_ref().map_or(0, |b| b.len()))).sum();

@@ -209,7 +209,7 @@ enum Bench {
         common: Common,
         #[arg(long, default_value_t = 0.25)]
         kappa: f64,
-        /// Alternating rounds of each; the fastest of each counts.
+        /// Rounds of interleaved single runs (200 runs a round at batch 1, 4 at batch 256).
         #[arg(long, default_value_t = 25)]
         rounds: usize,
         /// The decision rule of the patched models.
