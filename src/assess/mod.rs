@@ -7,9 +7,12 @@
 //! cannot change: per layer it runs the part of the graph above the layer once per batch, keeps
 //! the values the rest of the graph reads from it (the *frontier*: the layer's output and e.g.
 //! residual skip inputs), and runs only the downstream part on those tensors with one channel
-//! overwritten ([`cut`]). An image whose channel j already holds what the α model writes there
-//! (a channel a ReLU zeroed everywhere) is not run at all: the α model computes exactly the
-//! original model for it, so it keeps its original prediction ([`fast`]'s module).
+//! overwritten ([`cut`]); where convolutions read the overwritten value (past a residual Add and
+//! ReLU too), that part starts after them, their output corrected for the one channel that differs
+//! and near-ties rerun on the plain path (`correct`). An image whose channel j already holds what
+//! the α model writes there (a channel a ReLU zeroed everywhere) is not run at all: the α model
+//! computes exactly the original model for it, so it keeps its original prediction ([`fast`]'s
+//! module).
 //!
 //! Exactness: runtimes fuse a convolution with the per-channel operators that follow it
 //! (BatchNormalization, activations) and with the α unit's mask. So the cut is placed after that
