@@ -188,8 +188,8 @@ impl Correction {
     }
 
     /// The upstream part computing `outputs`, among them [`Correction::upstream_values`], given
-    /// the fill at the cut (`[1, C, …]`).
-    pub fn upstream(&self, model: &ModelProto, cut: &Cut, fill: &ArrayD<f32>, outputs: &[String]) -> Result<ModelProto> {
+    /// the fill at the cut (`[1, C, …]`), starting from the values `kept` (see [`upstream_model`]).
+    pub fn upstream(&self, model: &ModelProto, cut: &Cut, fill: &ArrayD<f32>, outputs: &[String], kept: &[(&str, &Tensor)]) -> Result<ModelProto> {
         let mut model = model.clone();
         let graph = model.graph.as_mut().ok_or_else(|| Error::InvalidGraph("the model has no graph".into()))?;
         let mut names = NameGen::new(graph, PREFIX);
@@ -220,7 +220,7 @@ impl Correction {
         if let Some(masked) = &self.masked {
             graph.value_info.push(float_value(masked));
         }
-        upstream_model(&model, outputs)
+        upstream_model(&model, outputs, kept)
     }
 
     /// The corrected downstream part, its inputs typed after `examples` (one per

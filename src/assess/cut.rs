@@ -90,15 +90,18 @@ pub fn cut(graph: &GraphProto, conv: &ConvInfo) -> Result<Cut> {
     Ok(Cut { value, frontier, downstream })
 }
 
-/// `model` reduced to what computes `outputs`, which become its only graph outputs.
-pub fn upstream_model(model: &ModelProto, outputs: &[String]) -> Result<ModelProto> {
+/// `model` reduced to what computes `outputs`, which become its only graph outputs, starting
+/// from the values `kept` (typed after their tensors) where it needs them: those become graph
+/// inputs and what computes them is left out.
+pub fn upstream_model(model: &ModelProto, outputs: &[String], kept: &[(&str, &Tensor)]) -> Result<ModelProto> {
     let graph = model.graph.as_ref().ok_or_else(|| Error::InvalidGraph("the model has no graph".into()))?;
     let index = GraphIndex::new(graph)?;
     let mut needed: HashSet<String> = outputs.iter().cloned().collect();
+    let is_kept = |value: &str| kept.iter().any(|(k, _)| *k == value);
     let mut keep = vec![false; graph.node.len()];
     for &position in index.topological_order().iter().rev() {
         let node = &graph.node[position];
-        if node.output.iter().any(|o| needed.contains(o)) {
+        if node.output.iter().any(|o| needed.contains(o) && !is_kept(o)) {
             keep[position] = true;
             needed.extend(node.input.iter().filter(|i| !i.is_empty()).cloned());
         }
@@ -106,6 +109,8 @@ pub fn upstream_model(model: &ModelProto, outputs: &[String]) -> Result<ModelPro
     let mut out = model.clone();
     let g = out.graph.as_mut().ok_or_else(|| Error::Internal("graph vanished".into()))?;
     g.node = graph.node.iter().zip(&keep).filter(|(_, k)| **k).map(|(n, _)| n.clone()).collect();
+    g.input.retain(|i| i.name.as_deref().is_some_and(|n| needed.contains(n) && !is_kept(n)));
+    g.input.extend(kept.iter().filter(|(k, _)| needed.contains(*k)).map(|(k, t)| input_info(k, t)));
     g.output = outputs.iter().map(|name| value_info(graph, name)).collect();
     Ok(out)
 }

@@ -20,12 +20,16 @@ use crate::analysis::ConvInfo;
 use crate::backend::{open_session, BackendOptions, Session};
 use crate::error::{Error, Result};
 use crate::eval::ModelIo;
+use crate::onnx::graph::GraphIndex;
 use crate::onnx::proto::ModelProto;
 use crate::tensor::Tensor;
 use crate::units::alpha_model;
 
 /// Masked images per downstream call.
 const VARIANT_ROWS: usize = 256;
+
+/// At most this many bytes of one layer's upstream values are kept for the next layer ([`Kept`]).
+const KEPT_BYTES: usize = 512 << 20;
 
 /// One masked image: (channel zeroed, image within the batch).
 type Variant = (usize, usize);
@@ -57,15 +61,49 @@ pub(super) fn layer(model: &ModelProto, conv: &ConvInfo, io: &ModelIo, data: &Va
             names.push(name);
         }
     }
+    // It starts from the values the previous layer's upstream part computed, where it can.
+    let previous = std::mem::take(&mut *original.kept.lock().map_err(|_| Error::Internal("kept values poisoned".into()))?);
+    let usable = previous.batches.len() == data.batches.len();
+    let kept: Vec<(&str, &Tensor)> = match previous.batches.first() {
+        Some(values) if usable => previous.names.iter().map(String::as_str).zip(values).collect(),
+        _ => Vec::new(),
+    };
     let upstream = match &correction {
-        Some(correction) => correction.upstream(model, &cut, &fill, &names)?,
-        None => upstream_model(model, &names)?,
+        Some(correction) => correction.upstream(model, &cut, &fill, &names, &kept)?,
+        None => upstream_model(model, &names, &kept)?,
     };
     let mut upstream = open_session(&encode(&upstream), options)?;
     let order: Vec<usize> = names.iter().map(|f| output_position(upstream.as_ref(), f)).collect::<Result<_>>()?;
-    let mut run = |batch: &Tensor| -> Result<Vec<Tensor>> { ordered(upstream.run(&[(io.input.as_str(), batch)])?, &order) };
-    let mut outputs = Some(run(first)?);
-    let constant_integers = integers_ignore_the_batch(outputs.as_deref().unwrap_or_default(), first, &mut run)?;
+    // Per input of the upstream part: the image, or the position of a kept value.
+    let inputs: Vec<(String, Option<usize>)> = upstream
+        .input_names()
+        .iter()
+        .map(|name| match previous.names.iter().position(|k| k == name) {
+            Some(k) => Ok((name.clone(), Some(k))),
+            None if *name == io.input => Ok((name.clone(), None)),
+            None => Err(Error::Internal(format!("the upstream part reads '{name}', which is neither the image nor kept"))),
+        })
+        .collect::<Result<_>>()?;
+    // Runs batch `b`, or its first image alone.
+    let mut run = |b: usize, first_image: bool| -> Result<Vec<Tensor>> {
+        let values: Vec<Cow<Tensor>> = inputs
+            .iter()
+            .map(|(_, kept)| {
+                let value = match kept {
+                    Some(k) => &previous.batches[b][*k],
+                    None => &data.batches[b],
+                };
+                Ok(match value {
+                    Tensor::F32(a) if first_image && a.ndim() > 0 && a.len_of(Axis(0)) == data.labels[b].len() => Cow::Owned(Tensor::F32(a.slice_axis(Axis(0), Slice::from(0..1)).to_owned())),
+                    _ => Cow::Borrowed(value),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let fed: Vec<(&str, &Tensor)> = inputs.iter().map(|(name, _)| name.as_str()).zip(values.iter().map(|v| v.as_ref())).collect();
+        ordered(upstream.run(&fed)?, &order)
+    };
+    let mut outputs = Some(run(0, false)?);
+    let constant_integers = integers_ignore_the_batch(outputs.as_deref().unwrap_or_default(), || run(0, true))?;
     let mut layer = Layer {
         model,
         conv,
@@ -80,14 +118,36 @@ pub(super) fn layer(model: &ModelProto, conv: &ConvInfo, io: &ModelIo, data: &Va
         corrected: None,
         run: FastRun { correct: vec![0; conv.filters], rows_run: 0, rows_corrected: 0, rows_rerun: 0 },
     };
-    for ((batch, labels), original) in data.batches.iter().zip(&data.labels).zip(&original.correct) {
+    // This layer's values of the original graph, kept for the next layer within KEPT_BYTES.
+    let index = GraphIndex::new(graph)?;
+    let first_outputs = outputs.as_deref().unwrap_or_default();
+    let keep: Vec<usize> = (0..names.len()).filter(|&p| index.producer(&names[p]).is_some() && matches!(first_outputs.get(p), Some(Tensor::F32(_)))).collect();
+    let mut this = Kept { names: keep.iter().map(|&p| names[p].clone()).collect(), batches: Vec::new() };
+    let mut bytes = 0;
+    for (b, (labels, correct)) in data.labels.iter().zip(&original.correct).enumerate() {
         let outputs = match outputs.take() {
             Some(first) => first,
-            None => run(batch)?,
+            None => run(b, false)?,
         };
-        layer.images(&outputs, labels, original)?;
+        layer.images(&outputs, labels, correct)?;
+        bytes += keep.iter().map(|&p| outputs[p].shape().iter().product::<usize>() * 4).sum::<usize>();
+        if bytes <= KEPT_BYTES {
+            this.batches.push(keep.iter().map(|&p| outputs[p].clone()).collect());
+        }
+    }
+    if this.batches.len() == data.batches.len() {
+        *original.kept.lock().map_err(|_| Error::Internal("kept values poisoned".into()))? = this;
     }
     Ok(layer.run)
+}
+
+/// The values of the original graph an upstream part computed on every batch of T_val*, kept for
+/// the next layer's upstream part to start from (a layer's upstream part would otherwise compute
+/// them again from the image).
+#[derive(Debug, Default)]
+pub struct Kept {
+    names: Vec<String>,
+    batches: Vec<Vec<Tensor>>,
 }
 
 /// `outputs` at `order`.
@@ -96,17 +156,16 @@ fn ordered(outputs: Vec<Tensor>, order: &[usize]) -> Result<Vec<Tensor>> {
     order.iter().map(|&p| outputs.get_mut(p).and_then(Option::take).ok_or_else(|| Error::Internal("an upstream output is missing or repeated".into()))).collect()
 }
 
-/// Whether the integer values among `outputs` (the upstream part's on `batch`) are the same for
-/// the batch's first image alone: then they do not depend on the batch and can be constants of
+/// Whether the integer values among `outputs` (the upstream part's on a batch) are the same for
+/// the batch's first image alone (`first_image`): then they do not depend on the batch and can be constants of
 /// the downstream part.
-fn integers_ignore_the_batch(outputs: &[Tensor], batch: &Tensor, run: &mut dyn FnMut(&Tensor) -> Result<Vec<Tensor>>) -> Result<bool> {
+fn integers_ignore_the_batch(outputs: &[Tensor], first_image: impl FnOnce() -> Result<Vec<Tensor>>) -> Result<bool> {
     let integers = |outputs: &[Tensor]| -> Vec<Tensor> { outputs.iter().filter(|t| matches!(t, Tensor::I64(_))).cloned().collect() };
     let whole = integers(outputs);
     if whole.is_empty() {
         return Ok(true);
     }
-    let first = Tensor::F32(batch.as_f32()?.slice_axis(Axis(0), Slice::from(0..1)).to_owned());
-    Ok(integers(&run(&first)?) == whole)
+    Ok(integers(&first_image()?) == whole)
 }
 
 /// A downstream session and the position of the logits among its outputs.
@@ -342,7 +401,7 @@ fn call(open: &mut Open, feeds: &[(&str, Feed)], rows: &[Variant]) -> Result<Ten
 /// depend on the image).
 fn fill(model: &ModelProto, conv: &ConvInfo, cut: &Cut, io: &ModelIo, batch: &Tensor, options: &BackendOptions) -> Result<ArrayD<f32>> {
     let all: Vec<usize> = (0..conv.filters).collect();
-    let zeroed = upstream_model(&alpha_model(model, &conv.name, &all)?, std::slice::from_ref(&cut.value))?;
+    let zeroed = upstream_model(&alpha_model(model, &conv.name, &all)?, std::slice::from_ref(&cut.value), &[])?;
     let mut session = open_session(&encode(&zeroed), options)?;
     let image = Tensor::F32(batch.as_f32()?.slice_axis(Axis(0), Slice::from(0..1)).to_owned());
     let fill = session.run(&[(io.input.as_str(), &image)])?.remove(0).into_f32()?;

@@ -165,17 +165,19 @@ fn correct_images(model: &ModelProto, io: &ModelIo, data: &ValStar, options: &Ba
 }
 
 /// The original model's predictions on T_val*: acc₀, and the answer for every image whose
-/// masked variant equals the original (see [`fast`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// masked variant equals the original (see [`fast`]); and the original model's values on T_val*
+/// that the fast method's last layer computed, which the next layer's can start from.
+#[derive(Debug)]
 pub struct Original {
     /// Per batch of T_val*, per image: classified correctly.
     pub correct: Vec<Vec<bool>>,
+    kept: std::sync::Mutex<fast::Kept>,
 }
 
 impl Original {
     /// Runs the original model over T_val*.
     pub fn predict(model: &ModelProto, io: &ModelIo, data: &ValStar, options: &BackendOptions) -> Result<Original> {
-        Ok(Original { correct: correct_images(model, io, data, options)? })
+        Ok(Original { correct: correct_images(model, io, data, options)?, kept: Default::default() })
     }
 
     /// Correct predictions in all of T_val*.
