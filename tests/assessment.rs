@@ -69,19 +69,36 @@ fn resnet20_fast_equals_naive_on_residual_and_downsampling_layers() {
     assert_eq!(counts.layers[1].name, "/layer1/layer1.0/conv2/Conv");
 }
 
+/// What assessing single layers of a shared model needs: the model, its T_val* and its original
+/// predictions on one backend.
+struct Layers {
+    proto: onnx_deeppatch::onnx::proto::ModelProto,
+    io: ModelIo,
+    data: assess::ValStar,
+    options: BackendOptions,
+    original: assess::Original,
+    progress: onnx_deeppatch::progress::Progress,
+}
+
+impl Layers {
+    fn open(model: &str, val: usize, backend: BackendKind) -> Layers {
+        let config = config(val, backend);
+        let proto = onnx_deeppatch::onnx::load_model(&common::shared_model(model)).unwrap();
+        let io = ModelIo::resolve(&proto, &config.preprocess).unwrap();
+        let data = assess::load_val_star(&config).unwrap();
+        let options = BackendOptions { kind: backend, ..Default::default() };
+        let original = assess::Original::predict(&proto, &io, &data, &options).unwrap();
+        Layers { proto, io, data, options, original, progress: onnx_deeppatch::progress::Progress::new("test", 0) }
+    }
+}
+
 /// The consumer-convolution correction is taken where a convolution reads the masked value: a
 /// block's first convolution (its ReLU output read by the second), a down-sampling block's first
 /// convolution (read by the next one); not after the last convolution (no convolution below it).
 /// The counts still equal the oracle's, near-ties rerun on the exact path included.
 #[test]
 fn resnet20_corrected_layers_equal_naive() {
-    let config = config(20, BackendKind::Ort);
-    let proto = onnx_deeppatch::onnx::load_model(&common::shared_model("resnet20_cifar10")).unwrap();
-    let io = ModelIo::resolve(&proto, &config.preprocess).unwrap();
-    let data = assess::load_val_star(&config).unwrap();
-    let options = BackendOptions { kind: BackendKind::Ort, ..Default::default() };
-    let original = assess::Original::predict(&proto, &io, &data, &options).unwrap();
-    let mut progress = onnx_deeppatch::progress::Progress::new("test", 0);
+    let Layers { proto, io, data, options, original, mut progress } = Layers::open("resnet20_cifar10", 20, BackendKind::Ort);
     for (index, corrected) in [(1, true), (13, true), (18, false)] {
         let fast = assess::assess_layer(&proto, &io, &data, &options, assess::Method::Fast, index, &original, &mut progress).unwrap();
         let naive = assess::assess_layer(&proto, &io, &data, &options, assess::Method::Naive, index, &original, &mut progress).unwrap();
@@ -100,13 +117,7 @@ fn resnet20_fast_equals_naive_on_tract() {
     let (counts, _, _) = fast_equals_naive("resnet20_cifar10", 10, BackendKind::Tract, Some(&[1]));
     assert_eq!(counts.layers[0].filters, 16);
     // tract runs the consumer-convolution correction too (weights fed per call).
-    let config = config(10, BackendKind::Tract);
-    let proto = onnx_deeppatch::onnx::load_model(&common::shared_model("resnet20_cifar10")).unwrap();
-    let io = ModelIo::resolve(&proto, &config.preprocess).unwrap();
-    let data = assess::load_val_star(&config).unwrap();
-    let options = BackendOptions { kind: BackendKind::Tract, ..Default::default() };
-    let original = assess::Original::predict(&proto, &io, &data, &options).unwrap();
-    let mut progress = onnx_deeppatch::progress::Progress::new("test", 0);
+    let Layers { proto, io, data, options, original, mut progress } = Layers::open("resnet20_cifar10", 10, BackendKind::Tract);
     let fast = assess::assess_layer(&proto, &io, &data, &options, assess::Method::Fast, 1, &original, &mut progress).unwrap();
     assert_eq!(fast.counts, counts.layers[0]);
     assert!(fast.rows_corrected > 0 && fast.rows_corrected == fast.rows_run);
