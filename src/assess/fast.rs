@@ -351,7 +351,11 @@ impl Layer<'_> {
                 .iter()
                 .map(|f| match correction.source(f) {
                     Some(source) => value(outputs, names, source).cloned(),
-                    None => Ok(Tensor::F32(ArrayD::zeros(IxDyn(&[1; 4])))),
+                    // A consumer's weights: typed after a real channel's, whatever the rank.
+                    None => match correction.consumers.iter().find(|c| c.weight_input == *f) {
+                        Some(consumer) => Ok(Tensor::F32(consumer.channel_weight(0)?)),
+                        None => Err(Error::Internal(format!("no corrected convolution reads '{f}'"))),
+                    },
                 })
                 .collect::<Result<_>>()?;
             correction.downstream(model, &examples, logits, constant_integers)
