@@ -248,3 +248,25 @@ fn tiny_vgg() {
 fn branchy_cnn_with_dilation_same_padding_and_concat() {
     check_model("branchy_cnn", common::fixture("models/branchy_cnn.onnx"));
 }
+
+/// The decision's convolution in each of its forms (docs/patching.md): the CR still equals the
+/// count on the original model's own z⁻, exactly.
+#[test]
+fn decision_joint_in_phases_with_same_pads_batchnorm_and_tanh() {
+    check_model("decision_same_tanh", common::fixture("models/decision_same_tanh.onnx"));
+}
+
+#[test]
+fn decision_joint_without_phases_on_dynamic_spatial_size() {
+    check_model("decision_dynamic", common::fixture("models/decision_dynamic.onnx"));
+}
+
+#[test]
+fn decision_on_grouped_first_convolution() {
+    check_model("decision_grouped", common::fixture("models/decision_grouped.onnx"));
+}
+
+#[test]
+fn decision_reads_the_model_when_blamed_filters_exceed_one_block() {
+    check_model("decision_wide", common::fixture("models/decision_wide.onnx"));
+}

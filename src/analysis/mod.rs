@@ -1,6 +1,9 @@
-//! Model analysis: which convolutions a model has, their filters and parameters, and where their
-//! activations are.
+//! Model analysis: which convolutions a model has, their filters and parameters, where their
+//! activations are, and what is statically known about every value (element types, symbolic
+//! shapes, sliding-window geometry), which the gradient builder and the rewrites share.
 
+pub(crate) mod facts;
+pub(crate) mod geometry;
 pub mod site;
 
 use crate::error::Result;

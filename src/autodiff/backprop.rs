@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::emit::Builder;
-use super::facts::{is_float, Dim, Facts, DOUBLE, FLOAT};
+use crate::analysis::facts::{is_float, Dim, Facts, DOUBLE, FLOAT};
 use super::rules::{Ctx, Registry};
 use crate::error::{Error, Result};
 use crate::onnx::default_opset;

@@ -6,7 +6,7 @@
 //!
 //! Design:
 //! - **Facts first.** Element types and shapes of every forward value are inferred statically with
-//!   symbolic dimensions (`facts`), so rules know ranks, spatial sizes and broadcast axes while the
+//!   symbolic dimensions (`analysis::facts`), so rules know ranks, spatial sizes and broadcast axes while the
 //!   batch stays dynamic. Small integer tensors are evaluated, which makes the pads and Reshape
 //!   targets that shape subgraphs compute known constants.
 //! - **Pruning.** A value *depends* on the trainable tensors if a float path leads from one to it;
@@ -30,8 +30,6 @@
 
 mod backprop;
 mod emit;
-mod facts;
-mod geometry;
 mod rules;
 mod step;
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use super::backprop::{assemble, backpropagate, sources, value_info, Forward, Interface};
 use super::emit::{int, Builder};
-use super::facts::{DOUBLE, FLOAT, INT64};
+use crate::analysis::facts::{DOUBLE, FLOAT, INT64};
 use crate::error::{Error, Result};
 use crate::onnx::proto::ModelProto;
 

@@ -19,7 +19,7 @@ use prost::Message;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::facts::{Facts, DOUBLE, FLOAT};
+use crate::analysis::facts::{Facts, DOUBLE, FLOAT};
 use super::vjp;
 use crate::backend::{open_session, BackendKind, BackendOptions};
 use crate::onnx::graph::GraphIndex;

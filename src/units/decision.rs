@@ -12,11 +12,14 @@
 
 use super::spec::{Decision, Direction};
 use super::PatchedParams;
+use crate::analysis::facts::{Dim, Facts};
+use crate::analysis::geometry::Window;
 use crate::analysis::site::Site;
 use crate::analysis::ConvInfo;
 use crate::error::{Error, Result};
 use crate::onnx::builder::{int, ints, Builder, FLOAT};
-use crate::onnx::proto::{GraphProto, NodeProto};
+use crate::onnx::graph::GraphIndex;
+use crate::onnx::proto::{AttributeProto, GraphProto, NodeProto};
 use crate::onnx::tensor::to_f32;
 
 /// The value holding the probe's raw features, [N, 4C] (see [`probe_logit`]); not a graph output,
@@ -66,6 +69,10 @@ pub fn emit(
     Ok(DecisionValues { cr: names.cr.to_string(), adapted: names.adapted.to_string(), any })
 }
 
+/// Output channels that onnxruntime's blocked (NCHWc) convolution computes together on AVX-512
+/// CPUs: a convolution with fewer filters costs as much as one with this many.
+const LANES: usize = 16;
+
 /// `cr_name` = ReduceMean(Cast(Xor(z⁻ > 0, z⁺ > 0))) over channels and pixels.
 fn corrective_rate(
     builder: &mut Builder,
@@ -76,12 +83,107 @@ fn corrective_rate(
     blamed: &[usize],
     cr_name: &str,
 ) -> Result<()> {
+    let (original_active, replacement_active) = if conv.group == 1 && 2 * blamed.len() <= LANES {
+        joint_signs(builder, graph, site, conv, params, blamed)?
+    } else {
+        separate_signs(builder, graph, site, conv, params, blamed)?
+    };
+    let disagree = builder.op("Xor", &[&original_active, &replacement_active], vec![]);
+    let counts = builder.op("Cast", &[&disagree], vec![int("to", FLOAT as i64)]);
+    let rank = conv.kernel.len() + 2;
+    let axes: Vec<i64> = (1..rank as i64).collect();
+    builder.reduce_named("ReduceMean", &counts, &axes, false, cr_name);
+    Ok(())
+}
+
+/// z⁻ > 0 and z⁺ > 0 from one convolution over the layer's input, the blamed original filters
+/// beside the replacement filters: 2k filters cost what k cost (one block of [`LANES`]), and the
+/// model's own output is then not read, which spares onnxruntime a layout conversion of the whole
+/// layer and a Gather. Where the lanes leave room, the filters are laid out in column phases
+/// ([`column_phases`]), which cuts the multiplications further.
+///
+/// z⁻ is recomputed, not read, yet it is the model's value bit for bit: every output channel of a
+/// convolution is computed on its own, and the phase kernels only add zero taps, which leave each
+/// sum unchanged. The tests compare the CR with counts taken on the model's own values, on every
+/// model.
+fn joint_signs(
+    builder: &mut Builder,
+    graph: &GraphProto,
+    site: &Site,
+    conv: &ConvInfo,
+    params: &PatchedParams,
+    blamed: &[usize],
+) -> Result<(String, String)> {
+    let node = &graph.node[site.conv];
+    let window = conv_window(graph, builder.opset(), node, conv)?;
+    let phases = column_phases(window.as_ref(), 2 * blamed.len());
+    let stride = window.as_ref().and_then(|w| w.strides.last().copied()).unwrap_or(1);
+    let channels = builder.ints(&blamed.iter().map(|&c| c as i64).collect::<Vec<_>>());
+    // Channel order: (part, phase, blamed filter), z⁻ first, so one Split pairs them.
+    let tiled = builder.ints(&(0..phases).flat_map(|_| blamed.iter().map(|&c| c as i64)).collect::<Vec<_>>());
+    let original_bias = node.input.get(2).filter(|b| !b.is_empty());
+    let parts = [(&node.input[1], original_bias), (&params.weight, params.bias.as_ref().or(original_bias))];
+    let rank = conv.kernel.len() + 2;
+    let (mut weights, mut biases) = (Vec::new(), Vec::new());
+    for (weight, bias) in parts {
+        let filters = builder.op("Gather", &[weight, &channels], vec![int("axis", 0)]);
+        for phase in 0..phases {
+            let mut pads = vec![0i64; 2 * rank];
+            pads[rank - 1] = phase as i64 * stride;
+            pads[2 * rank - 1] = (phases - 1 - phase) as i64 * stride;
+            weights.push(builder.pad(&filters, &pads));
+        }
+        if let Some(bias) = bias {
+            biases.push(builder.op("Gather", &[bias, &tiled], vec![int("axis", 0)]));
+        }
+    }
+    let weights: Vec<&str> = weights.iter().map(String::as_str).collect();
+    let weight = builder.op("Concat", &weights, vec![int("axis", 0)]);
+    let mut inputs = vec![site.input.clone(), weight];
+    if !biases.is_empty() {
+        let biases: Vec<&str> = biases.iter().map(String::as_str).collect();
+        inputs.push(builder.op("Concat", &biases, vec![int("axis", 0)]));
+    }
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let joint = builder.op("Conv", &inputs, phased_attributes(node, window.as_ref(), phases));
+
+    let batchnorm = match site.batchnorm {
+        Some(position) => {
+            let original = &graph.node[position].input[1..5];
+            let merged: Vec<String> = params.batchnorm.as_ref().map_or_else(|| original.to_vec(), |(_, m)| m.to_vec());
+            let mut joined = Vec::new();
+            for (minus, plus) in original.iter().zip(&merged) {
+                let minus = builder.op("Gather", &[minus, &tiled], vec![int("axis", 0)]);
+                let plus = builder.op("Gather", &[plus, &tiled], vec![int("axis", 0)]);
+                joined.push(builder.op("Concat", &[&minus, &plus], vec![int("axis", 0)]));
+            }
+            Some(joined)
+        }
+        None => None,
+    };
+    let activated = activated(builder, graph, site, joint, batchnorm);
+    let zero = builder.scalar(FLOAT, 0.0)?;
+    let active = builder.op("Greater", &[&activated, &zero], vec![]);
+    let mut split = vec![int("axis", 1)];
+    if builder.opset() >= 18 {
+        split.push(int("num_outputs", 2));
+    }
+    let halves = builder.op_n("Split", &[&active], split, 2);
+    Ok((halves[0].clone(), halves[1].clone()))
+}
+
+/// z⁻ > 0 from the model's own value and z⁺ > 0 from the replacement filters alone (k filters),
+/// or, for a grouped convolution, from the merged layer's blamed channels.
+fn separate_signs(
+    builder: &mut Builder,
+    graph: &GraphProto,
+    site: &Site,
+    conv: &ConvInfo,
+    params: &PatchedParams,
+    blamed: &[usize],
+) -> Result<(String, String)> {
     let channels = builder.ints(&blamed.iter().map(|&c| c as i64).collect::<Vec<_>>());
     let original = builder.op("Gather", &[&site.output, &channels], vec![int("axis", 1)]);
-
-    // z⁺: the replacement filters alone where the convolution is not grouped (k filters, the
-    // cheapest); otherwise the merged layer, then its blamed channels. BatchNormalization
-    // parameters are taken at the blamed channels (a Gather of constants, folded at load time).
     let conv_node = &graph.node[site.conv];
     let grouped = conv.group > 1;
     let (weight, bias) = if grouped {
@@ -95,35 +197,85 @@ fn corrective_rate(
     if grouped {
         replacement = builder.op("Gather", &[&replacement, &channels], vec![int("axis", 1)]);
     }
-    if let Some(bn_position) = site.batchnorm {
-        let bn = &graph.node[bn_position];
+    // BatchNormalization parameters at the blamed channels (a Gather of constants, folded at
+    // load time).
+    let batchnorm = site.batchnorm.map(|position| {
         let parameters: Vec<String> = match &params.batchnorm {
             Some((_, merged)) => merged.to_vec(),
-            None => bn.input[1..5].to_vec(),
+            None => graph.node[position].input[1..5].to_vec(),
         };
-        let mut inputs = vec![replacement];
-        for parameter in &parameters {
-            inputs.push(builder.op("Gather", &[parameter, &channels], vec![int("axis", 0)]));
-        }
-        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        replacement = builder.op("BatchNormalization", &inputs, bn.attribute.clone());
-    }
-    // The sign test needs the activation only where it can move a value across zero.
-    if let Some(activation) = site.activation.map(|p| &graph.node[p]).filter(|a| !keeps_sign(graph, a)) {
-        let mut inputs = vec![replacement.as_str()];
-        inputs.extend(activation.input.iter().skip(1).map(String::as_str));
-        replacement = builder.op(activation.op_type.as_deref().unwrap_or("Relu"), &inputs, activation.attribute.clone());
-    }
-
+        parameters.iter().map(|p| builder.op("Gather", &[p, &channels], vec![int("axis", 0)])).collect()
+    });
+    let replacement = activated(builder, graph, site, replacement, batchnorm);
     let zero = builder.scalar(FLOAT, 0.0)?;
     let original_active = builder.op("Greater", &[&original, &zero], vec![]);
     let replacement_active = builder.op("Greater", &[&replacement, &zero], vec![]);
-    let disagree = builder.op("Xor", &[&original_active, &replacement_active], vec![]);
-    let counts = builder.op("Cast", &[&disagree], vec![int("to", FLOAT as i64)]);
-    let rank = conv.kernel.len() + 2;
-    let axes: Vec<i64> = (1..rank as i64).collect();
-    builder.reduce_named("ReduceMean", &counts, &axes, false, cr_name);
-    Ok(())
+    Ok((original_active, replacement_active))
+}
+
+/// `value` (a convolution's output) through the layer's BatchNormalization, with the given
+/// per-channel parameters, and its activation where that can move a value across zero (the sign
+/// test needs nothing else).
+fn activated(builder: &mut Builder, graph: &GraphProto, site: &Site, mut value: String, batchnorm: Option<Vec<String>>) -> String {
+    if let (Some(position), Some(parameters)) = (site.batchnorm, batchnorm) {
+        let mut inputs = vec![value.as_str()];
+        inputs.extend(parameters.iter().map(String::as_str));
+        value = builder.op("BatchNormalization", &inputs, graph.node[position].attribute.clone());
+    }
+    if let Some(activation) = site.activation.map(|p| &graph.node[p]).filter(|a| !keeps_sign(graph, a)) {
+        let mut inputs = vec![value.as_str()];
+        inputs.extend(activation.input.iter().skip(1).map(String::as_str));
+        value = builder.op(activation.op_type.as_deref().unwrap_or("Relu"), &inputs, activation.attribute.clone());
+    }
+    value
+}
+
+/// How many column phases the joint convolution of `filters` filters is laid out in. With P
+/// phases, output column x = P·X + q comes from filter copy q, whose kernel is the original one
+/// shifted q·stride taps right in a kernel stride·(P − 1) taps wider, run at P times the stride:
+/// P·filters channels of width W/P. That takes (kw + s(P − 1)) / (kw·P) of the multiplications
+/// when P·filters fits in one block of [`LANES`], so phases are used while it does, the window is
+/// known (static input size), the output width divides, the kernel is wider than its stride and
+/// the last axis is undilated (so a shift is a Pad of the kernel).
+fn column_phases(window: Option<&Window>, filters: usize) -> usize {
+    let Some(window) = window else { return 1 };
+    let last = window.kernel.len() - 1;
+    if window.dilations[last] != 1 || window.kernel[last] <= window.strides[last] {
+        return 1;
+    }
+    let mut phases = 1;
+    while 2 * phases * filters <= LANES && window.output[last] % (2 * phases as i64) == 0 {
+        phases *= 2;
+    }
+    phases
+}
+
+/// The Conv attributes for `phases` column phases: the last axis's kernel widened by
+/// stride·(phases − 1) and its stride multiplied by `phases`, every pad explicit.
+fn phased_attributes(node: &NodeProto, window: Option<&Window>, phases: usize) -> Vec<AttributeProto> {
+    let Some(window) = window.filter(|_| phases > 1) else { return node.attribute.clone() };
+    let last = window.kernel.len() - 1;
+    let (mut kernel, mut strides) = (window.kernel.clone(), window.strides.clone());
+    kernel[last] += window.strides[last] * (phases as i64 - 1);
+    strides[last] *= phases as i64;
+    let pads: Vec<i64> = window.begin.iter().chain(&window.end).copied().collect();
+    let replaced = ["kernel_shape", "strides", "pads", "auto_pad"];
+    let mut attributes: Vec<AttributeProto> =
+        node.attribute.iter().filter(|a| !replaced.contains(&a.name.as_deref().unwrap_or(""))).cloned().collect();
+    attributes.extend([ints("kernel_shape", &kernel), ints("strides", &strides), ints("pads", &pads)]);
+    attributes
+}
+
+/// The Conv node's window with every pad explicit, when its input's spatial size is static.
+fn conv_window(graph: &GraphProto, opset: i64, node: &NodeProto, conv: &ConvInfo) -> Result<Option<Window>> {
+    let index = GraphIndex::new(graph)?;
+    let facts = Facts::infer(graph, &index, opset);
+    let spatial = facts
+        .get(&node.input[0])
+        .and_then(|f| f.shape.as_ref())
+        .and_then(|shape| shape.get(2..)?.iter().map(Dim::value).collect::<Option<Vec<i64>>>());
+    let kernel: Vec<i64> = conv.kernel.iter().map(|&k| k as i64).collect();
+    Ok(spatial.and_then(|input| Window::new(node, &input, &kernel).ok()))
 }
 
 /// Whether `activation(x) > 0` exactly when `x > 0`, in floating point too, so the sign test can
@@ -276,6 +428,44 @@ mod tests {
         for op in ["Tanh", "Sigmoid", "HardSigmoid", "HardSwish", "Selu"] {
             assert!(!keeps_sign(&graph, &node(op, &["x"])), "{op}");
         }
+    }
+
+    /// A Conv node with `attributes` and its window on a `size`×`size` input, 3×3 kernel.
+    fn window(attributes: Vec<AttributeProto>, size: i64) -> (NodeProto, Window) {
+        let conv = NodeProto { op_type: Some("Conv".into()), attribute: attributes, ..Default::default() };
+        let window = Window::new(&conv, &[size, size], &[3, 3]).unwrap();
+        (conv, window)
+    }
+
+    #[test]
+    fn column_phases_fill_one_block() {
+        let (_, stem) = window(vec![ints("pads", &[1, 1, 1, 1])], 32);
+        assert_eq!(column_phases(Some(&stem), 8), 2, "2k = 8 filters: two phases fill 16 lanes");
+        assert_eq!(column_phases(Some(&stem), 4), 4);
+        assert_eq!(column_phases(Some(&stem), 9), 1, "two phases would need 18 lanes");
+        assert_eq!(column_phases(None, 4), 1, "unknown input size");
+        let (_, odd) = window(vec![ints("pads", &[1, 1, 1, 1])], 30);
+        assert_eq!(column_phases(Some(&odd), 4), 2, "width 30 divides by 2, not by 4");
+        let (_, dilated) = window(vec![ints("dilations", &[2, 2])], 32);
+        assert_eq!(column_phases(Some(&dilated), 4), 1);
+        let (_, strided) = window(vec![ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])], 32);
+        assert_eq!(column_phases(Some(&strided), 8), 2, "kernel 3 is wider than stride 2");
+        let (_, wide_stride) = window(vec![ints("strides", &[3, 3])], 33);
+        assert_eq!(column_phases(Some(&wide_stride), 4), 1, "stride 3 ≥ kernel 3: no saving");
+    }
+
+    #[test]
+    fn phased_attributes_make_every_pad_explicit() {
+        let same = AttributeProto { name: Some("auto_pad".into()), s: Some(b"SAME_UPPER".to_vec()), r#type: Some(3), ..Default::default() };
+        let (conv, strided) = window(vec![same, ints("strides", &[2, 2]), int("group", 1)], 32);
+        let attributes = phased_attributes(&conv, Some(&strided), 2);
+        let get = |name: &str| attributes.iter().find(|a| a.name.as_deref() == Some(name)).map(|a| a.ints.clone());
+        assert_eq!(get("kernel_shape"), Some(vec![3, 5]), "widened by stride · (phases − 1)");
+        assert_eq!(get("strides"), Some(vec![2, 4]));
+        assert_eq!(get("pads"), Some(vec![0, 0, 1, 1]), "SAME_UPPER on 32 with stride 2: one pad after");
+        assert!(attributes.iter().all(|a| a.name.as_deref() != Some("auto_pad")));
+        assert!(attributes.iter().any(|a| a.name.as_deref() == Some("group")), "other attributes kept");
+        assert_eq!(phased_attributes(&conv, Some(&strided), 1), conv.attribute, "one phase: the node's own attributes");
     }
 
     #[test]

@@ -202,12 +202,19 @@ fn output_rank(value: &ValueInfoProto) -> usize {
 }
 
 /// `value`'s type without its first (batch) dimension, under a new name: one sample's value.
+/// Symbolic dimensions are left unnamed: inside the Scan body they are not the graph's symbols
+/// (tract would otherwise fail to unify them with the sizes it sees).
 fn without_batch(value: &ValueInfoProto, name: &str) -> ValueInfoProto {
     let mut info = retyped(value, name);
     if let Some(type_proto::Value::TensorType(t)) = info.r#type.as_mut().and_then(|t| t.value.as_mut()) {
         if let Some(shape) = t.shape.as_mut() {
             if !shape.dim.is_empty() {
                 shape.dim.remove(0);
+            }
+            for dim in &mut shape.dim {
+                if matches!(dim.value, Some(Dim::DimParam(_))) {
+                    dim.value = None;
+                }
             }
         }
     }

@@ -5,7 +5,7 @@
 
 use super::{first, Builder, Ctx, Differentiable, Registry};
 use crate::autodiff::emit::{int, ints};
-use crate::autodiff::geometry::{grid, Window};
+use crate::analysis::geometry::{grid, Window};
 use crate::error::Result;
 use crate::onnx::graph::{attr_int, attr_ints};
 

@@ -3,7 +3,7 @@
 
 use super::{first, unbroadcast, Builder, Ctx, Differentiable, Registry};
 use crate::autodiff::emit::{float, int};
-use crate::autodiff::facts::Dim;
+use crate::analysis::facts::Dim;
 use crate::error::Result;
 use crate::onnx::graph::{attr_int, attribute};
 

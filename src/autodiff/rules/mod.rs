@@ -15,7 +15,7 @@ mod softmax;
 use std::collections::HashMap;
 
 use super::emit::Builder;
-use super::facts::{Dim, Fact, Facts};
+use crate::analysis::facts::{Dim, Fact, Facts};
 use crate::error::{Error, Result};
 use crate::onnx::graph::node_label;
 use crate::onnx::proto::NodeProto;

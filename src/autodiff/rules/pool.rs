@@ -6,7 +6,7 @@
 use super::conv::scatter;
 use super::{first, only, Builder, Ctx, Differentiable, Registry};
 use crate::autodiff::emit::int;
-use crate::autodiff::geometry::{grid, Window};
+use crate::analysis::geometry::{grid, Window};
 use crate::error::Result;
 use crate::onnx::graph::{attr_int, attr_ints};
 

@@ -2,7 +2,7 @@
 //! broadcast back over the reduced axes (divided by their element count for the means).
 
 use super::{first, only, Builder, Ctx, Differentiable, Registry};
-use crate::autodiff::facts::reduced_axes;
+use crate::analysis::facts::reduced_axes;
 use crate::error::Result;
 use crate::onnx::graph::attr_int;
 

@@ -4,7 +4,7 @@
 
 use super::{first, only, Builder, Ctx, Differentiable, Registry};
 use crate::autodiff::emit::int;
-use crate::autodiff::facts::{normalize_axis, pad_amounts, slice_axes, transpose_perm, Dim};
+use crate::analysis::facts::{normalize_axis, pad_amounts, slice_axes, transpose_perm, Dim};
 use crate::error::Result;
 use crate::onnx::graph::{attr_int, attribute};
 

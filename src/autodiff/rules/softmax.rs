@@ -2,7 +2,7 @@
 //! input is read as a matrix whose rows end at `axis` (default 1), i.e. over all axes from `axis`.
 
 use super::{first, only, Builder, Ctx, Differentiable, Registry};
-use crate::autodiff::facts::normalize_axis;
+use crate::analysis::facts::normalize_axis;
 use crate::error::Result;
 use crate::onnx::graph::attr_int;
 
