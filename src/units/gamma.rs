@@ -5,9 +5,9 @@
 //! 2. the original nodes, untouched except that graph outputs are renamed `deeppatch/original/…`;
 //! 3. the decision at the first patched layer (CR, per-sample flags, "any adapted");
 //! 4. `If(any adapted)`: the else branch passes the original outputs through (clean batches pay
-//!    only for the decision); the then branch runs a `Scan` in which each sample goes alone through
-//!    a copy of the model on the merged parameters, and `Where(adapted, scanned, original)` picks
-//!    each sample's output.
+//!    only for the decision); the then branch runs a `Scan` over the batch whose body is an `If` on
+//!    the sample's flag: an adapted sample goes alone through a copy of the model on the merged
+//!    parameters, any other passes its original output through.
 //!
 //! The original computation is never altered, so a non-adapted sample's output is bit-identical
 //! to the original model's; every sample's output depends only on that sample.
@@ -78,11 +78,19 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     )?;
     let decision_nodes = std::mem::take(&mut builder.nodes);
 
-    // Then branch: each sample alone through the merged parameters (a Scan over the batch), so an
-    // adapted sample's output never depends on its batch — runtimes pick kernels by batch size, and
-    // the merged parameters live outside the branch where they are not pre-packed. (A sub-batch of
-    // the adapted rows, NonZero + GatherND, is not supported by tract inside If.)
-    let scan_inputs: Vec<String> = runtime_inputs.iter().map(|i| i.name.clone().unwrap_or_default()).collect();
+    // Then branch: a Scan over the batch in which an adapted sample goes alone through the merged
+    // parameters, so its output never depends on its batch (runtimes pick kernels by batch size,
+    // and the merged parameters live outside the branch where they are not pre-packed), and a
+    // sample that is not adapted passes its original output through (an If per sample), so a
+    // mixed batch pays the replacement path for its adapted samples only. (A sub-batch of the
+    // adapted rows, NonZero + GatherND, is not supported by tract inside If.)
+    let original_outputs: Vec<String> = outputs.iter().map(|o| renamed[o.name.as_deref().unwrap_or_default()].clone()).collect();
+    let scan_inputs: Vec<String> = runtime_inputs
+        .iter()
+        .map(|i| i.name.clone().unwrap_or_default())
+        .chain(original_outputs.iter().cloned())
+        .chain(std::iter::once(decision.adapted.clone()))
+        .collect();
 
     let mut adapted_names: HashMap<String, String> = HashMap::new();
     let mut body_inputs = Vec::new();
@@ -92,50 +100,64 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
         body_inputs.push(without_batch(input, &sample));
         adapted_names.insert(name, builder.unsqueeze(&sample, &[0]));
     }
+    let original_samples: Vec<String> = original_outputs.iter().map(|o| builder.fresh(&format!("sample/{}", o.trim_start_matches('/')))).collect();
+    for (output, sample) in outputs.iter().zip(&original_samples) {
+        body_inputs.push(without_batch(output, sample));
+    }
+    let flag = builder.fresh("sample/adapted");
+    body_inputs.push(tensor_info(&flag, BOOL, vec![]));
     for node in &graph.node {
         for output in node.output.iter().filter(|o| !o.is_empty()) {
             let fresh = builder.fresh(&format!("adapted/{}", output.trim_start_matches('/')));
             adapted_names.insert(output.clone(), fresh);
         }
     }
-    let mut body_nodes = std::mem::take(&mut builder.nodes);
+    let mut sample_nodes = std::mem::take(&mut builder.nodes);
     for (position, node) in graph.node.iter().enumerate() {
         let mut copy = renamed_values(&with_patched_inputs(node, position, &patched), &adapted_names);
         let label = node.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| format!("{}_{position}", node.op_type.as_deref().unwrap_or("node")));
         copy.name = Some(builder.fresh(&format!("adapted/{}", label.trim_start_matches('/'))));
-        body_nodes.push(copy);
+        sample_nodes.push(copy);
     }
-    let body_outputs: Vec<ValueInfoProto> = outputs
+    let sample_outputs: Vec<ValueInfoProto> = outputs
         .iter()
         .map(|output| {
             let squeezed = builder.squeeze(&adapted_names[output.name.as_deref().unwrap_or_default()], &[0]);
             without_batch(output, &squeezed)
         })
         .collect();
-    body_nodes.append(&mut builder.nodes);
-    let body = GraphProto { name: Some(builder.fresh("per_sample")), node: body_nodes, input: body_inputs, output: body_outputs, ..Default::default() };
-    let per_sample: Vec<String> = outputs.iter().map(|o| builder.fresh(&format!("adapted/{}", o.name.as_deref().unwrap_or("output").trim_start_matches('/')))).collect();
-    let scan = NodeProto {
-        name: Some(builder.fresh("each_adapted_sample")),
-        op_type: Some("Scan".into()),
-        input: scan_inputs,
-        output: per_sample.clone(),
-        attribute: vec![graph_attribute("body", body), int("num_scan_inputs", runtime_inputs.len() as i64)],
+    sample_nodes.append(&mut builder.nodes);
+    let kept_outputs: Vec<ValueInfoProto> = outputs
+        .iter()
+        .zip(&original_samples)
+        .map(|(output, sample)| without_batch(output, &builder.op("Identity", &[sample], vec![])))
+        .collect();
+    let kept_nodes = std::mem::take(&mut builder.nodes);
+    let body_outputs: Vec<ValueInfoProto> =
+        outputs.iter().map(|o| without_batch(o, &builder.fresh(&format!("sample/{}", o.name.as_deref().unwrap_or("output").trim_start_matches('/'))))).collect();
+    let per_sample_route = NodeProto {
+        name: Some(builder.fresh("route_sample")),
+        op_type: Some("If".into()),
+        input: vec![flag],
+        output: body_outputs.iter().map(|o| o.name.clone().unwrap_or_default()).collect(),
+        attribute: vec![
+            graph_attribute("then_branch", GraphProto { name: Some(builder.fresh("adapted_sample")), node: sample_nodes, output: sample_outputs, ..Default::default() }),
+            graph_attribute("else_branch", GraphProto { name: Some(builder.fresh("original_sample")), node: kept_nodes, output: kept_outputs, ..Default::default() }),
+        ],
         ..Default::default()
     };
-    let mut then_nodes = vec![scan];
-    let then_outputs: Vec<ValueInfoProto> = outputs
-        .iter()
-        .zip(&per_sample)
-        .map(|(output, samples)| {
-            let name = output.name.clone().unwrap_or_default();
-            let rank = output_rank(output);
-            let flags = builder.reshape(&decision.adapted, &std::iter::once(-1).chain(std::iter::repeat_n(1, rank.saturating_sub(1))).collect::<Vec<i64>>());
-            let merged = builder.op("Where", &[&flags, samples, &renamed[&name]], vec![]);
-            retyped(output, &merged)
-        })
-        .collect();
-    then_nodes.append(&mut builder.nodes);
+    let body = GraphProto { name: Some(builder.fresh("per_sample")), node: vec![per_sample_route], input: body_inputs, output: body_outputs, ..Default::default() };
+    let then_outputs: Vec<ValueInfoProto> =
+        outputs.iter().map(|o| retyped(o, &builder.fresh(&format!("routed/{}", o.name.as_deref().unwrap_or("output").trim_start_matches('/'))))).collect();
+    let scan = NodeProto {
+        name: Some(builder.fresh("each_sample")),
+        op_type: Some("Scan".into()),
+        input: scan_inputs,
+        output: then_outputs.iter().map(|o| o.name.clone().unwrap_or_default()).collect(),
+        attribute: vec![graph_attribute("body", body), int("num_scan_inputs", (runtime_inputs.len() + outputs.len() + 1) as i64)],
+        ..Default::default()
+    };
+    let then_nodes = vec![scan];
     let else_outputs: Vec<ValueInfoProto> = outputs
         .iter()
         .map(|output| {
@@ -191,14 +213,6 @@ pub fn first_patched(model: &ModelProto, patched: &[crate::analysis::ConvInfo]) 
 /// `output`'s type under a new name.
 fn retyped(output: &ValueInfoProto, name: &str) -> ValueInfoProto {
     ValueInfoProto { name: Some(name.to_string()), r#type: output.r#type.clone(), ..Default::default() }
-}
-
-/// The rank of a tensor value (1 when unknown).
-fn output_rank(value: &ValueInfoProto) -> usize {
-    match value.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-        Some(type_proto::Value::TensorType(t)) => t.shape.as_ref().map_or(1, |s| s.dim.len()),
-        _ => 1,
-    }
 }
 
 /// `value`'s type without its first (batch) dimension, under a new name: one sample's value.
