@@ -58,7 +58,7 @@ pub fn emit(
     switch: &str,
     names: &OutputNames,
 ) -> Result<DecisionValues> {
-    corrective_rate(builder, graph, site, conv, params, blamed, names.cr)?;
+    corrective_rate(builder, &Layer { graph, site, conv, params, blamed }, names.cr)?;
     let any = match decision {
         Decision::Cr { boundary, direction, .. } => gate(builder, names.cr, *direction == Direction::Above, *boundary, switch, names.adapted)?,
         Decision::Probe { .. } => {
@@ -73,24 +73,25 @@ pub fn emit(
 /// CPUs: a convolution with fewer filters costs as much as one with this many.
 const LANES: usize = 16;
 
+/// The first patched convolution, as the decision reads it.
+struct Layer<'a> {
+    graph: &'a GraphProto,
+    site: &'a Site,
+    conv: &'a ConvInfo,
+    params: &'a PatchedParams,
+    blamed: &'a [usize],
+}
+
 /// `cr_name` = ReduceMean(Cast(Xor(z⁻ > 0, z⁺ > 0))) over channels and pixels.
-fn corrective_rate(
-    builder: &mut Builder,
-    graph: &GraphProto,
-    site: &Site,
-    conv: &ConvInfo,
-    params: &PatchedParams,
-    blamed: &[usize],
-    cr_name: &str,
-) -> Result<()> {
-    let (original_active, replacement_active) = if conv.group == 1 && 2 * blamed.len() <= LANES {
-        joint_signs(builder, graph, site, conv, params, blamed)?
+fn corrective_rate(builder: &mut Builder, layer: &Layer, cr_name: &str) -> Result<()> {
+    let (original_active, replacement_active) = if layer.conv.group == 1 && 2 * layer.blamed.len() <= LANES {
+        joint_signs(builder, layer)?
     } else {
-        separate_signs(builder, graph, site, conv, params, blamed)?
+        separate_signs(builder, layer)?
     };
     let disagree = builder.op("Xor", &[&original_active, &replacement_active], vec![]);
     let counts = builder.op("Cast", &[&disagree], vec![int("to", FLOAT as i64)]);
-    let rank = conv.kernel.len() + 2;
+    let rank = layer.conv.kernel.len() + 2;
     let axes: Vec<i64> = (1..rank as i64).collect();
     builder.reduce_named("ReduceMean", &counts, &axes, false, cr_name);
     Ok(())
@@ -106,14 +107,8 @@ fn corrective_rate(
 /// convolution is computed on its own, and the phase kernels only add zero taps, which leave each
 /// sum unchanged. The tests compare the CR with counts taken on the model's own values, on every
 /// model.
-fn joint_signs(
-    builder: &mut Builder,
-    graph: &GraphProto,
-    site: &Site,
-    conv: &ConvInfo,
-    params: &PatchedParams,
-    blamed: &[usize],
-) -> Result<(String, String)> {
+fn joint_signs(builder: &mut Builder, layer: &Layer) -> Result<(String, String)> {
+    let Layer { graph, site, conv, params, blamed } = *layer;
     let node = &graph.node[site.conv];
     let window = conv_window(graph, builder.opset(), node, conv)?;
     let phases = column_phases(window.as_ref(), 2 * blamed.len());
@@ -161,7 +156,7 @@ fn joint_signs(
         }
         None => None,
     };
-    let activated = activated(builder, graph, site, joint, batchnorm);
+    let activated = activated(builder, layer, joint, batchnorm);
     let zero = builder.scalar(FLOAT, 0.0)?;
     let active = builder.op("Greater", &[&activated, &zero], vec![]);
     let mut split = vec![int("axis", 1)];
@@ -174,14 +169,8 @@ fn joint_signs(
 
 /// z⁻ > 0 from the model's own value and z⁺ > 0 from the replacement filters alone (k filters),
 /// or, for a grouped convolution, from the merged layer's blamed channels.
-fn separate_signs(
-    builder: &mut Builder,
-    graph: &GraphProto,
-    site: &Site,
-    conv: &ConvInfo,
-    params: &PatchedParams,
-    blamed: &[usize],
-) -> Result<(String, String)> {
+fn separate_signs(builder: &mut Builder, layer: &Layer) -> Result<(String, String)> {
+    let Layer { graph, site, conv, params, blamed } = *layer;
     let channels = builder.ints(&blamed.iter().map(|&c| c as i64).collect::<Vec<_>>());
     let original = builder.op("Gather", &[&site.output, &channels], vec![int("axis", 1)]);
     let conv_node = &graph.node[site.conv];
@@ -206,7 +195,7 @@ fn separate_signs(
         };
         parameters.iter().map(|p| builder.op("Gather", &[p, &channels], vec![int("axis", 0)])).collect()
     });
-    let replacement = activated(builder, graph, site, replacement, batchnorm);
+    let replacement = activated(builder, layer, replacement, batchnorm);
     let zero = builder.scalar(FLOAT, 0.0)?;
     let original_active = builder.op("Greater", &[&original, &zero], vec![]);
     let replacement_active = builder.op("Greater", &[&replacement, &zero], vec![]);
@@ -216,7 +205,8 @@ fn separate_signs(
 /// `value` (a convolution's output) through the layer's BatchNormalization, with the given
 /// per-channel parameters, and its activation where that can move a value across zero (the sign
 /// test needs nothing else).
-fn activated(builder: &mut Builder, graph: &GraphProto, site: &Site, mut value: String, batchnorm: Option<Vec<String>>) -> String {
+fn activated(builder: &mut Builder, layer: &Layer, mut value: String, batchnorm: Option<Vec<String>>) -> String {
+    let Layer { graph, site, .. } = *layer;
     if let (Some(position), Some(parameters)) = (site.batchnorm, batchnorm) {
         let mut inputs = vec![value.as_str()];
         inputs.extend(parameters.iter().map(String::as_str));
