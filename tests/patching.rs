@@ -158,6 +158,17 @@ fn probe_for(original: &ModelProto, spec: &PatchSpec, x: &Tensor) -> Decision {
     probe
 }
 
+/// The `deeppatch_cr` output of `patched` on `x`, asserted equal to the Rust count on the same
+/// activations, sample by sample.
+fn checked_cr(name: &str, patched: &ModelProto, original: &ModelProto, spec: &PatchSpec, x: &Tensor) -> ArrayD<f32> {
+    let cr = output(&run(patched, BackendKind::Ort, x), "deeppatch_cr").as_f32().unwrap().clone();
+    let (counts, per_sample) = cr_counts(original, spec, x);
+    for (n, (&count, &rate)) in counts.iter().zip(cr.iter()).enumerate() {
+        assert_eq!((rate * per_sample as f32).round() as usize, count, "{name} sample {n}: CR {rate} vs {count}/{per_sample}");
+    }
+    cr
+}
+
 fn check_model(name: &str, source: PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = |f: &str| dir.path().join(f);
@@ -169,12 +180,7 @@ fn check_model(name: &str, source: PathBuf) {
     let original = load_model(&source).unwrap();
     let spec = PatchSpec::load(&spec_path).unwrap();
     let x = images(64);
-    let none = load_model(&path("none.onnx")).unwrap();
-    let cr = output(&run(&none, BackendKind::Ort, &x), "deeppatch_cr").as_f32().unwrap().clone();
-    let (counts, per_sample) = cr_counts(&original, &spec, &x);
-    for (n, (&count, &rate)) in counts.iter().zip(cr.iter()).enumerate() {
-        assert_eq!((rate * per_sample as f32).round() as usize, count, "{name} sample {n}: CR {rate} vs {count}/{per_sample}");
-    }
+    let cr = checked_cr(name, &load_model(&path("none.onnx")).unwrap(), &original, &spec, &x);
 
     // A boundary at the median CR gives a mixed batch.
     let mut sorted: Vec<f32> = cr.iter().copied().collect();
@@ -269,4 +275,27 @@ fn decision_on_grouped_first_convolution() {
 #[test]
 fn decision_reads_the_model_when_blamed_filters_exceed_one_block() {
     check_model("decision_wide", common::fixture("models/decision_wide.onnx"));
+}
+
+/// With `bn_adapt` statistics in the spec, z⁺ goes through the replacement channels' own
+/// BatchNormalization parameters (the joint convolution's second half); the CR still equals the
+/// count on the β model's values.
+#[test]
+fn decision_with_bn_adapted_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = common::fixture("models/tiny_cnn_cifar10.onnx");
+    let spec_path = dir.path().join("spec.json");
+    patch(&source, &dir.path().join("random.onnx"), &["--random-spec", "--kappa", "0.25", "--seed", "3", "--save-spec", spec_path.to_str().unwrap()]);
+    let mut spec = PatchSpec::load(&spec_path).unwrap();
+    for layer in &mut spec.layers {
+        let ramp = |start: f32, step: f32| ArrayD::from_shape_fn(IxDyn(&[layer.blamed.len()]), |i| start + step * i[0] as f32);
+        layer.batchnorm = Some([ramp(0.8, 0.1), ramp(-0.05, 0.02), ramp(-0.1, 0.05), ramp(0.5, 0.25)]);
+    }
+    spec.save(&spec_path).unwrap();
+    let none = dir.path().join("none.onnx");
+    patch(&source, &none, &["--spec", spec_path.to_str().unwrap(), "--boundary", "adapt-none"]);
+    let spec = PatchSpec::load(&spec_path).unwrap();
+    assert!(spec.layers.iter().all(|l| l.batchnorm.is_some()), "the statistics survive the spec's files");
+    let cr = checked_cr("tiny_cnn bn_adapt", &load_model(&none).unwrap(), &load_model(&source).unwrap(), &spec, &images(64));
+    assert!(cr.iter().any(|&r| r > 0.0), "some neurons disagree");
 }
