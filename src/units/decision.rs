@@ -4,8 +4,10 @@
 //!
 //! CR_n = |{neurons where exactly one of z⁻ > 0, z⁺ > 0}| / |z⁺|, with z⁻ the blamed original
 //! channels and z⁺ the replacement channels, both after the layer's own BatchNormalization and
-//! activation. z⁻ is read from the original model's own value, so it is bit-for-bit the value the
-//! model computes; z⁺ is computed beside it from the replacement filters.
+//! activation. Where the blamed and replacement filters fit one block of the runtime's blocked
+//! convolution, one convolution over the layer's input computes both (z⁻ bit for bit the model's
+//! value, see `joint_signs`); otherwise z⁻ is read from the model's own value and z⁺ computed
+//! beside it from the replacement filters.
 //!
 //! Cost matters here: a clean batch pays for this subgraph and nothing else, so it uses as few
 //! nodes as the contract allows (see docs/patching.md for the figures).
@@ -105,8 +107,7 @@ fn corrective_rate(builder: &mut Builder, layer: &Layer, cr_name: &str) -> Resul
 ///
 /// z⁻ is recomputed, not read, yet it is the model's value bit for bit: every output channel of a
 /// convolution is computed on its own, and the phase kernels only add zero taps, which leave each
-/// sum unchanged. The tests compare the CR with counts taken on the model's own values, on every
-/// model.
+/// sum unchanged. The tests compare the CR with counts taken on the original model's own values.
 fn joint_signs(builder: &mut Builder, layer: &Layer) -> Result<(String, String)> {
     let Layer { graph, site, conv, params, blamed } = *layer;
     let node = &graph.node[site.conv];
