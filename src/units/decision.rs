@@ -84,6 +84,22 @@ struct Layer<'a> {
     blamed: &'a [usize],
 }
 
+impl Layer<'_> {
+    /// The parameters (scale, bias, mean, var) of the BatchNormalization after the convolution,
+    /// when there is one: the original ones, and those of the replacement channels (the
+    /// `bn_adapt` statistics where the patch has them, else the original ones).
+    fn batchnorm(&self) -> Option<(Vec<String>, Vec<String>)> {
+        let original = self.graph.node[self.site.batchnorm?].input[1..5].to_vec();
+        let replacement = self.params.batchnorm.as_ref().map_or_else(|| original.clone(), |(_, merged)| merged.to_vec());
+        Some((original, replacement))
+    }
+}
+
+/// Rows `indices` of `value`: a Gather on axis 0 (of constants, folded when a session is created).
+fn rows(builder: &mut Builder, value: &str, indices: &str) -> String {
+    builder.op("Gather", &[value, indices], vec![int("axis", 0)])
+}
+
 /// `cr_name` = ReduceMean(Cast(Xor(z⁻ > 0, z⁺ > 0))) over channels and pixels.
 fn corrective_rate(builder: &mut Builder, layer: &Layer, cr_name: &str) -> Result<()> {
     let (original_active, replacement_active) = if layer.conv.group == 1 && 2 * layer.blamed.len() <= LANES {
@@ -122,7 +138,7 @@ fn joint_signs(builder: &mut Builder, layer: &Layer) -> Result<(String, String)>
     let rank = conv.kernel.len() + 2;
     let (mut weights, mut biases) = (Vec::new(), Vec::new());
     for (weight, bias) in parts {
-        let filters = builder.op("Gather", &[weight, &channels], vec![int("axis", 0)]);
+        let filters = rows(builder, weight, &channels);
         for phase in 0..phases {
             let mut pads = vec![0i64; 2 * rank];
             pads[rank - 1] = phase as i64 * stride;
@@ -130,7 +146,7 @@ fn joint_signs(builder: &mut Builder, layer: &Layer) -> Result<(String, String)>
             weights.push(builder.pad(&filters, &pads));
         }
         if let Some(bias) = bias {
-            biases.push(builder.op("Gather", &[bias, &tiled], vec![int("axis", 0)]));
+            biases.push(rows(builder, bias, &tiled));
         }
     }
     let weights: Vec<&str> = weights.iter().map(String::as_str).collect();
@@ -143,20 +159,15 @@ fn joint_signs(builder: &mut Builder, layer: &Layer) -> Result<(String, String)>
     let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
     let joint = builder.op("Conv", &inputs, phased_attributes(node, window.as_ref(), phases));
 
-    let batchnorm = match site.batchnorm {
-        Some(position) => {
-            let original = &graph.node[position].input[1..5];
-            let merged: Vec<String> = params.batchnorm.as_ref().map_or_else(|| original.to_vec(), |(_, m)| m.to_vec());
-            let mut joined = Vec::new();
-            for (minus, plus) in original.iter().zip(&merged) {
-                let minus = builder.op("Gather", &[minus, &tiled], vec![int("axis", 0)]);
-                let plus = builder.op("Gather", &[plus, &tiled], vec![int("axis", 0)]);
-                joined.push(builder.op("Concat", &[&minus, &plus], vec![int("axis", 0)]));
-            }
-            Some(joined)
-        }
-        None => None,
-    };
+    let batchnorm = layer.batchnorm().map(|(original, replacement)| {
+        let pairs = original.iter().zip(&replacement);
+        pairs
+            .map(|(minus, plus)| {
+                let (minus, plus) = (rows(builder, minus, &tiled), rows(builder, plus, &tiled));
+                builder.op("Concat", &[&minus, &plus], vec![int("axis", 0)])
+            })
+            .collect()
+    });
     let activated = activated(builder, layer, joint, batchnorm);
     let zero = builder.scalar(FLOAT, 0.0)?;
     let active = builder.op("Greater", &[&activated, &zero], vec![]);
@@ -187,15 +198,7 @@ fn separate_signs(builder: &mut Builder, layer: &Layer) -> Result<(String, Strin
     if grouped {
         replacement = builder.op("Gather", &[&replacement, &channels], vec![int("axis", 1)]);
     }
-    // BatchNormalization parameters at the blamed channels (a Gather of constants, folded at
-    // load time).
-    let batchnorm = site.batchnorm.map(|position| {
-        let parameters: Vec<String> = match &params.batchnorm {
-            Some((_, merged)) => merged.to_vec(),
-            None => graph.node[position].input[1..5].to_vec(),
-        };
-        parameters.iter().map(|p| builder.op("Gather", &[p, &channels], vec![int("axis", 0)])).collect()
-    });
+    let batchnorm = layer.batchnorm().map(|(_, replacement)| replacement.iter().map(|p| rows(builder, p, &channels)).collect());
     let replacement = activated(builder, layer, replacement, batchnorm);
     let zero = builder.scalar(FLOAT, 0.0)?;
     let original_active = builder.op("Greater", &[&original, &zero], vec![]);

@@ -58,7 +58,7 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
         .iter()
         .filter_map(|o| o.name.clone())
         .map(|name| {
-            let fresh = builder.fresh(&format!("original/{}", name.trim_start_matches('/')));
+            let fresh = scoped(&mut builder, "original", &name);
             (name, fresh)
         })
         .collect();
@@ -96,11 +96,11 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     let mut body_inputs = Vec::new();
     for input in &runtime_inputs {
         let name = input.name.clone().unwrap_or_default();
-        let sample = builder.fresh(&format!("sample/{}", name.trim_start_matches('/')));
+        let sample = scoped(&mut builder, "sample", &name);
         body_inputs.push(without_batch(input, &sample));
         adapted_names.insert(name, builder.unsqueeze(&sample, &[0]));
     }
-    let original_samples: Vec<String> = original_outputs.iter().map(|o| builder.fresh(&format!("sample/{}", o.trim_start_matches('/')))).collect();
+    let original_samples: Vec<String> = original_outputs.iter().map(|o| scoped(&mut builder, "sample", o)).collect();
     for (output, sample) in outputs.iter().zip(&original_samples) {
         body_inputs.push(without_batch(output, sample));
     }
@@ -108,7 +108,7 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     body_inputs.push(tensor_info(&flag, BOOL, vec![]));
     for node in &graph.node {
         for output in node.output.iter().filter(|o| !o.is_empty()) {
-            let fresh = builder.fresh(&format!("adapted/{}", output.trim_start_matches('/')));
+            let fresh = scoped(&mut builder, "adapted", output);
             adapted_names.insert(output.clone(), fresh);
         }
     }
@@ -116,7 +116,7 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     for (position, node) in graph.node.iter().enumerate() {
         let mut copy = renamed_values(&with_patched_inputs(node, position, &patched), &adapted_names);
         let label = node.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| format!("{}_{position}", node.op_type.as_deref().unwrap_or("node")));
-        copy.name = Some(builder.fresh(&format!("adapted/{}", label.trim_start_matches('/'))));
+        copy.name = Some(scoped(&mut builder, "adapted", &label));
         sample_nodes.push(copy);
     }
     let sample_outputs: Vec<ValueInfoProto> = outputs
@@ -134,7 +134,7 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
         .collect();
     let kept_nodes = std::mem::take(&mut builder.nodes);
     let body_outputs: Vec<ValueInfoProto> =
-        outputs.iter().map(|o| without_batch(o, &builder.fresh(&format!("sample/{}", o.name.as_deref().unwrap_or("output").trim_start_matches('/'))))).collect();
+        outputs.iter().map(|o| without_batch(o, &scoped(&mut builder, "sample", o.name.as_deref().unwrap_or("output")))).collect();
     let per_sample_route = NodeProto {
         name: Some(builder.fresh("route_sample")),
         op_type: Some("If".into()),
@@ -148,7 +148,7 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     };
     let body = GraphProto { name: Some(builder.fresh("per_sample")), node: vec![per_sample_route], input: body_inputs, output: body_outputs, ..Default::default() };
     let then_outputs: Vec<ValueInfoProto> =
-        outputs.iter().map(|o| retyped(o, &builder.fresh(&format!("routed/{}", o.name.as_deref().unwrap_or("output").trim_start_matches('/'))))).collect();
+        outputs.iter().map(|o| retyped(o, &scoped(&mut builder, "routed", o.name.as_deref().unwrap_or("output")))).collect();
     let scan = NodeProto {
         name: Some(builder.fresh("each_sample")),
         op_type: Some("Scan".into()),
@@ -158,13 +158,8 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
         ..Default::default()
     };
     let then_nodes = vec![scan];
-    let else_outputs: Vec<ValueInfoProto> = outputs
-        .iter()
-        .map(|output| {
-            let passed = builder.op("Identity", &[&renamed[output.name.as_deref().unwrap_or_default()]], vec![]);
-            retyped(output, &passed)
-        })
-        .collect();
+    let else_outputs: Vec<ValueInfoProto> =
+        outputs.iter().zip(&original_outputs).map(|(output, original)| retyped(output, &builder.op("Identity", &[original], vec![]))).collect();
     let else_nodes = std::mem::take(&mut builder.nodes);
     let then_branch = GraphProto { name: Some(builder.fresh("adapted")), node: then_nodes, output: then_outputs, ..Default::default() };
     let else_branch = GraphProto { name: Some(builder.fresh("original")), node: else_nodes, output: else_outputs, ..Default::default() };
@@ -208,6 +203,11 @@ pub fn first_patched(model: &ModelProto, patched: &[crate::analysis::ConvInfo]) 
         .iter()
         .find_map(|c| patched.iter().position(|p| p.position == c.position))
         .ok_or_else(|| Error::Config("patch spec: no layers".into()))
+}
+
+/// A fresh name for `name` under `scope/` (its leading slash dropped).
+fn scoped(builder: &mut Builder, scope: &str, name: &str) -> String {
+    builder.fresh(&format!("{scope}/{}", name.trim_start_matches('/')))
 }
 
 /// `output`'s type under a new name.
