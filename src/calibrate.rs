@@ -8,9 +8,13 @@
 //! runs over T_val° once and its own figures go into the report (`served`).
 //!
 //! Rules: `cr-midpoint` (the paper), `cr-accuracy` (the CR boundary and side with the best T_val°
-//! accuracy among those keeping clean accuracy ≥ the original's − 0.3 points) and `probe` (a
-//! logistic regression on channel statistics, see `units::decision::probe_logit`). docs/calibration.md
-//! has the file forms.
+//! accuracy among those that keep clean accuracy) and `probe` (a logistic regression on channel
+//! statistics, see `units::decision::probe_logit`, its threshold the best among those that keep
+//! clean accuracy). A rule *keeps clean accuracy* when a one-sided lower confidence bound on its
+//! paired change in clean T_val accuracy against the original model (per image: right on the
+//! routed path minus right on the original, a value in {−1, 0, 1}) is at least −tolerance: a point
+//! estimate on a few hundred images would promise what unseen images do not keep.
+//! docs/calibration.md has the file forms.
 
 mod logistic;
 
@@ -31,8 +35,6 @@ use crate::tensor::Tensor;
 use crate::units::decision::PROBE_FEATURES;
 use crate::units::{beta_model, gamma_model, Decision, Direction, PatchSpec, ADAPTED_OUTPUT, CR_OUTPUT};
 
-/// How far below the original's clean T_val accuracy (in points) a rule may go.
-pub const CLEAN_TOLERANCE: f64 = 0.3;
 /// L2 penalty of the probe's logistic regression (on the weights, not the bias).
 pub const PROBE_L2: f64 = 1e-3;
 
@@ -64,7 +66,11 @@ pub struct RuleFigures {
     pub val_accuracy: f64,
     pub adapted_clean: f64,
     pub adapted_star: f64,
-    /// Whether clean accuracy ≥ the original's − [`CLEAN_TOLERANCE`].
+    /// The paired change in clean T_val accuracy against the original model (points) and its
+    /// one-sided lower confidence bound.
+    pub clean_change: f64,
+    pub clean_change_lower_bound: f64,
+    /// Whether the lower bound is at least −tolerance.
     pub keeps_clean: bool,
 }
 
@@ -83,6 +89,9 @@ pub struct Calibration {
     pub chosen: String,
     /// The chosen rule's figures measured by running its γ model over T_val°.
     pub served: RuleFigures,
+    /// The clean-accuracy tolerance (points) and the confidence of its bound.
+    pub tolerance: f64,
+    pub confidence: f64,
     /// Fingerprint of the validation images.
     pub data_fingerprint: String,
     /// Per-sample values behind the figures, for the histograms.
@@ -112,6 +121,24 @@ impl Calibration {
         spec.metadata.insert("calibration".into(), statistics.to_string());
     }
 
+    /// Whether the chosen rule adapts any T_val° sample (if not, the γ model is the original model
+    /// with extra work).
+    pub fn adapts(&self) -> bool {
+        self.chosen != "original" && (self.served.adapted_clean > 0.0 || self.served.adapted_star > 0.0)
+    }
+
+    /// Each rule's lower bound against the tolerance, in words.
+    pub fn refusals(&self) -> String {
+        let rules = self.rules.iter().map(|r| format!("{} {:+.2}", r.rule, r.clean_change_lower_bound)).collect::<Vec<_>>().join(", ");
+        format!("{:.0} % lower bounds on the clean-accuracy change, in points: {rules}; tolerance −{}", 100.0 * self.confidence, self.tolerance)
+    }
+
+    /// Reads a report written by [`Calibration::save_report`] (without its per-sample values).
+    pub fn load_report(path: &Path) -> Result<Calibration> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::data(path, format!("not a calibration report: {e}")))
+    }
+
     /// Writes the report as JSON, atomically.
     pub fn save_report(&self, path: &Path) -> Result<()> {
         let json = serde_json::to_string_pretty(self).map_err(|e| Error::Internal(e.to_string()))?;
@@ -129,12 +156,12 @@ impl Calibration {
         };
         let (cr_clean, cr_star) = split(s.cr.iter().map(|&v| f64::from(v)).collect());
         let (logit_clean, logit_star) = split(s.probe_logit.clone());
-        for (file, title, axis, clean, star) in [
-            ("cr.svg", "Corrective Rate at the first patched layer", "CR", &cr_clean, &cr_star),
-            ("probe_logit.svg", "Probe logit (adapt when > 0)", "logit", &logit_clean, &logit_star),
+        let [cr_path, logit_path] = histogram_paths(dir);
+        for (path, title, axis, clean, star) in [
+            (cr_path, "Corrective Rate at the first patched layer", "CR", &cr_clean, &cr_star),
+            (logit_path, "Probe logit (adapt when > 0)", "logit", &logit_clean, &logit_star),
         ] {
             let svg = crate::report::histogram::histogram(title, axis, &[("T_val (clean)", clean), ("T_val* (blurred)", star)], 40);
-            let path = dir.join(file);
             crate::onnx::io::write_atomically(&path, svg.as_bytes())?;
         }
         Ok(())
@@ -143,21 +170,28 @@ impl Calibration {
     /// The figures as a text table.
     pub fn summary(&self) -> String {
         let mut text = format!("μ_clean {:.4}  μ_aug {:.4}  ({} T_val images, six blurred copies)\n", self.mu_clean, self.mu_aug, self.val_images);
-        text += "rule          clean   star    T_val°  adapted clean/star\n";
+        text += &format!("rule          clean   star    T_val°  adapted clean/star   clean change, {:.0} % lower bound\n", 100.0 * self.confidence);
         for f in std::iter::once(&self.original).chain(&self.rules) {
             text += &format!(
-                "{:<13} {:>6.2}  {:>6.2}  {:>6.2}  {:>5.1} % / {:>5.1} %{}\n",
+                "{:<13} {:>6.2}  {:>6.2}  {:>6.2}  {:>5.1} % / {:>5.1} %    {:+.2}, {:+.2}{}\n",
                 f.rule,
                 f.clean_accuracy,
                 f.star_accuracy,
                 f.val_accuracy,
                 f.adapted_clean,
                 f.adapted_star,
-                if f.keeps_clean { "" } else { "  (loses clean accuracy)" }
+                f.clean_change,
+                f.clean_change_lower_bound,
+                if f.keeps_clean { "" } else { "  (may lose clean accuracy)" }
             );
         }
         text + &format!("chosen: {} (served: T_val° {:.2})\n", self.chosen, self.served.val_accuracy)
     }
+}
+
+/// The histogram files [`Calibration::save_histograms`] writes into `dir`.
+pub fn histogram_paths(dir: &Path) -> [PathBuf; 2] {
+    [dir.join("cr.svg"), dir.join("probe_logit.svg")]
 }
 
 /// T_val° as preprocessed batches: T_val clean, then T_val blurred at every σ of the augmentor.
@@ -256,24 +290,31 @@ pub fn calibrate(model: &ModelProto, spec: &PatchSpec, config: &Config, options:
         values.iter().sum::<f64>() / values.len().max(1) as f64
     };
     let (mu_clean, mu_aug) = (mean_of(false), mean_of(true));
-    let original = figures("original", Decision::adapt_none(), &vec![false; samples.labels.len()], &samples, None);
-    let floor = original.clean_accuracy - CLEAN_TOLERANCE;
-    let judge = |f: RuleFigures| RuleFigures { keeps_clean: f.clean_accuracy >= floor, ..f };
-    let original = judge(original);
+    let bound = CleanBound::new(&config.calibrate);
+    let original = figures("original", Decision::adapt_none(), &vec![false; samples.labels.len()], &samples, None, &bound);
 
     // cr-midpoint: the paper's boundary, adapted on μ_aug's side.
     let direction = if mu_aug < mu_clean { Direction::Below } else { Direction::Above };
     let boundary = ((mu_clean + mu_aug) / 2.0) as f32;
     let midpoint = Decision::Cr { boundary, direction, mu_clean: Some(mu_clean as f32), mu_aug: Some(mu_aug as f32) };
     let flags = cr_flags(&samples.cr, boundary, direction);
-    let midpoint = judge(figures("cr-midpoint", midpoint, &flags, &samples, None));
-    let accuracy = judge(best_cr_boundary(&samples, floor, mu_clean, mu_aug));
+    let midpoint = figures("cr-midpoint", midpoint, &flags, &samples, None, &bound);
+    let cr: Vec<f64> = samples.cr.iter().map(|&c| f64::from(c)).collect();
+    let accuracy = best_threshold("cr-accuracy", &cr, &[Direction::Below, Direction::Above], &samples, &bound, |boundary, direction| {
+        Decision::Cr { boundary: boundary as f32, direction, mu_clean: Some(mu_clean as f32), mu_aug: Some(mu_aug as f32) }
+    });
 
-    // probe: standardised on T_val°, logistic regression T_val (0) against T_val* (1).
+    // probe: standardised on T_val°, logistic regression T_val (0) against T_val* (1); its
+    // threshold (0 as fitted) moved as far as clean accuracy needs.
     let fit = logistic::fit(&samples.features, &samples.star, PROBE_L2);
     samples.probe_logit = samples.features.iter().map(|f| fit.logit(f)).collect();
-    let flags: Vec<bool> = samples.probe_logit.iter().map(|&l| l > 0.0).collect();
-    let probe = judge(figures("probe", fit.decision(), &flags, &samples, None));
+    let probe = best_threshold("probe", &samples.probe_logit, &[Direction::Above], &samples, &bound, |threshold, _| {
+        let mut decision = fit.decision();
+        if let Decision::Probe { bias, .. } = &mut decision {
+            *bias -= threshold as f32;
+        }
+        decision
+    });
 
     let rules = vec![midpoint, accuracy, probe];
     let chosen = match options.rule {
@@ -297,7 +338,7 @@ pub fn calibrate(model: &ModelProto, spec: &PatchSpec, config: &Config, options:
     for tensor in &served[1] {
         adapted.extend(tensor.as_bool()?.iter().copied());
     }
-    let served = judge(figures(&chosen.rule, chosen.decision.clone(), &adapted, &samples, Some(&predictions(&served[0])?)));
+    let served = figures(&chosen.rule, chosen.decision.clone(), &adapted, &samples, Some(&predictions(&served[0])?), &bound);
 
     Ok(Calibration {
         val_images: data.images,
@@ -307,6 +348,8 @@ pub fn calibrate(model: &ModelProto, spec: &PatchSpec, config: &Config, options:
         rules,
         chosen: chosen.rule.clone(),
         served,
+        tolerance: bound.tolerance,
+        confidence: bound.confidence,
         data_fingerprint: data.fingerprint,
         samples,
     })
@@ -324,21 +367,31 @@ fn cr_flags(cr: &[f32], boundary: f32, direction: Direction) -> Vec<bool> {
 }
 
 /// A rule's figures from per-sample flags: adapted samples take the β prediction (or `served`
-/// predictions when given: the γ model's own outputs).
-fn figures(rule: &str, decision: Decision, adapted: &[bool], samples: &Samples, served: Option<&[i64]>) -> RuleFigures {
+/// predictions when given: the γ model's own outputs). The clean change is paired against the
+/// original path, and judged by `bound`.
+fn figures(rule: &str, decision: Decision, adapted: &[bool], samples: &Samples, served: Option<&[i64]>, bound: &CleanBound) -> RuleFigures {
     let mut counts = [[0usize; 3]; 2]; // [clean, star] × [images, correct, adapted]
+    let mut changes = Vec::new();
     for (i, &flag) in adapted.iter().enumerate() {
         let predicted = match served {
             Some(p) => p[i],
             None if flag => samples.beta[i],
             None => samples.original[i],
         };
+        let right = predicted == samples.labels[i];
         let group = &mut counts[usize::from(samples.star[i])];
         group[0] += 1;
-        group[1] += usize::from(predicted == samples.labels[i]);
+        group[1] += usize::from(right);
         group[2] += usize::from(flag);
+        if !samples.star[i] {
+            changes.push(f64::from(i8::from(right) - i8::from(samples.original[i] == samples.labels[i])));
+        }
     }
     let percent = |part: usize, whole: usize| 100.0 * part as f64 / whole.max(1) as f64;
+    let n = changes.len().max(1) as f64;
+    let mean = changes.iter().sum::<f64>() / n;
+    let standard_error = (changes.iter().map(|c| (c - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0) / n).sqrt();
+    let lower_bound = 100.0 * (mean - bound.z * standard_error);
     RuleFigures {
         rule: rule.to_string(),
         decision,
@@ -347,32 +400,75 @@ fn figures(rule: &str, decision: Decision, adapted: &[bool], samples: &Samples, 
         val_accuracy: percent(counts[0][1] + counts[1][1], counts[0][0] + counts[1][0]),
         adapted_clean: percent(counts[0][2], counts[0][0]),
         adapted_star: percent(counts[1][2], counts[1][0]),
-        keeps_clean: true,
+        clean_change: 100.0 * mean,
+        clean_change_lower_bound: lower_bound,
+        keeps_clean: lower_bound >= -bound.tolerance,
     }
 }
 
-/// cr-accuracy: every boundary between two distinct CR values (and beyond both ends), on either
-/// side; the best T_val° accuracy among those whose clean accuracy stays ≥ `floor` (ties: the
-/// first found, below before above, lower boundaries first). Adapting nothing always qualifies.
-fn best_cr_boundary(samples: &Samples, floor: f64, mu_clean: f64, mu_aug: f64) -> RuleFigures {
-    let mut values: Vec<f32> = samples.cr.clone();
-    values.sort_by(f32::total_cmp);
+/// The statistical floor on clean accuracy: a one-sided normal bound on the mean paired change.
+pub struct CleanBound {
+    pub tolerance: f64,
+    pub confidence: f64,
+    z: f64,
+}
+
+impl CleanBound {
+    pub fn new(settings: &crate::config::CalibrateConfig) -> Self {
+        CleanBound { tolerance: settings.clean_tolerance, confidence: settings.confidence, z: normal_quantile(settings.confidence) }
+    }
+}
+
+/// The standard normal quantile (Acklam's rational approximation, relative error < 1.2e-9).
+pub fn normal_quantile(p: f64) -> f64 {
+    const A: [f64; 6] = [-3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.383577518672690e2, -3.066479806614716e1, 2.506628277459239];
+    const B: [f64; 5] = [-5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1];
+    const C: [f64; 6] = [-7.784894002430293e-3, -3.223964580411365e-1, -2.400758277161838, -2.549732539343734, 4.374664141464968, 2.938163982698783];
+    const D: [f64; 4] = [7.784695709041462e-3, 3.224671290700398e-1, 2.445134137142996, 3.754408661907416];
+    let tail = |q: f64| (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5]) / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0);
+    if p < 0.02425 {
+        tail((-2.0 * p.ln()).sqrt())
+    } else if p > 1.0 - 0.02425 {
+        -tail((-2.0 * (1.0 - p).ln()).sqrt())
+    } else {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    }
+}
+
+/// The threshold rule on per-sample `scores` (every cut between two distinct values and beyond
+/// both ends, on each of `directions`) with the best T_val° accuracy among those that keep clean
+/// accuracy (ties: the first found, lower thresholds first). Adapting nothing always qualifies.
+fn best_threshold(
+    rule: &str,
+    scores: &[f64],
+    directions: &[Direction],
+    samples: &Samples,
+    bound: &CleanBound,
+    decision: impl Fn(f64, Direction) -> Decision,
+) -> RuleFigures {
+    let mut values: Vec<f64> = scores.to_vec();
+    values.sort_by(f64::total_cmp);
     values.dedup();
-    let mut boundaries = vec![values.first().map_or(0.0, |v| v - 1.0)];
-    boundaries.extend(values.windows(2).map(|w| w[0] + (w[1] - w[0]) / 2.0));
-    boundaries.push(values.last().map_or(1.0, |v| v + 1.0));
+    let mut thresholds = vec![values.first().map_or(0.0, |v| v - 1.0)];
+    thresholds.extend(values.windows(2).map(|w| w[0] + (w[1] - w[0]) / 2.0));
+    thresholds.push(values.last().map_or(1.0, |v| v + 1.0));
     let mut best: Option<RuleFigures> = None;
-    for direction in [Direction::Below, Direction::Above] {
-        for &boundary in &boundaries {
-            let decision = Decision::Cr { boundary, direction, mu_clean: Some(mu_clean as f32), mu_aug: Some(mu_aug as f32) };
-            let candidate = figures("cr-accuracy", decision, &cr_flags(&samples.cr, boundary, direction), samples, None);
+    for &direction in directions {
+        for &threshold in &thresholds {
+            let flags: Vec<bool> = scores.iter().map(|&v| if direction == Direction::Below { v < threshold } else { v > threshold }).collect();
+            if !flags.iter().any(|&f| f) && best.is_some() {
+                continue;
+            }
+            let candidate = figures(rule, decision(threshold, direction), &flags, samples, None, bound);
             let better = best.as_ref().is_none_or(|b| candidate.val_accuracy > b.val_accuracy);
-            if candidate.clean_accuracy >= floor && better {
+            if candidate.keeps_clean && better {
                 best = Some(candidate);
             }
         }
     }
-    best.unwrap_or_else(|| figures("cr-accuracy", Decision::adapt_none(), &vec![false; samples.cr.len()], samples, None))
+    best.unwrap_or_else(|| figures(rule, Decision::adapt_none(), &vec![false; scores.len()], samples, None, bound))
 }
 
 /// `calibrate` as the command runs it: load, calibrate, write the spec, the report and the
@@ -420,33 +516,89 @@ mod tests {
         }
     }
 
+    fn bound(tolerance: f64) -> CleanBound {
+        CleanBound::new(&crate::config::CalibrateConfig { clean_tolerance: tolerance, confidence: 0.95 })
+    }
+
+    #[test]
+    fn normal_quantiles() {
+        assert!((normal_quantile(0.95) - 1.644_853_627).abs() < 1e-8);
+        assert!((normal_quantile(0.975) - 1.959_963_985).abs() < 1e-8);
+        assert!((normal_quantile(0.5)).abs() < 1e-12);
+        assert!((normal_quantile(0.001) + 3.090_232_306).abs() < 1e-7);
+    }
+
     #[test]
     fn figures_select_the_path_per_sample() {
         let s = samples(&[0.1, 0.2, 0.3, 0.4], &[false, false, true, true], &[true, true, false, true], &[false, true, true, false]);
-        let f = figures("x", Decision::adapt_all(), &[false, true, true, false], &s, None);
+        let f = figures("x", Decision::adapt_all(), &[false, true, true, false], &s, None, &bound(0.3));
         assert_eq!((f.clean_accuracy, f.star_accuracy, f.val_accuracy), (100.0, 100.0, 100.0));
         assert_eq!((f.adapted_clean, f.adapted_star), (50.0, 50.0));
+        assert_eq!((f.clean_change, f.clean_change_lower_bound), (0.0, 0.0));
     }
 
     #[test]
     fn cr_accuracy_finds_the_separating_boundary_and_keeps_clean() {
         // Clean samples have CR 0.5–0.6 and are right on the original path; blurred ones have CR
         // 0.1–0.2 and are right on the β path only: adapt below a boundary between 0.2 and 0.5.
-        let s = samples(
-            &[0.5, 0.6, 0.1, 0.2],
-            &[false, false, true, true],
-            &[true, true, false, false],
-            &[false, false, true, true],
-        );
-        let best = best_cr_boundary(&s, 100.0 - CLEAN_TOLERANCE, 0.55, 0.15);
+        let s = samples(&[0.5, 0.6, 0.1, 0.2], &[false, false, true, true], &[true, true, false, false], &[false, false, true, true]);
+        let cr: Vec<f64> = s.cr.iter().map(|&c| f64::from(c)).collect();
+        let best = best_threshold("cr-accuracy", &cr, &[Direction::Below, Direction::Above], &s, &bound(0.3), |b, d| Decision::Cr {
+            boundary: b as f32,
+            direction: d,
+            mu_clean: None,
+            mu_aug: None,
+        });
         let Decision::Cr { boundary, direction, .. } = best.decision else { panic!() };
         assert_eq!(direction, Direction::Below);
         assert!(boundary > 0.2 && boundary < 0.5, "{boundary}");
         assert_eq!(best.val_accuracy, 100.0);
-        // A floor nothing but "adapt nothing" meets.
-        let s = samples(&[0.5, 0.1], &[false, true], &[true, false], &[false, true]);
-        let constrained = best_cr_boundary(&s, 100.0, 0.5, 0.1);
-        assert_eq!(constrained.clean_accuracy, 100.0);
+    }
+
+    /// 300 clean images: adapting every one gains 4 and loses 3 (a point estimate of +0.33 points,
+    /// above the −0.3 floor) but the 95 % lower bound is about −1.2 points, so the rule is refused
+    /// and the threshold that adapts only the blurred images is taken.
+    #[test]
+    fn the_statistical_floor_refuses_what_the_point_estimate_accepts() {
+        let n = 300;
+        let mut star = vec![false; n];
+        let mut original = vec![true; n];
+        let mut beta = vec![true; n];
+        for i in 0..4 {
+            original[i] = false; // gained by the β path
+        }
+        for i in 4..7 {
+            beta[i] = false; // lost by the β path
+        }
+        // 100 blurred images, right on the β path only; CR separates them imperfectly: the clean
+        // images 0..20 sit among them.
+        star.extend(vec![true; 100]);
+        original.extend(vec![false; 100]);
+        beta.extend(vec![true; 100]);
+        let cr: Vec<f32> = (0..n + 100).map(|i| if i >= n || i < 20 { 0.1 } else { 0.5 }).collect();
+        let s = samples(&cr, &star, &original, &beta);
+        let all = figures("all", Decision::adapt_all(), &vec![true; n + 100], &s, None, &bound(0.3));
+        assert!(all.clean_change > -0.3, "{}", all.clean_change);
+        assert!(!all.keeps_clean && all.clean_change_lower_bound < -1.0, "{all:?}");
+        let scores: Vec<f64> = cr.iter().map(|&c| f64::from(c)).collect();
+        let chosen = best_threshold("cr-accuracy", &scores, &[Direction::Below], &s, &bound(0.3), |b, d| Decision::Cr {
+            boundary: b as f32,
+            direction: d,
+            mu_clean: None,
+            mu_aug: None,
+        });
+        // Adapting below 0.3 takes clean images 0..20 too: 4 gained, 3 lost, bound refuses it; only
+        // adapting nothing keeps the bound.
+        assert!(chosen.keeps_clean);
+        assert_eq!(chosen.adapted_clean, 0.0);
+        // With a loose tolerance the separating rule is taken.
+        let loose = best_threshold("cr-accuracy", &scores, &[Direction::Below], &s, &bound(5.0), |b, d| Decision::Cr {
+            boundary: b as f32,
+            direction: d,
+            mu_clean: None,
+            mu_aug: None,
+        });
+        assert_eq!(loose.adapted_star, 100.0);
     }
 
     #[test]

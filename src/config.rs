@@ -12,6 +12,10 @@ use crate::error::{Error, Result};
 /// The σ values of the blur augmentor (BRIEF §2).
 pub const SIGMAS: [f32; 6] = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0];
 
+/// Bounds of the numeric settings that size work: beyond them a backend aborts or memory runs out.
+pub const MAX_THREADS: usize = 1024;
+pub const MAX_BATCH: usize = 65_536;
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -21,6 +25,23 @@ pub struct Config {
     pub backend: BackendConfig,
     pub eval: EvalConfig,
     pub train: TrainConfig,
+    pub calibrate: CalibrateConfig,
+}
+
+/// How the γ decision is judged (see `calibrate`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CalibrateConfig {
+    /// How far (points) the lower confidence bound on a rule's clean-accuracy change may go below 0.
+    pub clean_tolerance: f64,
+    /// Confidence of that one-sided bound.
+    pub confidence: f64,
+}
+
+impl Default for CalibrateConfig {
+    fn default() -> Self {
+        CalibrateConfig { clean_tolerance: 0.3, confidence: 0.95 }
+    }
 }
 
 /// Where the images are and how the validation split is drawn.
@@ -124,17 +145,19 @@ pub struct TrainConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ReplacementInit {
-    /// Fresh filters, PyTorch's Conv2d default (Kaiming-uniform): the paper's algorithm.
-    #[default]
+    /// Fresh filters, PyTorch's Conv2d default (Kaiming-uniform): the paper's algorithm. On a model
+    /// whose BatchNormalization is folded nothing normalises them, and training may diverge.
     Kaiming,
-    /// Copies of the blamed filters: the β model starts as the original model, so short training
-    /// on little data can only move it towards robustness (not in the paper).
+    /// Copies of the blamed filters (the default): the β model starts as the original model, so
+    /// training starts from its accuracy and only moves it towards robustness (docs/training.md
+    /// has the measurements that chose it).
+    #[default]
     Original,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { kappa: 0.25, epochs: 20, batch_size: 256, learning_rate: 0.01, momentum: 0.9, weight_decay: 5e-4, t_max: 200, bn_adapt: false, init: ReplacementInit::Kaiming }
+        TrainConfig { kappa: 0.25, epochs: 20, batch_size: 256, learning_rate: 0.001, momentum: 0.9, weight_decay: 5e-4, t_max: 200, bn_adapt: false, init: ReplacementInit::Original }
     }
 }
 
@@ -177,12 +200,12 @@ impl Config {
         if let Some(bad) = p.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
             return fail("preprocess.std", format!("{bad} is not a positive number"));
         }
-        if self.backend.threads == Some(0) {
-            return fail("backend.threads", "must be at least 1".into());
+        if let Some(threads) = self.backend.threads.filter(|t| !(1..=MAX_THREADS).contains(t)) {
+            return fail("backend.threads", format!("{threads} is not in [1, {MAX_THREADS}]"));
         }
         let e = &self.eval;
-        if e.batch_size == 0 {
-            return fail("eval.batch_size", "must be at least 1".into());
+        if !(1..=MAX_BATCH).contains(&e.batch_size) {
+            return fail("eval.batch_size", format!("{} is not in [1, {MAX_BATCH}]", e.batch_size));
         }
         if let Some(bad) = e.sigmas.iter().find(|s| !(s.is_finite() && **s > 0.0 && **s <= 32.0)) {
             return fail("eval.sigmas", format!("{bad} is not in (0, 32]"));
@@ -197,8 +220,8 @@ impl Config {
         if t.epochs == 0 {
             return fail("train.epochs", "must be at least 1".into());
         }
-        if t.batch_size == 0 {
-            return fail("train.batch_size", "must be at least 1".into());
+        if !(1..=MAX_BATCH).contains(&t.batch_size) {
+            return fail("train.batch_size", format!("{} is not in [1, {MAX_BATCH}]", t.batch_size));
         }
         if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
             return fail("train.learning_rate", format!("{} is not a positive number", t.learning_rate));
@@ -212,6 +235,13 @@ impl Config {
         if t.t_max == 0 {
             return fail("train.t_max", "must be at least 1".into());
         }
+        let c = &self.calibrate;
+        if !(c.clean_tolerance.is_finite() && (0.0..=100.0).contains(&c.clean_tolerance)) {
+            return fail("calibrate.clean_tolerance", format!("{} is not in [0, 100] (points)", c.clean_tolerance));
+        }
+        if !(c.confidence > 0.5 && c.confidence < 1.0) {
+            return fail("calibrate.confidence", format!("{} is not in (0.5, 1)", c.confidence));
+        }
         Ok(())
     }
 
@@ -224,81 +254,87 @@ impl Config {
 /// Command-line flags that override configuration fields, one per field.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Overrides {
-    /// Data folder (data.root).
+    /// Data folder holding train/ and test/ (data.root; no default).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// Data format: auto, folder, cifar10, cifar100, npy (data.format).
+    /// Data format: auto, folder, cifar10, cifar100, npy (data.format) [default: auto].
     #[arg(long)]
     pub format: Option<DataFormat>,
-    /// Validation share of the training data (data.val_fraction).
+    /// Validation share of the training data, stratified (data.val_fraction) [default: 0.02].
     #[arg(long)]
     pub val_fraction: Option<f64>,
-    /// Validation images instead of a share (data.val_size).
+    /// Validation images instead of a share (data.val_size) [default: none, the share].
     #[arg(long)]
     pub val_size: Option<usize>,
-    /// Seed of the split and random draws (data.seed).
+    /// Seed of the split and random draws (data.seed) [default: 2022].
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Scale of 8-bit values (preprocess.scale).
+    /// Scale of 8-bit values (preprocess.scale) [default: 1/255].
     #[arg(long)]
     pub scale: Option<f32>,
-    /// Per-channel mean, comma separated (preprocess.mean).
+    /// Per-channel mean after scaling, comma separated (preprocess.mean) [default: 0,0,0].
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     pub mean: Option<Vec<f32>>,
-    /// Per-channel standard deviation, comma separated (preprocess.std).
+    /// Per-channel standard deviation, comma separated (preprocess.std) [default: 1,1,1].
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     pub std: Option<Vec<f32>>,
-    /// Tensor layout: nchw or nhwc (preprocess.layout).
+    /// Tensor layout: nchw or nhwc (preprocess.layout) [default: nchw].
     #[arg(long)]
     pub layout: Option<Layout>,
-    /// Model input fed with images (preprocess.input).
+    /// Model input fed with images (preprocess.input) [default: the model's only input].
     #[arg(long)]
     pub input: Option<String>,
-    /// Model output holding the logits (preprocess.output).
+    /// Model output holding the logits (preprocess.output) [default: the model's first output].
     #[arg(long)]
     pub output: Option<String>,
-    /// Inference backend: tract or ort (backend.kind).
+    /// Inference backend: tract or ort (backend.kind) [default: tract].
     #[arg(long)]
     pub backend: Option<BackendKind>,
-    /// Device: cpu, cuda or cuda:N (backend.device).
+    /// Device: cpu, cuda or cuda:N (backend.device) [default: cpu].
     #[arg(long)]
     pub device: Option<Device>,
-    /// Intra-op threads (backend.threads).
+    /// Intra-op threads, 1 to 1024 (backend.threads) [default: the engine's choice, all cores].
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Batch size (eval.batch_size).
+    /// Evaluation batch size (eval.batch_size) [default: 256].
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Blur levels, comma separated (eval.sigmas).
+    /// Blur levels, comma separated (eval.sigmas) [default: 0.5,1,1.5,2,2.5,3].
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     pub sigmas: Option<Vec<f32>>,
-    /// Evaluate on a stratified subset of N test images (eval.limit).
+    /// Evaluate on a stratified subset of N test images (eval.limit) [default: all].
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
-    /// Training epochs (train.epochs).
+    /// Training epochs (train.epochs) [default: 20].
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Training batch size (train.batch_size).
+    /// Training batch size (train.batch_size) [default: 256].
     #[arg(long)]
     pub train_batch_size: Option<usize>,
-    /// Initial learning rate (train.learning_rate).
+    /// Initial learning rate (train.learning_rate) [default: 0.001].
     #[arg(long)]
     pub learning_rate: Option<f64>,
-    /// SGD momentum (train.momentum).
+    /// SGD momentum (train.momentum) [default: 0.9].
     #[arg(long)]
     pub momentum: Option<f64>,
-    /// SGD weight decay (train.weight_decay).
+    /// SGD weight decay (train.weight_decay) [default: 0.0005].
     #[arg(long)]
     pub weight_decay: Option<f64>,
-    /// Cosine annealing period in epochs (train.t_max).
+    /// Cosine annealing period in epochs (train.t_max) [default: 200].
     #[arg(long)]
     pub t_max: Option<usize>,
-    /// Re-estimate BatchNormalization statistics of the replacement channels (train.bn_adapt).
+    /// Re-estimate BatchNormalization statistics of the replacement channels (train.bn_adapt) [default: off].
     #[arg(long)]
     pub bn_adapt: bool,
-    /// Start of the replacement filters: kaiming (the paper) or original (train.init).
+    /// Start of the replacement filters: original (copies of the blamed filters) or kaiming (the paper's fresh filters) (train.init) [default: original].
     #[arg(long, value_enum)]
     pub init: Option<ReplacementInit>,
+    /// Points the lower bound on a rule's clean-accuracy change may fall below 0 (calibrate.clean_tolerance) [default: 0.3].
+    #[arg(long)]
+    pub clean_tolerance: Option<f64>,
+    /// Confidence of that one-sided bound (calibrate.confidence) [default: 0.95].
+    #[arg(long)]
+    pub confidence: Option<f64>,
 }
 
 impl Overrides {
@@ -347,6 +383,8 @@ impl Overrides {
         set(&mut c.train.t_max, &self.t_max);
         c.train.bn_adapt |= self.bn_adapt;
         set(&mut c.train.init, &self.init);
+        set(&mut c.calibrate.clean_tolerance, &self.clean_tolerance);
+        set(&mut c.calibrate.confidence, &self.confidence);
         config.validate()?;
         Ok(config)
     }
@@ -380,6 +418,24 @@ mod tests {
         assert!(std.contains("preprocess.std"), "{std}");
         let backend = parse("backend:\n  kind: tensorrt\n").unwrap_err().to_string();
         assert!(backend.contains("tensorrt"), "{backend}");
+    }
+
+    /// The example the README names holds every default, so it documents what runs.
+    #[test]
+    fn the_example_configuration_is_the_defaults() {
+        let example = Config::from_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deeppatch.yaml")).unwrap();
+        let defaults = Config::default();
+        assert_eq!((&example.train, &example.eval, &example.calibrate, &example.backend), (&defaults.train, &defaults.eval, &defaults.calibrate, &defaults.backend));
+        assert_eq!((example.data.val_fraction, example.data.seed, example.data.format), (defaults.data.val_fraction, defaults.data.seed, defaults.data.format));
+        assert!(example.data.root.unwrap().join("train").is_dir());
+    }
+
+    #[test]
+    fn work_sizes_are_bounded() {
+        let threads = parse("backend:\n  threads: 100000\n").unwrap_err().to_string();
+        assert!(threads.contains("backend.threads") && threads.contains("1024"), "{threads}");
+        assert!(parse("train:\n  batch_size: 1000000\n").is_err());
+        assert!(parse("calibrate:\n  confidence: 1.0\n").is_err());
     }
 
     #[test]

@@ -27,8 +27,10 @@ pub enum Error {
     Data { path: PathBuf, message: String },
 
     /// An operating-system error on a named file.
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    /// (The OS error is part of the message and deliberately not a `source`, so that a chain of
+    /// contexts prints it once.)
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
 
     /// The inference backend failed or is not available.
     #[error("backend {backend}: {message}")]
@@ -60,7 +62,7 @@ impl Error {
 
     /// An I/O error on `path`.
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+        Error::Io { path: path.as_ref().to_path_buf(), cause: source }
     }
 
     /// A data error on `path`.

@@ -28,6 +28,7 @@ struct Cli {
 enum Command {
     /// Show a model's inputs, outputs, opsets, convolutions, parameters and DeepPatch units.
     Inspect {
+        /// The ONNX model to describe.
         model: PathBuf,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -36,6 +37,7 @@ enum Command {
     /// Accuracy on the clean test set and its blurred copies: std, blurσ, nRob, joint. A γ-patched
     /// model is reported as PT, DP-β, DP-γ (with adapted shares), DP-γ batch-256, DP-fb and oracle.
     Eval {
+        /// The ONNX model to evaluate (an original or a γ-patched model).
         model: PathBuf,
         #[command(flatten)]
         common: Common,
@@ -74,7 +76,9 @@ enum Command {
     },
     /// Rewrite a model with a patch: the γ-patched model (default), the β model or an α model.
     Patch {
+        /// The original ONNX model (never modified).
         model: PathBuf,
+        /// Where to write the rewritten model; must not be an input.
         output: PathBuf,
         /// Patch specification (JSON, its arrays in the .npz beside it).
         #[arg(long, value_name = "FILE", required_unless_present_any = ["random_spec", "conv"])]
@@ -106,6 +110,7 @@ enum Command {
     /// Retrain replacement filters for the blamed filters of an assessment (the β model), keeping
     /// the best epoch on T_val°; writes RUN/spec.json, its weights, train.csv and checkpoints.
     Train {
+        /// The original ONNX model (never modified).
         model: PathBuf,
         #[command(flatten)]
         common: Common,
@@ -122,7 +127,10 @@ enum Command {
     /// The whole pipeline: assess → train → calibrate → the γ-patched model OUT, evaluated; every
     /// stage's artifact in the run folder, finished stages reused on a rerun.
     Rewrite {
+        /// The model to maintain (ONNX; never modified).
         input: PathBuf,
+        /// Where to write the result: the γ-patched model, or the original model when nothing
+        /// beat it (the outcome line says which); must not be the input.
         output: PathBuf,
         #[command(flatten)]
         common: Common,
@@ -138,6 +146,9 @@ enum Command {
         /// Skip the evaluation on the test set.
         #[arg(long)]
         no_eval: bool,
+        /// Exit with code 5 (after writing OUT) when OUT is the original model, unchanged.
+        #[arg(long)]
+        require_improvement: bool,
     },
     /// The whole pipeline on the bundled ResNet20 and CIFAR-10 subset, ending with the table.
     Demo {
@@ -146,9 +157,15 @@ enum Command {
         out: PathBuf,
     },
     /// Turn a γ-patched model back into the original computation.
-    Strip { patched: PathBuf, output: PathBuf },
+    Strip {
+        /// A γ-patched model.
+        patched: PathBuf,
+        /// Where to write the original computation; must not be the input.
+        output: PathBuf,
+    },
     /// Fit the γ decision on T_val and T_val*: three rules side by side, the chosen one into a new spec.
     Calibrate {
+        /// The original ONNX model the spec patches.
         model: PathBuf,
         /// The patch specification to calibrate (not overwritten).
         #[arg(long, value_name = "FILE")]
@@ -178,6 +195,7 @@ enum Bench {
     /// Training-step throughput on the β model of random replacements at --kappa, against its
     /// forward pass on the same batch.
     Train {
+        /// The original ONNX model (never modified).
         model: PathBuf,
         #[command(flatten)]
         common: Common,
@@ -195,6 +213,7 @@ enum Bench {
     },
     /// `eval` throughput against bare inference on the same, already preprocessed tensors.
     Eval {
+        /// The ONNX model to evaluate (an original or a γ-patched model).
         model: PathBuf,
         #[command(flatten)]
         common: Common,
@@ -260,7 +279,11 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            let code = error.chain().find_map(|e| e.downcast_ref::<onnx_deeppatch::Error>()).map_or(1, |e| e.exit_code());
+            let code = if error.is::<Unchanged>() {
+                i32::from(EXIT_UNCHANGED)
+            } else {
+                error.chain().find_map(|e| e.downcast_ref::<onnx_deeppatch::Error>()).map_or(1, |e| e.exit_code())
+            };
             eprintln!("error: {}", format!("{error:#}").replace('\n', " "));
             ExitCode::from(code as u8)
         }
@@ -279,6 +302,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Eval { model, common, report_json, report_md, report_svg } => {
+            guard(&[("model", Some(&model)), ("configuration", common.config.as_ref())], &[("--report-json", report_json.as_ref()), ("--report-md", report_md.as_ref()), ("--report-svg", report_svg.as_ref())])?;
             let config = common.resolve()?;
             let outcome = eval::evaluate_model(&model, &config).with_context(|| format!("evaluating {}", model.display()))?;
             print!("{}", report::terminal(&outcome.report));
@@ -287,10 +311,15 @@ fn run(command: Command) -> anyhow::Result<()> {
             write_report(report_svg.as_deref(), || Ok(report::chart(&outcome.report)))?;
         }
         Command::Assess { model, common, out, naive, kappa, shard, merge } => {
+            let partial = out.as_deref().map(assess::partial_path);
+            let mut inputs = vec![("model", model.as_ref()), ("configuration", common.config.as_ref())];
+            inputs.extend(merge.iter().map(|p| ("artifact to merge", Some(p))));
+            guard(&inputs, &[("--out", out.as_ref()), ("--out's partial file", partial.as_ref())])?;
             let assessment = match model {
                 Some(model) if merge.is_empty() => {
-                    let options = assess::AssessOptions { naive, kappa, shard, out: out.clone() };
-                    assess::assess_model(&model, &common.resolve()?, &options).with_context(|| format!("assessing {}", model.display()))?
+                    let config = with_kappa(common.resolve()?, kappa)?;
+                    let options = assess::AssessOptions { naive, kappa: Some(config.train.kappa), shard, out: out.clone() };
+                    assess::assess_model(&model, &config, &options).with_context(|| format!("assessing {}", model.display()))?
                 }
                 _ => {
                     let parts = merge.iter().map(|p| assess::load(p)).collect::<Result<Vec<_>, _>>()?;
@@ -304,6 +333,12 @@ fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", assessment.summary());
         }
         Command::Patch { model, output, spec, random_spec, kappa, seed, boundary, beta, conv, channels, save_spec } => {
+            let spec_weights = spec.as_deref().map(units::spec::weights_path);
+            let saved_weights = save_spec.as_deref().map(units::spec::weights_path);
+            guard(
+                &[("model", Some(&model)), ("spec", spec.as_ref()), ("spec's weights", spec_weights.as_ref())],
+                &[("output", Some(&output)), ("--save-spec", save_spec.as_ref()), ("--save-spec's weights", saved_weights.as_ref())],
+            )?;
             let proto = onnx::load_model(&model)?;
             let patched = if let Some(conv) = conv {
                 units::alpha_model(&proto, &conv, &channels.unwrap_or_default())?
@@ -324,31 +359,49 @@ fn run(command: Command) -> anyhow::Result<()> {
             onnx::save_model(&patched, &output, &onnx::SaveOptions { protect: Some(model), ..Default::default() })?;
         }
         Command::Train { model, common, assessment, kappa, out } => {
+            let files = onnx_deeppatch::train::run_files(&out);
+            guard(
+                &[("model", Some(&model)), ("configuration", common.config.as_ref()), ("assessment", Some(&assessment))],
+                &files.iter().map(|f| ("run folder file", Some(f))).collect::<Vec<_>>(),
+            )?;
             let config = with_kappa(common.resolve()?, kappa)?;
             let trained = onnx_deeppatch::train::train_model(&model, &assessment, config.train.kappa, &config, &out)
                 .with_context(|| format!("training replacement filters for {}", model.display()))?;
             println!("{}", serde_json::to_string_pretty(&trained.summary)?);
         }
         Command::Calibrate { model, spec, out_spec, report, rule, svg_dir, common } => {
+            let (spec_weights, out_weights) = (units::spec::weights_path(&spec), units::spec::weights_path(&out_spec));
+            let histograms = svg_dir.as_deref().map(onnx_deeppatch::calibrate::histogram_paths).unwrap_or_default();
+            let mut outputs = vec![("--out-spec", Some(&out_spec)), ("--out-spec's weights", Some(&out_weights)), ("--report", Some(&report))];
+            outputs.extend(histograms.iter().map(|p| ("histogram", Some(p))));
+            guard(&[("model", Some(&model)), ("spec", Some(&spec)), ("spec's weights", Some(&spec_weights)), ("configuration", common.config.as_ref())], &outputs)?;
             let config = common.resolve()?;
             let options = onnx_deeppatch::calibrate::CalibrateOptions { rule };
             let calibration = onnx_deeppatch::calibrate::calibrate_files(&model, &spec, &out_spec, &report, svg_dir.as_deref(), &config, &options)
                 .with_context(|| format!("calibrating {}", spec.display()))?;
             print!("{}", calibration.summary());
         }
-        Command::Rewrite { input, output, common, kappa, run, rule, no_eval } => {
+        Command::Rewrite { input, output, common, kappa, run, rule, no_eval, require_improvement } => {
             let config = with_kappa(common.resolve()?, kappa)?;
             let run = run.unwrap_or_else(|| onnx_deeppatch::pipeline::default_run(&output));
+            let files = onnx_deeppatch::pipeline::run_files(&run);
+            let mut outputs = vec![("output", Some(&output))];
+            outputs.extend(files.iter().map(|f| ("run folder file", Some(f))));
+            guard(&[("input model", Some(&input)), ("configuration", common.config.as_ref())], &outputs)?;
             let options = onnx_deeppatch::pipeline::RewriteOptions { run, rule, evaluate: !no_eval };
             let done = onnx_deeppatch::pipeline::rewrite(&input, &output, &config, &options)
                 .with_context(|| format!("rewriting {}", input.display()))?;
             print_rewritten(&done);
+            if require_improvement && !done.outcome.is_patched() {
+                return Err(Unchanged(done.outcome.reason).into());
+            }
         }
         Command::Demo { out } => {
             let done = onnx_deeppatch::pipeline::demo(&out).context("demo")?;
             print_rewritten(&done);
         }
         Command::Strip { patched, output } => {
+            guard(&[("patched model", Some(&patched))], &[("output", Some(&output))])?;
             let proto = onnx::load_model(&patched)?;
             onnx::save_model(&units::strip(&proto)?, &output, &onnx::SaveOptions { protect: Some(patched), ..Default::default() })?;
         }
@@ -374,15 +427,29 @@ fn run(command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The table of a rewritten model (and whether it is patched).
-fn print_rewritten(done: &onnx_deeppatch::pipeline::Rewritten) {
-    if !done.patched {
-        println!("training did not beat the original model on T_val°: the output is the original model");
+/// Refuses, before any work, an output that is an input of the command (see `onnx::io::check_outputs`).
+fn guard(inputs: &[(&str, Option<&PathBuf>)], outputs: &[(&str, Option<&PathBuf>)]) -> anyhow::Result<()> {
+    fn present<'a>(list: &[(&'a str, Option<&'a PathBuf>)]) -> Vec<(&'a str, &'a Path)> {
+        list.iter().filter_map(|(role, path)| path.map(|p| (*role, p.as_path()))).collect()
     }
+    Ok(onnx::io::check_outputs(&present(inputs), &present(outputs))?)
+}
+
+/// The table of a rewritten model and its outcome.
+fn print_rewritten(done: &onnx_deeppatch::pipeline::Rewritten) {
     if let Some(evaluation) = &done.evaluation {
         print!("{}", report::terminal(&evaluation.report));
     }
+    println!("outcome: {}: {}", done.outcome.status, done.outcome.reason);
 }
+
+/// Exit code of `rewrite --require-improvement` when OUT is the original model.
+const EXIT_UNCHANGED: u8 = 5;
+
+/// `rewrite --require-improvement` found nothing to patch (OUT is the original model).
+#[derive(Debug, thiserror::Error)]
+#[error("the output is the original model, unchanged ({0}); exit {EXIT_UNCHANGED} because of --require-improvement")]
+struct Unchanged(String);
 
 /// The configuration with `train.kappa` set from a subcommand's `--kappa`, when given.
 fn with_kappa(mut config: Config, kappa: Option<f64>) -> anyhow::Result<Config> {

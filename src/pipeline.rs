@@ -9,7 +9,9 @@
 //! | emit | OUT | — (cheap) |
 //! | evaluate | `report.json`, `report.md`, `report.svg` | — |
 //!
-//! When training does not beat the original model on T_val°, OUT is the original model, unchanged.
+//! When training does not beat the original model on T_val°, or no decision rule keeps clean
+//! accuracy within its statistical bound, OUT is the original model, unchanged; the outcome says
+//! which and why (standard error, `report.json`).
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::assess::{self, AssessOptions, Assessment};
-use crate::calibrate::{self, CalibrateOptions, RuleChoice};
+use crate::calibrate::{self, CalibrateOptions, Calibration, RuleChoice};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate_model, EvalOutcome};
@@ -38,26 +40,88 @@ pub struct RewriteOptions {
     pub evaluate: bool,
 }
 
+/// Whether OUT is the patched model or the original one, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// `"patched"` or `"unchanged"` (OUT is the original model, byte for byte as re-encoded).
+    pub status: String,
+    pub reason: String,
+}
+
+impl Outcome {
+    fn patched(reason: String) -> Self {
+        Outcome { status: "patched".into(), reason }
+    }
+
+    fn unchanged(reason: String) -> Self {
+        Outcome { status: "unchanged".into(), reason }
+    }
+
+    pub fn is_patched(&self) -> bool {
+        self.status == "patched"
+    }
+}
+
 /// What `rewrite` did.
 pub struct Rewritten {
-    /// Whether OUT is the patched model (false: training did not beat the original, OUT is the
-    /// original model).
-    pub patched: bool,
+    pub outcome: Outcome,
     /// The evaluation of OUT on the test set, when asked for.
     pub evaluation: Option<EvalOutcome>,
 }
 
+/// The files `rewrite` may write into a run folder (for the output policy's checks).
+pub fn run_files(run: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = ["assessment.json", "calibration.json", "calibration.stamp.json", "spec.json", "spec.npz", "report.json", "report.md", "report.svg", "run.json"]
+        .iter()
+        .map(|name| run.join(name))
+        .collect();
+    files.push(assess::partial_path(&run.join("assessment.json")));
+    files.extend(calibrate::histogram_paths(run));
+    files.extend(train::run_files(&run.join("train")));
+    files
+}
+
+/// What a run folder belongs to (`run.json`), checked before any stage writes into it.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct RunOwner {
+    model_sha256: String,
+}
+
+/// Creates the run folder, or checks that an existing one was made for this model: a run folder of
+/// another model is refused before anything in it changes.
+fn claim_run_folder(run: &Path, model: &crate::onnx::proto::ModelProto) -> Result<()> {
+    let path = run.join("run.json");
+    let owner = RunOwner { model_sha256: model_sha256(model) };
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let found: RunOwner = serde_json::from_str(&text).map_err(|e| Error::data(&path, format!("not a run folder's record: {e}")))?;
+        if found != owner {
+            return Err(Error::Config(format!(
+                "run folder {} belongs to another model (sha256 {}); give another --run folder",
+                run.display(),
+                found.model_sha256
+            )));
+        }
+        return Ok(());
+    }
+    if let Ok(found) = assess::load(&run.join("assessment.json")) {
+        if found.model_sha256 != owner.model_sha256 {
+            return Err(Error::Config(format!("run folder {} holds the assessment of another model; give another --run folder", run.display())));
+        }
+    }
+    std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
+    let json = serde_json::to_string_pretty(&owner).map_err(|e| Error::Internal(e.to_string()))?;
+    onnx::io::write_atomically(&path, format!("{json}\n").as_bytes())
+}
+
 /// Runs assess → train → calibrate → emit (→ evaluate) for `input`, writing `output` and keeping
-/// every stage's artifact in `run`.
+/// every stage's artifact in `run`. Everything that can be checked without work (the model, the
+/// data, the run folder's owner) is checked before the run folder is created or changed.
 pub fn rewrite(input: &Path, output: &Path, config: &Config, options: &RewriteOptions) -> Result<Rewritten> {
     let (run, evaluate) = (options.run.as_path(), options.evaluate);
-    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
-    if canonical(output).is_some() && canonical(output) == canonical(input) {
-        return Err(Error::Config(format!("{}: the output would overwrite the input model; give another path", output.display())));
-    }
+    onnx::io::check_outputs(&[("input model", input)], &[("output", output)])?;
     let model = onnx::load_model(input)?;
-    std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
-    let data = TrainData::load(config)?;
+    let data = TrainData::load(&model, config)?;
+    claim_run_folder(run, &model)?;
 
     progress::info("stage 1/4: filter assessment");
     let assessment = assessment(input, &model, &data, config, run)?;
@@ -66,20 +130,45 @@ pub fn rewrite(input: &Path, output: &Path, config: &Config, options: &RewriteOp
     let initial = train::initial_spec(&model, &assessment, config.train.kappa, config.data.seed, config.train.init)?;
     let trained = train::train(&model, &initial, &data, config, &run.join("train"))?;
     let save = SaveOptions { protect: Some(input.to_path_buf()), ..Default::default() };
-    if !trained.summary.improved {
-        progress::info("training did not beat the original model on T_val°: writing the original model unchanged");
+    let s = &trained.summary;
+    let unchanged = |outcome: Outcome| -> Result<Rewritten> {
+        progress::info(&format!("outcome: {} is the original model, unchanged: {}", output.display(), outcome.reason));
         onnx::save_model(&model, output, &save)?;
-        let evaluation = evaluate.then(|| report(output, config, run)).transpose()?;
-        return Ok(Rewritten { patched: false, evaluation });
+        let evaluation = evaluate.then(|| report(output, config, run, &outcome)).transpose()?;
+        Ok(Rewritten { outcome, evaluation })
+    };
+    if !s.improved {
+        return unchanged(Outcome::unchanged(format!(
+            "no training epoch beat the original model on T_val° (best {:.2} % against the original's {:.2} %)",
+            s.bn_adapt_val_accuracy.unwrap_or(s.best_val_accuracy),
+            s.original_val_accuracy
+        )));
     }
 
     progress::info("stage 3/4: calibrating the γ decision");
-    let spec = calibrated(&model, &trained.spec, config, run, options.rule)?;
+    let (spec, calibration) = calibrated(&model, &trained.spec, config, run, options.rule)?;
+    if !calibration.adapts() {
+        return unchanged(Outcome::unchanged(format!(
+            "no decision rule keeps clean accuracy within its bound on T_val ({}), so no sample would be adapted",
+            calibration.refusals()
+        )));
+    }
 
     progress::info("stage 4/4: writing the patched model");
     onnx::save_model(&gamma_model(&model, &spec)?, output, &save)?;
-    let evaluation = evaluate.then(|| report(output, config, run)).transpose()?;
-    Ok(Rewritten { patched: true, evaluation })
+    let outcome = Outcome::patched(format!(
+        "rule {} adapts {:.1} % of clean and {:.1} % of blurred T_val images; T_val° {:.2} % against the original's {:.2} %; \
+         lower bound on the clean-accuracy change {:+.2} points",
+        calibration.chosen,
+        calibration.served.adapted_clean,
+        calibration.served.adapted_star,
+        calibration.served.val_accuracy,
+        calibration.original.val_accuracy,
+        calibration.served.clean_change_lower_bound
+    ));
+    progress::info(&format!("outcome: {} is patched: {}", output.display(), outcome.reason));
+    let evaluation = evaluate.then(|| report(output, config, run, &outcome)).transpose()?;
+    Ok(Rewritten { outcome, evaluation })
 }
 
 /// The run's assessment: reused when complete and made for this model and T_val, else made (resuming
@@ -103,27 +192,30 @@ struct CalibrationStamp {
     settings: String,
 }
 
-/// The calibrated spec: reused from `run/spec.json` when made from the same trained spec and
-/// settings, else calibrated afresh.
-fn calibrated(model: &crate::onnx::proto::ModelProto, trained: &PatchSpec, config: &Config, run: &Path, rule: RuleChoice) -> Result<PatchSpec> {
+/// The calibrated spec and its calibration: reused from the run folder when made from the same
+/// trained spec and settings, else calibrated afresh.
+fn calibrated(model: &crate::onnx::proto::ModelProto, trained: &PatchSpec, config: &Config, run: &Path, rule: RuleChoice) -> Result<(PatchSpec, Calibration)> {
     let spec_path = run.join("spec.json");
+    let report_path = run.join("calibration.json");
     let stamp_path = run.join("calibration.stamp.json");
-    let stamp = CalibrationStamp { trained_spec_sha256: spec_sha256(&train::spec_path(&run.join("train")))?, settings: format!("{rule:?} {:?} {:?}", config.data, config.preprocess) };
+    let stamp = CalibrationStamp { trained_spec_sha256: spec_sha256(&train::spec_path(&run.join("train")))?, settings: format!("{rule:?} {:?} {:?} {:?}", config.data, config.preprocess, config.calibrate) };
     let previous: Option<CalibrationStamp> = std::fs::read_to_string(&stamp_path).ok().and_then(|t| serde_json::from_str(&t).ok());
     if previous.as_ref() == Some(&stamp) && spec_path.exists() {
-        progress::info(&format!("reusing {}", spec_path.display()));
-        return PatchSpec::load(&spec_path);
+        if let Ok(calibration) = Calibration::load_report(&report_path) {
+            progress::info(&format!("reusing {}", spec_path.display()));
+            return Ok((PatchSpec::load(&spec_path)?, calibration));
+        }
     }
     let calibration = calibrate::calibrate(model, trained, config, &CalibrateOptions { rule })?;
     progress::info(&calibration.summary());
-    calibration.save_report(&run.join("calibration.json"))?;
+    calibration.save_report(&report_path)?;
     calibration.save_histograms(run)?;
     let mut spec = trained.clone();
     calibration.apply(&mut spec);
     spec.save(&spec_path)?;
     let json = serde_json::to_string_pretty(&stamp).map_err(|e| Error::Internal(e.to_string()))?;
     onnx::io::write_atomically(&stamp_path, format!("{json}\n").as_bytes())?;
-    Ok(spec)
+    Ok((spec, calibration))
 }
 
 /// SHA-256 over a spec file and its arrays.
@@ -135,10 +227,15 @@ fn spec_sha256(path: &Path) -> Result<String> {
     Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Evaluates OUT on the test set and writes the report files into the run folder.
-fn report(output: &Path, config: &Config, run: &Path) -> Result<EvalOutcome> {
+/// Evaluates OUT on the test set and writes the report files into the run folder; the JSON report
+/// carries the rewrite's outcome.
+fn report(output: &Path, config: &Config, run: &Path, result: &Outcome) -> Result<EvalOutcome> {
     let outcome = evaluate_model(output, config)?;
-    let json = serde_json::to_string_pretty(&crate::report::json(&outcome.report)).map_err(|e| Error::Internal(e.to_string()))?;
+    let mut value = crate::report::json(&outcome.report);
+    if let Some(object) = value.as_object_mut() {
+        object.insert("outcome".into(), serde_json::to_value(result).map_err(|e| Error::Internal(e.to_string()))?);
+    }
+    let json = serde_json::to_string_pretty(&value).map_err(|e| Error::Internal(e.to_string()))?;
     onnx::io::write_atomically(&run.join("report.json"), format!("{json}\n").as_bytes())?;
     onnx::io::write_atomically(&run.join("report.md"), crate::report::markdown(&outcome.report).as_bytes())?;
     onnx::io::write_atomically(&run.join("report.svg"), crate::report::chart(&outcome.report).as_bytes())?;

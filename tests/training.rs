@@ -96,8 +96,8 @@ fn the_trained_spec_patches_into_the_model_training_validated() {
 
     // Its accuracy on T_val° is the one training reported for the best epoch.
     let config = config(BackendKind::Ort, 2);
-    let data = TrainData::load(&config).unwrap();
     let model = onnx_deeppatch::onnx::load_model(&beta).unwrap();
+    let data = TrainData::load(&model, &config).unwrap();
     let io = ModelIo::resolve(&model, &config.preprocess).unwrap();
     let options = BackendOptions { kind: BackendKind::Ort, ..Default::default() };
     let mut session = open_session(&model.encode_to_vec(), &options).unwrap();
@@ -157,7 +157,7 @@ fn bn_adapt_stores_the_replacement_channels_statistics_on_t_train() {
     let (mut beta, params) = onnx_deeppatch::units::beta_model(&model, &plain).unwrap();
     let conv_output = model.graph.as_ref().unwrap().node[params[0].position].output[0].clone();
     beta.graph.as_mut().unwrap().output.push(onnx_deeppatch::onnx::proto::ValueInfoProto { name: Some(conv_output.clone()), ..Default::default() });
-    let data = TrainData::load(&config).unwrap();
+    let data = TrainData::load(&model, &config).unwrap();
     let draw = train::epoch_draw(&data.train, config.data.seed, 1);
     let input = onnx_deeppatch::data::make_mixed_batch(&data.images, &draw, &data.preprocess).unwrap();
     let options = BackendOptions { kind: BackendKind::Ort, ..Default::default() };

@@ -236,6 +236,7 @@ fn environment() -> Result<&'static Environment> {
     ENVIRONMENT
         .get_or_init(|| {
             let library = locate_library(&LibrarySearch::from_process(), python_package_dir)?;
+            crate::progress::info(&format!("onnxruntime: loading {}", library.display()));
             ::ort::init_from(&library)
                 .map_err(|e| format!("cannot load ONNX Runtime: {e}"))?
                 .with_name("onnx-deeppatch")
@@ -264,7 +265,12 @@ impl LibrarySearch {
         let var = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
         let mut pythons: Vec<PathBuf> =
             var("VIRTUAL_ENV").map(|venv| Path::new(&venv).join("bin/python")).into_iter().collect();
-        pythons.extend(["./.venv/bin/python", "python3"].map(PathBuf::from));
+        // The working folder's venv, the venv of the checkout this binary was built from (where
+        // scripts/test.sh installs onnxruntime), then whatever `python3` is on the PATH.
+        pythons.push(PathBuf::from("./.venv/bin/python"));
+        pythons.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+        pythons.push(PathBuf::from("python3"));
+        pythons.dedup();
         let mut system_dirs: Vec<PathBuf> =
             var("LD_LIBRARY_PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
         system_dirs.extend(["/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu"].map(PathBuf::from));

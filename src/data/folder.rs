@@ -40,6 +40,35 @@ fn visible_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(entries)
 }
 
+/// The class folders of `split` must be those of the other split, when it has any: a class index
+/// is a folder's position, so a renamed, missing or extra folder would silently relabel images.
+fn check_other_split(root: &Path, split: Split, class_dirs: &[PathBuf]) -> Result<()> {
+    let other = match split {
+        Split::Train => Split::Test,
+        Split::Test => Split::Train,
+    };
+    let other_dir = root.join(other.name());
+    if !has_class_folders(&other_dir) {
+        return Ok(());
+    }
+    let names = |dirs: &[PathBuf]| -> Vec<String> { dirs.iter().filter_map(|d| Some(d.file_name()?.to_string_lossy().into_owned())).collect() };
+    let mine = names(class_dirs);
+    let theirs = names(&visible_entries(&other_dir)?.into_iter().filter(|p| p.is_dir()).collect::<Vec<_>>());
+    if mine == theirs {
+        return Ok(());
+    }
+    let only = |a: &[String], b: &[String]| a.iter().filter(|n| !b.contains(n)).cloned().collect::<Vec<_>>().join(", ");
+    Err(Error::data(
+        root,
+        format!(
+            "the class folders of {split} and {other} differ (only in {split}: [{}]; only in {other}: [{}]); a class index is the \
+             position of its folder, so both splits must have the same folders",
+            only(&mine, &theirs),
+            only(&theirs, &mine)
+        ),
+    ))
+}
+
 fn is_image(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
@@ -49,6 +78,7 @@ fn is_image(path: &Path) -> bool {
 pub(super) fn load(root: &Path, split: Split) -> Result<Dataset> {
     let dir = root.join(split.name());
     let class_dirs: Vec<PathBuf> = visible_entries(&dir)?.into_iter().filter(|p| p.is_dir()).collect();
+    check_other_split(root, split, &class_dirs)?;
     let (mut files, mut labels) = (Vec::new(), Vec::new());
     for (label, class_dir) in class_dirs.iter().enumerate() {
         for file in visible_entries(class_dir)?.into_iter().filter(|f| is_image(f) && f.is_file()) {

@@ -37,6 +37,26 @@ impl ModelIo {
         let output = choose("preprocess.output", "output", config.output.as_deref(), &outputs, outputs.first().copied())?;
         Ok(ModelIo { input, output })
     }
+
+    /// Checks the data's classes against the model's logits, when the output's class dimension is
+    /// static: as many class folders (or CIFAR classes) as logits, and no label beyond them.
+    pub fn check_classes(&self, model: &ModelProto, data: &Dataset) -> Result<()> {
+        let graph = model.graph.as_ref().ok_or_else(|| Error::InvalidGraph("the model has no graph".into()))?;
+        let Some(logits) = graph.output.iter().find(|v| v.name.as_deref() == Some(self.output.as_str())).and_then(crate::onnx::graph::static_last_dim) else {
+            return Ok(());
+        };
+        let largest = data.labels.iter().copied().max().unwrap_or(0);
+        // NPY labels name no classes: their count is only the largest label + 1.
+        let named = !data.classes.iter().enumerate().all(|(i, c)| *c == i.to_string());
+        let classes = data.classes.len();
+        if largest >= logits as i64 || (named && classes != logits) {
+            return Err(Error::data(
+                &data.source,
+                format!("the data has {classes} classes (labels up to {largest}) but the model's output '{}' has {logits} logits", self.output),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The configured name if the model has it, else the default; errors name the field and list what
@@ -220,6 +240,7 @@ pub fn evaluate_model(model_path: &std::path::Path, config: &crate::config::Conf
     let io = ModelIo::resolve(&model, &config.preprocess)?;
     let root = config.data_root()?;
     let test = crate::data::load_split(root, crate::data::Split::Test, config.data.format)?;
+    io.check_classes(&model, &test)?;
     let preprocess = preprocess_for(&config.preprocess, &test)?;
     let indices = match config.eval.limit {
         Some(limit) if limit < test.len() => {

@@ -107,6 +107,17 @@ impl<'g> GraphIndex<'g> {
     }
 }
 
+/// The last dimension of a tensor value's declared shape, when it is a positive number (the class
+/// count of a [N, C] logits output).
+pub fn static_last_dim(value: &super::proto::ValueInfoProto) -> Option<usize> {
+    use super::proto::{tensor_shape_proto::dimension::Value, type_proto::Value as Type};
+    let Some(Type::TensorType(tensor)) = value.r#type.as_ref()?.value.as_ref() else { return None };
+    match tensor.shape.as_ref()?.dim.last()?.value.as_ref()? {
+        Value::DimValue(d) if *d > 0 => usize::try_from(*d).ok(),
+        _ => None,
+    }
+}
+
 /// A readable label for a node: its name, else its op type and position.
 pub fn node_label(node: &NodeProto, position: usize) -> String {
     match node.name.as_deref() {

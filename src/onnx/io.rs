@@ -53,12 +53,7 @@ pub struct SaveOptions {
 /// Writes `model` to `path` atomically (temporary file in the same folder, then rename).
 pub fn save_model(model: &ModelProto, path: &Path, options: &SaveOptions) -> Result<()> {
     if let Some(input) = &options.protect {
-        if same_file(input, path) {
-            return Err(Error::Config(format!(
-                "output {} is the input model; refusing to overwrite it",
-                path.display()
-            )));
-        }
+        check_outputs(&[("input model", input)], &[("output", path)])?;
     }
     let external = options.external_data.unwrap_or_else(|| model.encoded_len() > PROTOBUF_LIMIT);
     if !external {
@@ -79,29 +74,94 @@ pub fn save_model(model: &ModelProto, path: &Path, options: &SaveOptions) -> Res
     write_atomically(path, &model.encode_to_vec())
 }
 
+/// Prefix of the temporary files of [`write_atomically`]; the writer's process id follows, so that
+/// a later run can tell a leftover of a killed process from a file another process is writing.
+const TMP_PREFIX: &str = ".deeppatch-";
+
 /// Writes bytes to `path` through a temporary file in the same folder, so readers never see a
-/// partial file.
+/// partial file. A new file gets the permissions the umask allows (as `File::create` would); a
+/// replaced file keeps its mode. Leftovers of killed writers in that folder are removed first.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let folder = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".deeppatch-")
-        .suffix(".tmp")
-        .tempfile_in(&folder)
-        .map_err(|e| Error::io(&folder, e))?;
+    remove_stale_temporaries(&folder);
+    let mut builder = tempfile::Builder::new();
+    let prefix = format!("{TMP_PREFIX}{}-", std::process::id());
+    builder.prefix(&prefix).suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // open(2) applies the umask to this mode.
+        builder.permissions(fs::Permissions::from_mode(0o666));
+    }
+    let mut tmp = builder.tempfile_in(&folder).map_err(|e| Error::io(&folder, e))?;
     tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    if let Ok(existing) = fs::metadata(path) {
+        tmp.as_file().set_permissions(existing.permissions()).map_err(|e| Error::io(path, e))?;
+    }
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (fs::canonicalize(a), fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
+/// Removes `.deeppatch-<pid>-*.tmp` files in `folder` whose writing process no longer runs (a
+/// write killed half-way). Best effort: a file that cannot be removed stays.
+fn remove_stale_temporaries(folder: &Path) {
+    let Ok(entries) = fs::read_dir(folder) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(TMP_PREFIX)).filter(|n| n.ends_with(".tmp")).and_then(|n| n.split('-').next()) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok_and(|pid| pid != std::process::id() && !process_runs(pid)) {
+            let _ = fs::remove_file(entry.path());
+        }
     }
+}
+
+/// Whether a process with this id runs (Linux: its /proc entry exists); elsewhere assumed running.
+fn process_runs(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    }
+}
+
+/// Where `path` leads: its canonical form when it exists, else its canonical folder joined with
+/// its name (a symbolic link is followed to its target).
+fn resolved(path: &Path) -> Option<PathBuf> {
+    if let Ok(canonical) = fs::canonicalize(path) {
+        return Some(canonical);
+    }
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Some(fs::canonicalize(folder).ok()?.join(path.file_name()?))
+}
+
+/// Refuses (configuration error, before any work) an output that is one of the inputs, whether
+/// named directly, through `..` or through a symbolic link, or that is named twice.
+pub fn check_outputs(inputs: &[(&str, &Path)], outputs: &[(&str, &Path)]) -> Result<()> {
+    let inputs: Vec<(&str, PathBuf)> = inputs.iter().filter_map(|(role, p)| Some((*role, resolved(p)?))).collect();
+    let mut seen: Vec<(&str, PathBuf)> = Vec::new();
+    for (role, output) in outputs {
+        let Some(target) = resolved(output) else { continue };
+        if let Some((input_role, _)) = inputs.iter().find(|(_, input)| *input == target) {
+            return Err(Error::Config(format!(
+                "{role} {} is the {input_role}; refusing to overwrite an input, give another path",
+                output.display()
+            )));
+        }
+        if let Some((other, _)) = seen.iter().find(|(_, p)| *p == target) {
+            return Err(Error::Config(format!("{role} {} is also the {other}; give two different paths", output.display())));
+        }
+        seen.push((role, target));
+    }
+    Ok(())
 }
 
 /// Visits every tensor of the model: initializers, constant attributes and sparse tensors, in the
@@ -269,6 +329,54 @@ mod tests {
         let model = load_model(&path).unwrap();
         let err = save_model(&model, &path, &SaveOptions { protect: Some(path.clone()), ..Default::default() });
         assert!(matches!(err, Err(Error::Config(_))));
+    }
+
+    #[test]
+    fn outputs_that_are_inputs_are_refused_however_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model.onnx");
+        fs::write(&model, b"x").unwrap();
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        let dotted = dir.path().join("sub/../model.onnx");
+        let link = dir.path().join("link.onnx");
+        std::os::unix::fs::symlink(&model, &link).unwrap();
+        for output in [&model, &dotted, &link] {
+            let message = check_outputs(&[("model", &model)], &[("--report-json", output)]).unwrap_err().to_string();
+            assert!(message.contains("--report-json") && message.contains("is the model"), "{message}");
+        }
+        let other = dir.path().join("report.json");
+        check_outputs(&[("model", &model)], &[("--report-json", &other)]).unwrap();
+        let twice = check_outputs(&[], &[("--report-json", &other), ("--report-md", &other)]).unwrap_err().to_string();
+        assert!(twice.contains("also the --report-json"), "{twice}");
+    }
+
+    #[test]
+    fn writes_honour_the_umask_and_keep_a_replaced_files_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.onnx");
+        write_atomically(&path, b"first").unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        // The test process's umask is 022 or stricter: group and others may read at most.
+        assert_eq!(mode & 0o600, 0o600);
+        assert_ne!(mode, 0o600, "a new file must not be private whatever the umask");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomically(&path, b"second").unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(fs::read(&path).unwrap(), b"second");
+    }
+
+    #[test]
+    fn leftovers_of_killed_writers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // No process has id 4 000 000 000 (above Linux's pid_max).
+        let stale = dir.path().join(format!("{TMP_PREFIX}4000000000-abc.tmp"));
+        let mine = dir.path().join(format!("{TMP_PREFIX}{}-abc.tmp", std::process::id()));
+        fs::write(&stale, b"half").unwrap();
+        fs::write(&mine, b"busy").unwrap();
+        write_atomically(&dir.path().join("out.json"), b"{}").unwrap();
+        assert!(!stale.exists());
+        assert!(mine.exists());
     }
 
     #[test]

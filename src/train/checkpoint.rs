@@ -34,10 +34,20 @@ pub struct Checkpoint {
     pub best_epoch: Option<usize>,
     pub best_correct: usize,
     pub records: Vec<EpochRecord>,
+    /// Factor on the scheduled learning rate, lowered by each recovery from a diverging loss.
+    #[serde(default = "unit_scale")]
+    pub learning_rate_scale: f64,
+    /// One line per recovery from a diverging loss.
+    #[serde(default)]
+    pub recoveries: Vec<String>,
     /// Files of this checkpoint, relative to the run folder.
     pub current: String,
     pub momentum: String,
     pub best: String,
+}
+
+fn unit_scale() -> f64 {
+    1.0
 }
 
 /// A checkpoint with its arrays.
@@ -96,16 +106,23 @@ fn load_index(run: &Path) -> Result<Option<Checkpoint>> {
     Ok(Some(checkpoint))
 }
 
-/// The run folder's checkpoint, if it has one; a checkpoint of a different run is an error.
+/// The run folder's checkpoint, if it has one of this run. A folder holding another run (other
+/// model, filters, data or settings) is moved aside to `<run>.previous-<n>` and `None` returned, so
+/// that changed settings start afresh without losing the earlier run.
 pub fn load(run: &Path, identity: &str) -> Result<Option<Saved>> {
-    let Some(checkpoint) = load_index(run)? else { return Ok(None) };
-    if checkpoint.identity != identity {
-        return Err(Error::Config(format!(
-            "{} holds a checkpoint of a different training run (other model, filters, data or settings); \
-             use another run folder or remove this one",
-            run.display()
-        )));
-    }
+    let checkpoint = match load_index(run) {
+        Ok(Some(checkpoint)) if checkpoint.identity == identity => checkpoint,
+        Ok(None) => return Ok(None),
+        Ok(Some(_)) | Err(_) => {
+            let aside = set_aside(run)?;
+            crate::progress::info(&format!(
+                "{} holds another training run (other model, filters, data or settings): moved to {}, training afresh",
+                run.display(),
+                aside.display()
+            ));
+            return Ok(None);
+        }
+    };
     let current = PatchSpec::load(&run.join(&checkpoint.current))?;
     let best = PatchSpec::load(&run.join(&checkpoint.best))?;
     let momentum_path = run.join(&checkpoint.momentum);
@@ -119,4 +136,15 @@ pub fn load(run: &Path, identity: &str) -> Result<Option<Saved>> {
         })
         .collect::<Result<_>>()?;
     Ok(Some(Saved { checkpoint, current, momentum, best }))
+}
+
+/// Renames `folder` to the first free `<folder>.previous-<n>` and returns the new path.
+pub fn set_aside(folder: &Path) -> Result<PathBuf> {
+    let name = folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+    let target = (1..)
+        .map(|n| folder.with_file_name(format!("{name}.previous-{n}")))
+        .find(|candidate| !candidate.exists())
+        .ok_or_else(|| Error::Internal("no free name".into()))?;
+    std::fs::rename(folder, &target).map_err(|e| Error::io(folder, e))?;
+    Ok(target)
 }

@@ -55,11 +55,19 @@ pub struct TrainData {
 
 impl TrainData {
     /// Loads the training split named by `config` and splits it as assessment does.
-    pub fn load(config: &Config) -> Result<TrainData> {
+    pub fn load(model: &ModelProto, config: &Config) -> Result<TrainData> {
         let images = load_split(config.data_root()?, Split::Train, config.data.format)?;
+        ModelIo::resolve(model, &config.preprocess)?.check_classes(model, &images)?;
         let size = config.data.val_size.map_or(ValSize::Fraction(config.data.val_fraction), ValSize::Count);
         let (train, val) = stratified_split(&images.labels, size, config.data.seed)?;
         let preprocess = preprocess_for(&config.preprocess, &images)?;
+        if train.is_empty() {
+            return Err(Error::Config(format!(
+                "data: no training images are left once T_val ({} images) is held out of {}; lower data.val_size or data.val_fraction",
+                val.len(),
+                images.len()
+            )));
+        }
         let fingerprint = images.subset(&val).fingerprint();
         Ok(TrainData { images: Arc::new(images), train, val, preprocess, fingerprint })
     }
@@ -158,6 +166,9 @@ pub struct TrainSummary {
     /// accuracy of the best epoch's weights with them.
     pub bn_adapted_layers: Option<usize>,
     pub bn_adapt_val_accuracy: Option<f64>,
+    /// Recoveries from a diverging loss (each: where, and the learning-rate factor after it).
+    #[serde(default)]
+    pub recoveries: Vec<String>,
     pub epochs: Vec<EpochRecord>,
 }
 
@@ -173,17 +184,23 @@ pub fn spec_path(run: &Path) -> PathBuf {
     run.join("spec.json")
 }
 
+/// The files a training run writes at the top of its folder (for the output policy's checks).
+pub fn run_files(run: &Path) -> Vec<PathBuf> {
+    ["spec.json", "spec.npz", "train.json", "train.csv", "checkpoint.json"].iter().map(|name| run.join(name)).collect()
+}
+
 /// Trains `initial`'s replacement filters on `data` as `config.train` says, checkpointing to and
 /// resuming from `run`; writes `run/spec.json` (+ `.npz`), `run/train.csv` and `run/train.json`.
 pub fn train(model: &ModelProto, initial: &PatchSpec, data: &TrainData, config: &Config, run: &Path) -> Result<Trained> {
     let settings = &config.train;
-    std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
     let io = ModelIo::resolve(model, &config.preprocess)?;
     let options = BackendOptions { kind: config.backend.kind, device: config.backend.device, threads: config.backend.threads };
     let StepGraph { step, slots, .. } = step_graph(model, initial, config, &io)?;
     let identity = identity(model, initial, data, config);
 
-    let (mut current, mut momentum, mut best, mut log) = match checkpoint::load(run, &identity)? {
+    let saved = checkpoint::load(run, &identity)?;
+    std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
+    let (mut current, mut momentum, mut best, mut log) = match saved {
         Some(saved) => {
             progress::info(&format!("resuming from {} after epoch {}", run.join("checkpoint.json").display(), saved.checkpoint.epochs_done));
             (saved.current, saved.momentum, saved.best, saved.checkpoint)
@@ -199,6 +216,8 @@ pub fn train(model: &ModelProto, initial: &PatchSpec, data: &TrainData, config: 
                 best_epoch: None,
                 best_correct: 0,
                 records: Vec::new(),
+                learning_rate_scale: 1.0,
+                recoveries: Vec::new(),
                 current: String::new(),
                 momentum: String::new(),
                 best: String::new(),
@@ -207,12 +226,38 @@ pub fn train(model: &ModelProto, initial: &PatchSpec, data: &TrainData, config: 
         }
     };
 
-    let mut session = open_stepping_session(&step.model.encode_to_vec(), &options, carried(&slots, &current, &momentum)?)?;
+    let open = |current: &PatchSpec, momentum: &BTreeMap<String, ArrayD<f32>>| {
+        open_stepping_session(&step.model.encode_to_vec(), &options, carried(&slots, current, momentum)?)
+    };
+    let mut session = open(&current, &momentum)?;
     let outputs = Outputs::find(session.as_ref(), &step)?;
-    for epoch in log.epochs_done..settings.epochs {
+    let mut epoch = log.epochs_done;
+    while epoch < settings.epochs {
         let started = Instant::now();
-        let learning_rate = cosine(settings.learning_rate, epoch, settings.t_max);
-        let (loss, correct) = run_epoch(session.as_mut(), &step, &outputs, data, config, epoch, learning_rate, run, &log)?;
+        let learning_rate = cosine(settings.learning_rate, epoch, settings.t_max) * log.learning_rate_scale;
+        let (loss, correct) = match run_epoch(session.as_mut(), &step, &outputs, data, config, epoch, learning_rate)? {
+            EpochEnd::Finished { loss, correct } => (loss, correct),
+            EpochEnd::Diverged { batch, loss } => {
+                let what = format!("epoch {}, batch {batch}: the loss is {loss:.4e} at learning rate {learning_rate:.3e}", epoch + 1);
+                if log.recoveries.len() >= MAX_RECOVERIES {
+                    let kept = match log.epochs_done {
+                        0 => "no epoch finished, so there is no checkpoint".to_string(),
+                        done => format!("the last good checkpoint (epoch {done}) is kept in {}", run.join("checkpoint.json").display()),
+                    };
+                    return Err(Error::Training(format!(
+                        "{what}, still diverging after {MAX_RECOVERIES} recoveries ({}); lower train.learning_rate; {kept}",
+                        log.recoveries.join("; ")
+                    )));
+                }
+                // Back to the state at the start of the epoch (weights and momenta), a tenth of the rate.
+                log.learning_rate_scale *= RECOVERY_FACTOR;
+                let line = format!("{what}: restarting the epoch from its start with the learning rate × {}", log.learning_rate_scale);
+                progress::info(&format!("recovering from a diverging loss: {line}"));
+                log.recoveries.push(line);
+                session = open(&current, &momentum)?;
+                continue;
+            }
+        };
         let steps_seconds = started.elapsed().as_secs_f64();
         (current, momentum) = read_state(session.as_ref(), &slots, &current)?;
         let val = val_correct(&beta_model(model, &current)?.0, data, config, &io, &options)?;
@@ -245,6 +290,7 @@ pub fn train(model: &ModelProto, initial: &PatchSpec, data: &TrainData, config: 
         ));
         checkpoint::save(run, log.clone(), &current, &momentum, &best)?;
         write_log(run, &log.records)?;
+        epoch += 1;
     }
 
     let percent = |count: usize| 100.0 * count as f64 / log.val_images.max(1) as f64;
@@ -278,6 +324,7 @@ pub fn train(model: &ModelProto, initial: &PatchSpec, data: &TrainData, config: 
         improved,
         bn_adapted_layers,
         bn_adapt_val_accuracy,
+        recoveries: log.recoveries.clone(),
         epochs: log.records.clone(),
     };
     spec.metadata.insert("training".into(), format!(
@@ -409,9 +456,22 @@ impl Outputs {
     }
 }
 
-/// One epoch over T_train°: returns the mean loss and the number of correct predictions. A
-/// non-finite loss stops training; the last checkpoint stays as it was.
-#[allow(clippy::too_many_arguments)]
+/// How many times a diverging loss is recovered from before training gives up.
+pub const MAX_RECOVERIES: usize = 3;
+/// The factor on the learning rate at each recovery.
+pub const RECOVERY_FACTOR: f64 = 0.1;
+/// A batch loss this many times the epoch's first batch loss (at least ln 2) counts as diverging.
+const EXPLOSION_FACTOR: f64 = 5.0;
+
+/// How an epoch ended.
+enum EpochEnd {
+    /// The mean loss and the number of correct predictions.
+    Finished { loss: f64, correct: usize },
+    /// A batch (1-based) whose loss is not finite or exploded; the session's state is spoiled.
+    Diverged { batch: usize, loss: f64 },
+}
+
+/// One epoch over T_train°.
 fn run_epoch(
     session: &mut dyn SteppingSession,
     step: &TrainingStep,
@@ -420,14 +480,13 @@ fn run_epoch(
     config: &Config,
     epoch: usize,
     learning_rate: f64,
-    run: &Path,
-    log: &checkpoint::Checkpoint,
-) -> Result<(f64, usize)> {
+) -> Result<EpochEnd> {
     let items = epoch_draw(&data.train, config.data.seed, epoch);
     let stream = BatchStream::mixed(data.images.clone(), items, data.preprocess.clone(), config.train.batch_size);
     let rate = Tensor::F32(ArrayD::from_elem(IxDyn(&[]), learning_rate as f32));
     let mut progress = Progress::new(format!("epoch {}/{}", epoch + 1, config.train.epochs), data.train.len());
     let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+    let mut first_loss = None;
     for (number, batch) in stream.enumerate() {
         let batch = batch?;
         let count = batch.labels.len();
@@ -435,16 +494,10 @@ fn run_epoch(
         let labels = Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[count]), batch.labels).map_err(|e| Error::Internal(e.to_string()))?);
         let results = session.step(&[(&step.images, &images), (&step.labels, &labels), (&step.learning_rate, &rate)])?;
         let loss = f64::from(results[outputs.loss].as_f32()?.iter().next().copied().unwrap_or(f32::NAN));
-        if !loss.is_finite() {
-            let kept = match log.epochs_done {
-                0 => "no epoch finished, so there is no checkpoint".to_string(),
-                done => format!("the last good checkpoint (epoch {done}) is kept in {}", run.join("checkpoint.json").display()),
-            };
-            return Err(Error::Training(format!(
-                "epoch {}, batch {}: the loss is {loss}; lower train.learning_rate; {kept}",
-                epoch + 1,
-                number + 1
-            )));
+        let reference = *first_loss.get_or_insert(loss);
+        if !loss.is_finite() || loss > EXPLOSION_FACTOR * reference.max(std::f64::consts::LN_2) {
+            progress.finish();
+            return Ok(EpochEnd::Diverged { batch: number + 1, loss });
         }
         loss_sum += loss * count as f64;
         correct += results[outputs.correct].as_i64()?.iter().sum::<i64>().max(0) as usize;
@@ -453,7 +506,7 @@ fn run_epoch(
         progress.set_detail(format!("loss {:.4}, accuracy {:.2} %", loss_sum / seen as f64, 100.0 * correct as f64 / seen as f64));
     }
     progress.finish();
-    Ok((loss_sum / seen.max(1) as f64, correct))
+    Ok(EpochEnd::Finished { loss: loss_sum / seen.max(1) as f64, correct })
 }
 
 /// Correct predictions of `model` on T_val° (T_val clean and at every σ).
@@ -499,7 +552,7 @@ fn write_log(run: &Path, records: &[EpochRecord]) -> Result<()> {
 pub fn train_model(model_path: &Path, assessment_path: &Path, kappa: f64, config: &Config, run: &Path) -> Result<Trained> {
     let model = crate::onnx::load_model(model_path)?;
     let assessment = assess::load(assessment_path)?;
-    let data = TrainData::load(config)?;
+    let data = TrainData::load(&model, config)?;
     if assessment.data_fingerprint != data.fingerprint {
         progress::info("note: the assessment was made on other validation data than this training run's T_val");
     }
