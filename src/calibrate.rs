@@ -556,7 +556,7 @@ mod tests {
     }
 
     /// 300 clean images: adapting every one gains 4 and loses 3 (a point estimate of +0.33 points,
-    /// above the −0.3 floor) but the 95 % lower bound is about −1.2 points, so the rule is refused
+    /// above the −0.3 floor) but the 95 % lower bound is about −1.1 points, so the rule is refused
     /// and the threshold that adapts only the blurred images is taken.
     #[test]
     fn the_statistical_floor_refuses_what_the_point_estimate_accepts() {

@@ -61,15 +61,58 @@ fn rewrite_keeps_every_stage_and_reuses_them() {
 fn rewrite_keeps_the_original_when_training_does_not_beat_it() {
     let folder = tempfile::tempdir().unwrap();
     let (output, run) = (folder.path().join("out.onnx"), folder.path().join("run"));
-    // One epoch of fresh filters on a thousand images cannot beat the original model.
-    let done = rewrite(&output, &run, &["--epochs", "1", "--no-eval"]);
-    let stdout = String::from_utf8_lossy(&done.stdout);
-    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
-    assert!(stdout.contains("the output is the original model"), "{stdout}");
+    // A learning rate too small to move any weight: the β model stays the original model, which
+    // it therefore cannot beat.
+    let done = rewrite(&output, &run, &["--epochs", "1", "--learning-rate", "1e-20", "--limit", "50"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&done.stdout), String::from_utf8_lossy(&done.stderr));
+    assert!(done.status.success(), "{stderr}");
+    assert!(stdout.contains("outcome: unchanged: no training epoch beat the original model"), "{stdout}");
+    assert!(stderr.contains("is the original model, unchanged"), "{stderr}");
     let original = onnx_deeppatch::onnx::load_model(&common::fixture("models/tiny_cnn_cifar10.onnx")).unwrap();
     assert_eq!(onnx_deeppatch::onnx::load_model(&output).unwrap(), original);
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("train/train.json")).unwrap()).unwrap();
     assert_eq!(summary["improved"], serde_json::json!(false));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["outcome"]["status"], serde_json::json!("unchanged"), "{report}");
+
+    // With --require-improvement the same run (reused) writes OUT and exits 5.
+    std::fs::remove_file(&output).unwrap();
+    let strict = rewrite(&output, &run, &["--epochs", "1", "--learning-rate", "1e-20", "--no-eval", "--require-improvement"]);
+    let stderr = String::from_utf8_lossy(&strict.stderr);
+    assert_eq!(strict.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("--require-improvement"), "{stderr}");
+    assert_eq!(onnx_deeppatch::onnx::load_model(&output).unwrap(), original);
+}
+
+/// A run folder belongs to one model: another model's rewrite into it is refused before anything
+/// in it changes. Changed settings (here the backend, as a second `demo` after a first on the
+/// other backend) set the earlier training aside and run again.
+#[test]
+fn run_folders_belong_to_one_model_and_changed_settings_run_again() {
+    let folder = tempfile::tempdir().unwrap();
+    let (output, run) = (folder.path().join("out.onnx"), folder.path().join("run"));
+    let first = rewrite(&output, &run, &["--epochs", "1", "--val-size", "50", "--no-eval"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let assessment = std::fs::read(run.join("assessment.json")).unwrap();
+
+    let other = common::cli(os_args![
+        "rewrite", common::fixture("models/tiny_vgg_cifar10.onnx"), folder.path().join("vgg.onnx"), "--config", common::fixture("cifar10.yaml"),
+        "--backend", "ort", "--run", run, "--epochs", "1", "--val-size", "50", "--no-eval"
+    ]);
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert_eq!(other.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("belongs to another model"), "{stderr}");
+    assert_eq!(std::fs::read(run.join("assessment.json")).unwrap(), assessment);
+    assert!(!folder.path().join("vgg.onnx").exists());
+
+    let again = common::cli(os_args![
+        "rewrite", common::fixture("models/tiny_cnn_cifar10.onnx"), output, "--config", common::fixture("cifar10.yaml"),
+        "--backend", "tract", "--run", run, "--epochs", "1", "--val-size", "50", "--no-eval"
+    ]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert!(stderr.contains("reusing") && stderr.contains("moved to"), "{stderr}");
+    assert!(run.join("train.previous-1/checkpoint.json").is_file());
 }
 
 #[test]

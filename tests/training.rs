@@ -1,7 +1,7 @@
 //! Retraining (BRIEF §2.3) end to end on tiny_cnn and the bundled CIFAR-10 subset: resuming from a
 //! checkpoint gives the uninterrupted run's weights bit for bit, the trained spec patches into the
-//! model whose T_val° accuracy training reported, both backends train alike, and a diverging run
-//! stops with an error.
+//! model whose T_val° accuracy training reported, both backends train alike, a loss blow-up is
+//! recovered from, and a run that keeps diverging stops with an error.
 
 mod common;
 
@@ -67,16 +67,21 @@ fn training_resumes_to_the_uninterrupted_result_and_repeats_exactly() {
     assert_eq!(figures(&resumed.summary), figures(&whole.summary));
     assert_eq!(resumed.summary.best_epoch, whole.summary.best_epoch);
     // The second epoch runs at the cosine schedule's rate for epoch 1 of T_max = 200.
-    assert_eq!(whole.summary.epochs[1].learning_rate, train::cosine(0.01, 1, 200));
+    assert_eq!(whole.summary.epochs[1].learning_rate, train::cosine(0.001, 1, 200));
     let csv = std::fs::read_to_string(split.join("train.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(csv.starts_with("epoch,learning_rate,loss,train_accuracy,val_accuracy"), "{csv}");
 
-    // Other settings in the same folder: refused, the checkpoint left alone.
-    let mut other = config(BackendKind::Ort, 2);
-    other.train.learning_rate = 0.02;
-    let error = train::train_model(&common::fixture(MODEL), &assessment, 0.25, &other, &split).err().unwrap();
-    assert!(error.to_string().contains("different training run"), "{error}");
+    // Other settings in the same folder: the earlier run is moved aside whole, and training starts afresh.
+    let mut other = config(BackendKind::Ort, 1);
+    other.train.learning_rate = 0.002;
+    let before = std::fs::read(split.join("checkpoint.json")).unwrap();
+    let fresh = train::train_model(&common::fixture(MODEL), &assessment, 0.25, &other, &split).unwrap();
+    assert_eq!(fresh.summary.epochs.len(), 1);
+    assert_eq!(fresh.summary.epochs[0].learning_rate, 0.002);
+    let aside = folder.path().join("split.previous-1");
+    assert_eq!(std::fs::read(aside.join("checkpoint.json")).unwrap(), before);
+    assert!(aside.join("spec.json").is_file());
 }
 
 #[test]
@@ -126,15 +131,34 @@ fn tract_and_onnxruntime_train_alike() {
 }
 
 #[test]
-fn a_diverging_run_stops_with_an_error() {
+fn a_run_that_keeps_diverging_stops_with_an_error() {
     let folder = tempfile::tempdir().unwrap();
     let assessment = assessment(folder.path());
     let run = folder.path().join("run");
     let output = on_tiny_cnn("train", os_args!["--assessment", assessment, "--out", run, "--epochs", "2", "--learning-rate", "1e30"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("the loss is") && stderr.contains("no epoch finished"), "{stderr}");
+    assert!(stderr.contains("the loss is") && stderr.contains("still diverging after 3 recoveries") && stderr.contains("no epoch finished"), "{stderr}");
+    assert_eq!(stderr.matches("recovering from a diverging loss").count(), 3, "{stderr}");
     assert!(!run.join("spec.json").exists());
+}
+
+/// A learning rate that explodes at first: the epoch restarts from its start at a tenth of the
+/// rate until the loss stays bounded, each recovery logged and recorded, and training finishes.
+#[test]
+fn a_loss_blow_up_is_recovered_from() {
+    let folder = tempfile::tempdir().unwrap();
+    let assessment = assessment(folder.path());
+    let mut settings = config(BackendKind::Ort, 1);
+    settings.train.learning_rate = 1000.0;
+    let trained = train(&settings, &assessment, &folder.path().join("run"));
+    let recoveries = &trained.summary.recoveries;
+    assert!(!recoveries.is_empty() && recoveries.len() <= train::MAX_RECOVERIES, "{recoveries:?}");
+    assert!(recoveries[0].contains("epoch 1, batch") && recoveries[0].contains("learning rate × 0.1"), "{recoveries:?}");
+    let scale = train::RECOVERY_FACTOR.powi(recoveries.len() as i32);
+    let record = &trained.summary.epochs[0];
+    assert!((record.learning_rate - 1000.0 * scale).abs() < 1e-9 * 1000.0, "{record:?}");
+    assert!(record.loss.is_finite());
 }
 
 #[test]
