@@ -150,14 +150,14 @@ fn a_loss_blow_up_is_recovered_from() {
     let folder = tempfile::tempdir().unwrap();
     let assessment = assessment(folder.path());
     let mut settings = config(BackendKind::Ort, 1);
-    settings.train.learning_rate = 1000.0;
+    settings.train.learning_rate = 1.0;
     let trained = train(&settings, &assessment, &folder.path().join("run"));
     let recoveries = &trained.summary.recoveries;
     assert!(!recoveries.is_empty() && recoveries.len() <= train::MAX_RECOVERIES, "{recoveries:?}");
-    assert!(recoveries[0].contains("epoch 1, batch") && recoveries[0].contains("learning rate × 0.1"), "{recoveries:?}");
+    assert!(recoveries[0].contains("epoch 1, batch") && recoveries[0].contains("learning rate × 1e-1"), "{recoveries:?}");
     let scale = train::RECOVERY_FACTOR.powi(recoveries.len() as i32);
     let record = &trained.summary.epochs[0];
-    assert!((record.learning_rate - 1000.0 * scale).abs() < 1e-9 * 1000.0, "{record:?}");
+    assert!((record.learning_rate - scale).abs() < 1e-9, "{record:?}");
     assert!(record.loss.is_finite());
 }
 

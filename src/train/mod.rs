@@ -251,7 +251,7 @@ pub fn train(model: &ModelProto, initial: &PatchSpec, data: &TrainData, config: 
                 }
                 // Back to the state at the start of the epoch (weights and momenta), a tenth of the rate.
                 log.learning_rate_scale *= RECOVERY_FACTOR;
-                let line = format!("{what}: restarting the epoch from its start with the learning rate × {}", log.learning_rate_scale);
+                let line = format!("{what}: restarting the epoch from its start with the learning rate × {:.0e}", log.learning_rate_scale);
                 progress::info(&format!("recovering from a diverging loss: {line}"));
                 log.recoveries.push(line);
                 session = open(&current, &momentum)?;
