@@ -458,9 +458,6 @@ fn best_threshold(
     for &direction in directions {
         for &threshold in &thresholds {
             let flags: Vec<bool> = scores.iter().map(|&v| if direction == Direction::Below { v < threshold } else { v > threshold }).collect();
-            if !flags.iter().any(|&f| f) && best.is_some() {
-                continue;
-            }
             let candidate = figures(rule, decision(threshold, direction), &flags, samples, None, bound);
             let better = best.as_ref().is_none_or(|b| candidate.val_accuracy > b.val_accuracy);
             if candidate.keeps_clean && better {

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use onnx_deeppatch::config::{Config, Overrides};
+use onnx_deeppatch::pipeline::Status;
 use onnx_deeppatch::progress::{self, LogFormat};
 use onnx_deeppatch::{assess, bench, eval, inspect, onnx, report, units};
 
@@ -392,7 +393,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let done = onnx_deeppatch::pipeline::rewrite(&input, &output, &config, &options)
                 .with_context(|| format!("rewriting {}", input.display()))?;
             print_rewritten(&done);
-            if require_improvement && !done.outcome.is_patched() {
+            if require_improvement && done.outcome.status == Status::Unchanged {
                 return Err(Unchanged(done.outcome.reason).into());
             }
         }
@@ -440,7 +441,11 @@ fn print_rewritten(done: &onnx_deeppatch::pipeline::Rewritten) {
     if let Some(evaluation) = &done.evaluation {
         print!("{}", report::terminal(&evaluation.report));
     }
-    println!("outcome: {}: {}", done.outcome.status, done.outcome.reason);
+    let status = match done.outcome.status {
+        Status::Patched => "patched",
+        Status::Unchanged => "unchanged",
+    };
+    println!("outcome: {status}: {}", done.outcome.reason);
 }
 
 /// Exit code of `rewrite --require-improvement` when OUT is the original model.

@@ -40,26 +40,21 @@ pub struct RewriteOptions {
     pub evaluate: bool,
 }
 
+/// What OUT is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// The γ-patched model.
+    Patched,
+    /// The original model, unchanged.
+    Unchanged,
+}
+
 /// Whether OUT is the patched model or the original one, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
-    /// `"patched"` or `"unchanged"` (OUT is the original model, byte for byte as re-encoded).
-    pub status: String,
+    pub status: Status,
     pub reason: String,
-}
-
-impl Outcome {
-    fn patched(reason: String) -> Self {
-        Outcome { status: "patched".into(), reason }
-    }
-
-    fn unchanged(reason: String) -> Self {
-        Outcome { status: "unchanged".into(), reason }
-    }
-
-    pub fn is_patched(&self) -> bool {
-        self.status == "patched"
-    }
 }
 
 /// What `rewrite` did.
@@ -138,25 +133,25 @@ pub fn rewrite(input: &Path, output: &Path, config: &Config, options: &RewriteOp
         Ok(Rewritten { outcome, evaluation })
     };
     if !s.improved {
-        return unchanged(Outcome::unchanged(format!(
+        return unchanged(Outcome { status: Status::Unchanged, reason: format!(
             "no training epoch beat the original model on T_val° (best {:.2} % against the original's {:.2} %)",
             s.bn_adapt_val_accuracy.unwrap_or(s.best_val_accuracy),
             s.original_val_accuracy
-        )));
+        ) });
     }
 
     progress::info("stage 3/4: calibrating the γ decision");
     let (spec, calibration) = calibrated(&model, &trained.spec, config, run, options.rule)?;
     if !calibration.adapts() {
-        return unchanged(Outcome::unchanged(format!(
+        return unchanged(Outcome { status: Status::Unchanged, reason: format!(
             "no decision rule keeps clean accuracy within its bound on T_val ({}), so no sample would be adapted",
             calibration.refusals()
-        )));
+        ) });
     }
 
     progress::info("stage 4/4: writing the patched model");
     onnx::save_model(&gamma_model(&model, &spec)?, output, &save)?;
-    let outcome = Outcome::patched(format!(
+    let reason = format!(
         "rule {} adapts {:.1} % of clean and {:.1} % of blurred T_val images; T_val° {:.2} % against the original's {:.2} %; \
          lower bound on the clean-accuracy change {:+.2} points",
         calibration.chosen,
@@ -165,7 +160,8 @@ pub fn rewrite(input: &Path, output: &Path, config: &Config, options: &RewriteOp
         calibration.served.val_accuracy,
         calibration.original.val_accuracy,
         calibration.served.clean_change_lower_bound
-    ));
+    );
+    let outcome = Outcome { status: Status::Patched, reason };
     progress::info(&format!("outcome: {} is patched: {}", output.display(), outcome.reason));
     let evaluation = evaluate.then(|| report(output, config, run, &outcome)).transpose()?;
     Ok(Rewritten { outcome, evaluation })
