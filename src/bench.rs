@@ -29,7 +29,7 @@ pub struct EvalThroughput {
 /// Runs `evaluate` and bare inference alternately `rounds` times over the same images and
 /// conditions (clean and every σ), and compares the best rate of each.
 pub fn eval_throughput(model_path: &std::path::Path, config: &Config, rounds: usize) -> Result<EvalThroughput> {
-    let model = crate::onnx::load_model(model_path)?;
+    let model = crate::analysis::load(model_path)?;
     let io = ModelIo::resolve(&model, &config.preprocess)?;
     let data = crate::data::load_split(config.data_root()?, crate::data::Split::Test, config.data.format)?;
     let preprocess = preprocess_for(&config.preprocess, &data)?;
@@ -138,7 +138,7 @@ pub struct PatchCostOptions {
 /// them against the original on real test images, in interleaved single runs.
 pub fn patch_cost(model_path: &std::path::Path, config: &Config, options: &PatchCostOptions) -> Result<PatchCost> {
     use crate::units::{gamma_model, spec::random_spec, Decision};
-    let model = crate::onnx::load_model(model_path)?;
+    let model = crate::analysis::load(model_path)?;
     let io = ModelIo::resolve(&model, &config.preprocess)?;
     let data = crate::data::load_split(config.data_root()?, crate::data::Split::Test, config.data.format)?;
     let preprocess = preprocess_for(&config.preprocess, &data)?;
@@ -275,7 +275,7 @@ pub fn train_throughput(
 ) -> Result<TrainThroughput> {
     use crate::backend::stepping::open_stepping_session;
 
-    let model = crate::onnx::load_model(model_path)?;
+    let model = crate::analysis::load(model_path)?;
     let io = ModelIo::resolve(&model, &config.preprocess)?;
     let spec = crate::units::spec::random_spec(&model, kappa, config.data.seed, crate::units::Decision::adapt_all())?;
     let graph = crate::train::step_graph(&model, &spec, config, &io)?;
@@ -367,7 +367,7 @@ pub struct AssessSpeed {
 pub fn assess_speed(model_path: &std::path::Path, config: &Config, layers: Option<&[usize]>, rounds: usize) -> Result<AssessSpeed> {
     use crate::assess::{self, Method, Original};
     let load_before = load_average();
-    let model = crate::onnx::load_model(model_path)?;
+    let model = crate::analysis::load(model_path)?;
     let io = ModelIo::resolve(&model, &config.preprocess)?;
     let data = assess::load_val_star(config)?;
     if data.is_empty() {

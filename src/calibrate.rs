@@ -135,7 +135,7 @@ impl Calibration {
 
     /// Reads a report written by [`Calibration::save_report`] (without its per-sample values).
     pub fn load_report(path: &Path) -> Result<Calibration> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::onnx::io::read_text(path, crate::onnx::io::TEXT_LIMIT)?;
         serde_json::from_str(&text).map_err(|e| Error::data(path, format!("not a calibration report: {e}")))
     }
 
@@ -486,7 +486,7 @@ pub fn calibrate_files(
     if same(spec_path, out_spec) || same(&crate::units::spec::weights_path(spec_path), &crate::units::spec::weights_path(out_spec)) {
         return Err(Error::Config(format!("--out-spec {} would overwrite the input spec; give another path", out_spec.display())));
     }
-    let model = crate::onnx::load_model(model_path)?;
+    let model = crate::analysis::load(model_path)?;
     let mut spec = PatchSpec::load(spec_path)?;
     let calibration = calibrate(&model, &spec, config, options)?;
     calibration.apply(&mut spec);

@@ -164,7 +164,10 @@ impl Default for TrainConfig {
 impl Config {
     /// Reads and validates a YAML configuration file.
     pub fn from_file(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::onnx::io::read_text(path, crate::onnx::io::TEXT_LIMIT).map_err(|e| match e {
+            Error::Io { .. } => e,
+            other => Error::Config(other.to_string()),
+        })?;
         let mut config: Config = serde_yaml::from_str(&text)
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         // Relative paths in a file are relative to that file, so a pipeline can run it from anywhere.

@@ -18,6 +18,10 @@ pub enum Error {
     #[error("unsupported model: node '{node}' ({op_type}): {message}")]
     Unsupported { node: String, op_type: String, message: String },
 
+    /// A well-formed model whose overall shape this tool cannot handle (its inputs, its opset).
+    #[error("unsupported model: {0}")]
+    UnsupportedModel(String),
+
     /// A model-level inconsistency that is not tied to a single node (missing input, cycle, ...).
     #[error("invalid model: {0}")]
     InvalidGraph(String),
@@ -54,7 +58,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) => 2,
-            Error::Model { .. } | Error::Unsupported { .. } | Error::InvalidGraph(_) => 3,
+            Error::Model { .. } | Error::Unsupported { .. } | Error::UnsupportedModel(_) | Error::InvalidGraph(_) => 3,
             Error::Data { .. } | Error::Io { .. } => 4,
             Error::Backend { .. } | Error::Training(_) | Error::Internal(_) => 1,
         }

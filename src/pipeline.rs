@@ -87,7 +87,7 @@ struct RunOwner {
 fn claim_run_folder(run: &Path, model: &crate::onnx::proto::ModelProto) -> Result<()> {
     let path = run.join("run.json");
     let owner = RunOwner { model_sha256: model_sha256(model) };
-    if let Ok(text) = std::fs::read_to_string(&path) {
+    if let Ok(text) = crate::onnx::io::read_text(&path, crate::onnx::io::TEXT_LIMIT) {
         let found: RunOwner = serde_json::from_str(&text).map_err(|e| Error::data(&path, format!("not a run folder's record: {e}")))?;
         if found != owner {
             return Err(Error::Config(format!(
@@ -114,7 +114,7 @@ fn claim_run_folder(run: &Path, model: &crate::onnx::proto::ModelProto) -> Resul
 pub fn rewrite(input: &Path, output: &Path, config: &Config, options: &RewriteOptions) -> Result<Rewritten> {
     let (run, evaluate) = (options.run.as_path(), options.evaluate);
     onnx::io::check_outputs(&[("input model", input)], &[("output", output)])?;
-    let model = onnx::load_model(input)?;
+    let model = crate::analysis::load(input)?;
     let data = TrainData::load(&model, config)?;
     claim_run_folder(run, &model)?;
 
@@ -195,7 +195,7 @@ fn calibrated(model: &crate::onnx::proto::ModelProto, trained: &PatchSpec, confi
     let report_path = run.join("calibration.json");
     let stamp_path = run.join("calibration.stamp.json");
     let stamp = CalibrationStamp { trained_spec_sha256: spec_sha256(&train::spec_path(&run.join("train")))?, settings: format!("{rule:?} {:?} {:?} {:?}", config.data, config.preprocess, config.calibrate) };
-    let previous: Option<CalibrationStamp> = std::fs::read_to_string(&stamp_path).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let previous: Option<CalibrationStamp> = crate::onnx::io::read_text(&stamp_path, crate::onnx::io::TEXT_LIMIT).ok().and_then(|t| serde_json::from_str(&t).ok());
     if previous.as_ref() == Some(&stamp) && spec_path.exists() {
         if let Ok(calibration) = Calibration::load_report(&report_path) {
             progress::info(&format!("reusing {}", spec_path.display()));
@@ -218,7 +218,7 @@ fn calibrated(model: &crate::onnx::proto::ModelProto, trained: &PatchSpec, confi
 fn spec_sha256(path: &Path) -> Result<String> {
     let mut hash = Sha256::new();
     for file in [path.to_path_buf(), weights_path(path)] {
-        hash.update(std::fs::read(&file).map_err(|e| Error::io(&file, e))?);
+        hash.update(crate::onnx::io::read_input(&file, crate::onnx::io::ARRAY_LIMIT)?);
     }
     Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

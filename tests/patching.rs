@@ -176,8 +176,9 @@ fn check_model(name: &str, source: PathBuf) {
     patch(&source, &path("all.onnx"), &["--random-spec", "--kappa", "0.25", "--seed", "7", "--boundary", "adapt-all", "--save-spec", spec_path.to_str().unwrap()]);
     patch(&source, &path("none.onnx"), &["--spec", spec_path.to_str().unwrap(), "--boundary", "adapt-none"]);
 
-    // CR: the monitoring output equals the Rust count on the same activations, exactly.
-    let original = load_model(&source).unwrap();
+    // CR: the monitoring output equals the Rust count on the same activations, exactly. The
+    // original is the model the tool works on (a legacy opset raised to 11).
+    let original = onnx_deeppatch::analysis::load(&source).unwrap();
     let spec = PatchSpec::load(&spec_path).unwrap();
     let x = images(64);
     let cr = checked_cr(name, &load_model(&path("none.onnx")).unwrap(), &original, &spec, &x);
@@ -248,6 +249,15 @@ fn tiny_dw() {
 #[test]
 fn tiny_vgg() {
     check_model("tiny_vgg", common::fixture("models/tiny_vgg_cifar10.onnx"));
+}
+
+/// Opset 8 with Pad, Clip and Slice attributes, BatchNormalization's `spatial` and a weight from a
+/// Constant node: raised to opset 11, the file passes onnx.checker (the script), the original
+/// computation is unchanged (compared with onnxruntime on the opset-8 file), and merges follow
+/// the Constant node.
+#[test]
+fn legacy_opset8_is_raised_without_changing_the_original_computation() {
+    check_model("legacy_opset8", common::fixture("models/legacy_opset8.onnx"));
 }
 
 #[test]

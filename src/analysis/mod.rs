@@ -4,11 +4,12 @@
 
 pub(crate) mod facts;
 pub(crate) mod geometry;
+pub mod opset;
 pub mod site;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::onnx::graph::{attr_int, node_label, GraphIndex};
-use crate::onnx::proto::ModelProto;
+use crate::onnx::proto::{type_proto::Value as Type, GraphProto, ModelProto, ValueInfoProto};
 use crate::onnx::tensor::{element_count_of, shape_of};
 
 /// One convolution of the main graph.
@@ -68,6 +69,47 @@ pub fn convolutions(model: &ModelProto) -> Result<Vec<ConvInfo>> {
         });
     }
     Ok(convs)
+}
+
+/// Loads, validates and, when the model's opset is older than the rewrites need, raises it
+/// ([`opset::patchable`]): the model every stage of the tool works on.
+pub fn load(path: &std::path::Path) -> Result<ModelProto> {
+    opset::patchable(crate::onnx::load_model(path)?).map_err(|e| match e {
+        Error::Unsupported { .. } | Error::UnsupportedModel(_) => Error::model(path, e.to_string()),
+        other => other,
+    })
+}
+
+/// The model's image input: its only runtime input (an input without a default initializer). The
+/// tool feeds one batch of images and the γ rewrite routes samples along the first axis, so a
+/// second runtime input (weights fed at run time, say) and a declared rank other than 4
+/// ([N, C, H, W]) are refused.
+pub fn image_input(graph: &GraphProto) -> Result<&ValueInfoProto> {
+    let initialized: std::collections::HashSet<&str> = graph.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
+    let runtime: Vec<&ValueInfoProto> = graph.input.iter().filter(|v| !initialized.contains(v.name.as_deref().unwrap_or(""))).collect();
+    let name = |v: &ValueInfoProto| v.name.clone().unwrap_or_default();
+    let input = match runtime.as_slice() {
+        [input] => *input,
+        [] => return Err(Error::UnsupportedModel("the model has no runtime input to feed images to".into())),
+        several => {
+            let names: Vec<String> = several.iter().map(|v| name(v)).collect();
+            return Err(Error::UnsupportedModel(format!(
+                "the model has {} runtime inputs ({}); the tool feeds one image input (make weights initializers, not graph inputs)",
+                names.len(),
+                names.join(", ")
+            )));
+        }
+    };
+    if let Some(Type::TensorType(tensor)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        if let Some(shape) = tensor.shape.as_ref().filter(|s| s.dim.len() != 4) {
+            return Err(Error::UnsupportedModel(format!(
+                "input '{}' has rank {}; the tool needs a batched [N, C, H, W] image input (export the model with a batch dimension)",
+                name(input),
+                shape.dim.len()
+            )));
+        }
+    }
+    Ok(input)
 }
 
 /// Number of parameters in all initializers of the main graph.

@@ -182,7 +182,7 @@ pub fn partial_path(out: &Path) -> std::path::PathBuf {
 /// The layers a previous run recorded for the same model, data and layers; a torn last line (the
 /// run was killed while writing it) and records of another run are dropped.
 pub(super) fn read_partial(path: &Path, header: &PartialHeader) -> Vec<LayerCounts> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    let Ok(text) = crate::onnx::io::read_text(path, crate::onnx::io::TEXT_LIMIT) else { return Vec::new() };
     let mut lines = text.lines();
     match lines.next().map(serde_json::from_str::<PartialHeader>) {
         Some(Ok(found)) if found == *header => {}
@@ -228,7 +228,7 @@ pub fn save(assessment: &Assessment, path: &Path) -> Result<()> {
 
 /// Reads an artifact written by [`save`].
 pub fn load(path: &Path) -> Result<Assessment> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::onnx::io::read_input(path, crate::onnx::io::TEXT_LIMIT)?;
     serde_json::from_slice(&bytes).map_err(|e| Error::data(path, format!("not an assessment artifact: {e}")))
 }
 

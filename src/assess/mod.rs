@@ -318,7 +318,7 @@ pub struct AssessOptions {
 pub fn assess_model(model_path: &Path, config: &Config, options: &AssessOptions) -> Result<Assessment> {
     let kappa = options.kappa.unwrap_or(DEFAULT_KAPPA);
     let method = if options.naive { Method::Naive } else { Method::Fast };
-    let model = crate::onnx::load_model(model_path)?;
+    let model = crate::analysis::load(model_path)?;
     let io = ModelIo::resolve(&model, &config.preprocess)?;
     let data = load_val_star(config)?;
     if data.is_empty() {

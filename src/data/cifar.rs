@@ -79,7 +79,7 @@ pub(super) fn load(root: &Path, split: Split, kind: Kind) -> Result<Dataset> {
     let (mut pixels, mut labels) = (Vec::new(), Vec::new());
     for name in &files {
         let path = dir.join(name);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let bytes = crate::onnx::io::read_input(&path, crate::onnx::io::ARRAY_LIMIT)?;
         if bytes.is_empty() || bytes.len() % record != 0 {
             return Err(Error::data(&path, format!("{} bytes are not a whole number of {record}-byte records", bytes.len())));
         }
@@ -104,7 +104,7 @@ fn class_names(path: &Path, count: usize) -> Result<Vec<String>> {
     if !path.is_file() {
         return Ok((0..count).map(|c| c.to_string()).collect());
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::onnx::io::read_text(path, crate::onnx::io::TEXT_LIMIT)?;
     let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
     if names.len() != count {
         return Err(Error::data(path, format!("{} class names, expected {count}", names.len())));

@@ -110,7 +110,7 @@ pub(super) fn load(root: &Path, split: Split) -> Result<Dataset> {
 /// Decodes `path` to RGB; with `expected` = (h, w, file), an image of another size is an error
 /// that names both files.
 fn decode_rgb(path: &Path, expected: Option<(usize, usize, &Path)>) -> Result<Decoded> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::onnx::io::read_input(path, crate::onnx::io::IMAGE_LIMIT)?;
     let check = |h: usize, w: usize| -> std::result::Result<(), String> {
         if h == 0 || w == 0 || h.saturating_mul(w) > MAX_PIXELS {
             return Err(format!("image of {w}×{h} pixels is outside the supported sizes (1 to {MAX_PIXELS} pixels)"));

@@ -318,7 +318,7 @@ impl Literal<'_> {
 
 /// Reads an NPY file.
 pub fn read_npy(path: &Path) -> Result<NpyArray> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::onnx::io::read_input(path, crate::onnx::io::ARRAY_LIMIT)?;
     NpyArray::parse(&bytes).map_err(|m| Error::data(path, m))
 }
 
@@ -346,6 +346,7 @@ pub fn write_npz(path: &Path, arrays: &BTreeMap<String, NpyArray>) -> Result<()>
 /// Reads the arrays of an NPZ file (a zip of NPY files, stored or deflated), keyed by entry name
 /// without `.npy`. Entries that are not `.npy` files are skipped, as they are no arrays.
 pub fn read_npz(path: &Path) -> Result<BTreeMap<String, NpyArray>> {
+    crate::onnx::io::regular_file_size(path)?;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| Error::data(path, format!("not a readable NPZ (zip) file: {e}")))?;

@@ -29,11 +29,9 @@ impl ModelIo {
     /// its first output; a name the model lacks is a configuration error that lists what it has.
     pub fn resolve(model: &ModelProto, config: &PreprocessConfig) -> Result<ModelIo> {
         let graph = model.graph.as_ref().ok_or_else(|| Error::InvalidGraph("the model has no graph".into()))?;
-        let initialized: std::collections::HashSet<&str> = graph.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
-        let inputs: Vec<&str> = graph.input.iter().filter_map(|v| v.name.as_deref()).filter(|n| !initialized.contains(n)).collect();
+        let image = crate::analysis::image_input(graph)?.name.as_deref().unwrap_or_default();
         let outputs: Vec<&str> = graph.output.iter().filter_map(|v| v.name.as_deref()).collect();
-        let only_input = (inputs.len() == 1).then(|| inputs[0]);
-        let input = choose("preprocess.input", "input", config.input.as_deref(), &inputs, only_input)?;
+        let input = choose("preprocess.input", "input", config.input.as_deref(), &[image], Some(image))?;
         let output = choose("preprocess.output", "output", config.output.as_deref(), &outputs, outputs.first().copied())?;
         Ok(ModelIo { input, output })
     }
@@ -236,7 +234,7 @@ pub enum Evaluations {
 /// γ-patched model (recognised by its DeepPatch metadata) is reported with the rows of
 /// [`patched`]; any other model as one row.
 pub fn evaluate_model(model_path: &std::path::Path, config: &crate::config::Config) -> Result<EvalOutcome> {
-    let model = crate::onnx::load_model(model_path)?;
+    let model = crate::analysis::load(model_path)?;
     let io = ModelIo::resolve(&model, &config.preprocess)?;
     let root = config.data_root()?;
     let test = crate::data::load_split(root, crate::data::Split::Test, config.data.format)?;

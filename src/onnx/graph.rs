@@ -107,6 +107,16 @@ impl<'g> GraphIndex<'g> {
     }
 }
 
+/// Reorders `graph.node` so that every node follows the producers of its inputs (keeping the
+/// file's order where it already does): rewrites append nodes that may read values a later node
+/// of the original computes (a weight from a `Constant` node).
+pub fn sort_topologically(graph: &mut GraphProto) -> Result<()> {
+    let order = GraphIndex::new(graph)?.topological_order().to_vec();
+    let mut nodes: Vec<Option<NodeProto>> = std::mem::take(&mut graph.node).into_iter().map(Some).collect();
+    graph.node = order.into_iter().filter_map(|p| nodes[p].take()).collect();
+    Ok(())
+}
+
 /// The last dimension of a tensor value's declared shape, when it is a positive number (the class
 /// count of a [N, C] logits output).
 pub fn static_last_dim(value: &super::proto::ValueInfoProto) -> Option<usize> {

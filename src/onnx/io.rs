@@ -16,17 +16,63 @@ const PROTOBUF_LIMIT: usize = (1 << 31) - 1;
 /// Tensors at least this large go to the side file when external data is used.
 const EXTERNAL_THRESHOLD: usize = 1024;
 
-/// Reads an ONNX model, resolves external data into memory and checks that its graph is acyclic.
+/// Size limits of the inputs read whole (beyond them a file is refused before it is read).
+pub const TEXT_LIMIT: u64 = 256 << 20;
+pub const IMAGE_LIMIT: u64 = 64 << 20;
+pub const ARRAY_LIMIT: u64 = 32 << 30;
+/// The largest model file read: protobuf cannot encode more.
+const MODEL_FILE_LIMIT: u64 = PROTOBUF_LIMIT as u64;
+
+/// Reads an ONNX model, resolves external data into memory and validates it
+/// ([`super::validate::check_model`]): everything later stages believe about it is checked here.
 pub fn load_model(path: &Path) -> Result<ModelProto> {
-    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-    let mut model = decode_model(&bytes, path)?;
+    let bytes = read_input(path, MODEL_FILE_LIMIT)?;
+    let mut model = decode_structure(&bytes, path)?;
     let folder = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     for_each_tensor_mut(&mut model, &mut |tensor| inline_external_data(tensor, &folder, path))?;
+    super::validate::check_model(&model).map_err(|e| Error::model(path, e.to_string()))?;
     Ok(model)
 }
 
-/// Decodes and validates a model held in memory; `origin` names it in errors.
+/// Reads a whole input file of at most `limit` bytes. Only regular files are read: a device such
+/// as `/dev/zero` would never end, and opening a named pipe blocks until someone writes to it.
+pub fn read_input(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let size = regular_file_size(path)?;
+    if size > limit {
+        return Err(Error::data(path, format!("{size} bytes is more than the {limit} bytes this input may have")));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    fs::File::open(path).and_then(|f| f.take(limit + 1).read_to_end(&mut bytes)).map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::data(path, format!("grew past the {limit} bytes this input may have while it was read")));
+    }
+    Ok(bytes)
+}
+
+/// [`read_input`] for a UTF-8 text file.
+pub fn read_text(path: &Path, limit: u64) -> Result<String> {
+    String::from_utf8(read_input(path, limit)?).map_err(|_| Error::data(path, "is not UTF-8 text"))
+}
+
+/// The size of `path`, refusing anything but a regular file (after following symbolic links).
+pub fn regular_file_size(path: &Path) -> Result<u64> {
+    let metadata = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !metadata.is_file() {
+        return Err(Error::data(path, "is not a regular file (a folder, device or named pipe cannot be read as one)"));
+    }
+    Ok(metadata.len())
+}
+
+/// Decodes and validates a model held in memory; `origin` names it in errors. External data is
+/// not read, so only its extent is checked.
 pub fn decode_model(bytes: &[u8], origin: &Path) -> Result<ModelProto> {
+    let model = decode_structure(bytes, origin)?;
+    super::validate::check_model(&model).map_err(|e| Error::model(origin, e.to_string()))?;
+    Ok(model)
+}
+
+/// Decodes a model and checks its graph's edges (every value defined once, no cycle).
+fn decode_structure(bytes: &[u8], origin: &Path) -> Result<ModelProto> {
     let model = ModelProto::decode(bytes)
         .map_err(|e| Error::model(origin, format!("not a valid ONNX model ({e})")))?;
     let graph = model.graph.as_ref().ok_or_else(|| Error::model(origin, "the model has no graph"))?;
@@ -248,12 +294,16 @@ fn inline_external_data(tensor: &mut TensorProto, folder: &Path, model_path: &Pa
             .transpose()
     };
     let offset = parse("offset")?.unwrap_or(0);
-    let mut file = fs::File::open(&canonical_file).map_err(|e| Error::io(&file_path, e))?;
-    let file_len = file.metadata().map_err(|e| Error::io(&file_path, e))?.len();
-    let length = parse("length")?.unwrap_or(file_len.saturating_sub(offset));
+    let file_len = regular_file_size(&canonical_file)?;
+    let (_, needed) = super::validate::tensor_extent(tensor).map_err(|e| bad(e.to_string()))?;
+    let length = parse("length")?.unwrap_or(needed);
+    if length != needed {
+        return Err(bad(format!("length {length} bytes, its dimensions {:?} need {needed}", tensor.dims)));
+    }
     if offset.checked_add(length).is_none_or(|end| end > file_len) {
         return Err(bad(format!("offset {offset} + length {length} exceeds the file's {file_len} bytes")));
     }
+    let mut file = fs::File::open(&canonical_file).map_err(|e| Error::io(&file_path, e))?;
     let mut bytes = vec![0u8; length as usize];
     file.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(&file_path, e))?;
     file.read_exact(&mut bytes).map_err(|e| Error::io(&file_path, e))?;

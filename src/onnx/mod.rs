@@ -4,6 +4,7 @@ pub mod builder;
 pub mod graph;
 pub mod io;
 pub mod tensor;
+pub mod validate;
 
 /// The ONNX IR as compiled by prost from `proto/onnx.proto`.
 #[allow(clippy::all, missing_docs)]

@@ -98,7 +98,7 @@ fn load_index(run: &Path) -> Result<Option<Checkpoint>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let text = crate::onnx::io::read_text(&path, crate::onnx::io::TEXT_LIMIT)?;
     let checkpoint: Checkpoint = serde_json::from_str(&text).map_err(|e| Error::data(&path, format!("not a checkpoint: {e}")))?;
     if checkpoint.format != FORMAT {
         return Err(Error::data(&path, format!("checkpoint format {} is not supported (expected {FORMAT})", checkpoint.format)));

@@ -550,7 +550,7 @@ fn write_log(run: &Path, records: &[EpochRecord]) -> Result<()> {
 
 /// Loads the model, the assessment and the data named by `config`, and trains (see [`train`]).
 pub fn train_model(model_path: &Path, assessment_path: &Path, kappa: f64, config: &Config, run: &Path) -> Result<Trained> {
-    let model = crate::onnx::load_model(model_path)?;
+    let model = crate::analysis::load(model_path)?;
     let assessment = assess::load(assessment_path)?;
     let data = TrainData::load(&model, config)?;
     if assessment.data_fingerprint != data.fingerprint {

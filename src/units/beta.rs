@@ -17,8 +17,9 @@ pub fn beta_model(model: &ModelProto, spec: &PatchSpec) -> Result<(ModelProto, V
     let mut builder = Builder::new(graph, default_opset(model));
     let patched = merge_parameters(&mut builder, graph, &layers)?;
     let nodes: Vec<_> = graph.node.iter().enumerate().map(|(p, n)| with_patched_inputs(n, p, &patched)).collect();
-    // The merge nodes read only initializers, so they can come first.
+    // The merges read the original parameters, which a Constant node may compute.
     graph.node = builder.nodes.drain(..).chain(nodes).collect();
     graph.initializer.append(&mut builder.initializers);
+    crate::onnx::graph::sort_topologically(graph)?;
     Ok((out, patched))
 }

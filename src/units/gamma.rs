@@ -1,8 +1,9 @@
 //! The γ-patched model: the deliverable (BRIEF §2 "Inference semantics").
 //!
 //! Main graph, in order:
-//! 1. the `ScatterND` merges of the replacement parameters (constants, folded at load time);
-//! 2. the original nodes, untouched except that graph outputs are renamed `deeppatch/original/…`;
+//! 1. the original nodes, untouched except that graph outputs are renamed `deeppatch/original/…`;
+//! 2. the `ScatterND` merges of the replacement parameters (constants, folded at load time; after
+//!    the original nodes because a `Constant` node may compute the parameters they read);
 //! 3. the decision at the first patched layer (CR, per-sample flags, "any adapted");
 //! 4. `If(any adapted)`: the else branch passes the original outputs through (clean batches pay
 //!    only for the decision); the then branch runs a `Scan` over the batch whose body is an `If` on
@@ -39,6 +40,7 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     if model.ir_version.unwrap_or(0) < 4 {
         return Err(Error::InvalidGraph("IR version 4 or newer is needed (an input with a default initializer)".into()));
     }
+    crate::analysis::image_input(graph)?;
     let convs = spec.validate(model)?;
     let index = GraphIndex::new(graph)?;
     let first = first_patched(model, &convs)?;
@@ -175,6 +177,7 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     let mut out = model.clone();
     let g = out.graph.as_mut().ok_or_else(|| Error::Internal("graph vanished".into()))?;
     let layout = json!({
+        "merges_first": false,
         "merge_nodes": merges.len(),
         "original_nodes": original_nodes.len(),
         "initializers": g.initializer.len(),
@@ -183,7 +186,7 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
         "renamed": renamed,
     });
     let batch = batch_dimension(&runtime_inputs);
-    g.node = merges.into_iter().chain(original_nodes).chain(decision_nodes).chain(std::iter::once(route)).collect();
+    g.node = original_nodes.into_iter().chain(merges).chain(decision_nodes).chain(std::iter::once(route)).collect();
     g.initializer.append(&mut builder.initializers);
     g.initializer.push(from_bool(DECISION_INPUT, &[], &[true]));
     g.input.push(tensor_info(DECISION_INPUT, BOOL, vec![]));

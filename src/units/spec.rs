@@ -120,7 +120,7 @@ pub struct PatchSpec {
 impl PatchSpec {
     /// Reads `path` (JSON) and its arrays (`path` with extension `.npz`).
     pub fn load(path: &Path) -> Result<PatchSpec> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::onnx::io::read_text(path, crate::onnx::io::TEXT_LIMIT)?;
         let mut spec: PatchSpec =
             serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         if spec.format != SPEC_FORMAT {

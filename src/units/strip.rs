@@ -18,6 +18,9 @@ use crate::Tensor;
 /// What the γ rewrite recorded about the original model's place in the patched graph.
 #[derive(serde::Deserialize)]
 struct Layout {
+    /// Files of version 0.1 put the merges before the original nodes.
+    #[serde(default = "merges_first_by_default")]
+    merges_first: bool,
     merge_nodes: usize,
     original_nodes: usize,
     initializers: usize,
@@ -29,6 +32,22 @@ struct Layout {
 /// Whether `model` is a γ-patched model (it carries the layout `strip` needs).
 pub fn is_patched(model: &ModelProto) -> bool {
     metadata(model, LAYOUT_KEY).is_some()
+}
+
+fn merges_first_by_default() -> bool {
+    true
+}
+
+impl Layout {
+    /// Positions of the merge nodes and of the original nodes in the patched graph.
+    fn ranges(&self) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let (merges, original) = (self.merge_nodes, self.original_nodes);
+        if self.merges_first {
+            (0..merges, merges..merges + original)
+        } else {
+            (original..original + merges, 0..original)
+        }
+    }
 }
 
 fn layout(patched: &ModelProto) -> Result<Layout> {
@@ -43,12 +62,12 @@ pub fn strip(patched: &ModelProto) -> Result<ModelProto> {
     let layout = layout(patched)?;
     let mut model = patched.clone();
     let graph = model.graph.as_mut().ok_or_else(|| Error::InvalidGraph("the model has no graph".into()))?;
-    let end = layout.merge_nodes + layout.original_nodes;
-    if end > graph.node.len() || layout.initializers > graph.initializer.len() || layout.inputs > graph.input.len() || layout.outputs > graph.output.len() {
+    let (_, original) = layout.ranges();
+    if layout.merge_nodes + layout.original_nodes > graph.node.len() || layout.initializers > graph.initializer.len() || layout.inputs > graph.input.len() || layout.outputs > graph.output.len() {
         return Err(Error::InvalidGraph(format!("metadata '{LAYOUT_KEY}' does not match the graph")));
     }
     let original_names: HashMap<String, String> = layout.renamed.into_iter().map(|(o, r)| (r, o)).collect();
-    graph.node = graph.node[layout.merge_nodes..end].iter().map(|n| renamed_values(n, &original_names)).collect();
+    graph.node = graph.node[original].iter().map(|n| renamed_values(n, &original_names)).collect();
     graph.initializer.truncate(layout.initializers);
     graph.input.truncate(layout.inputs);
     graph.output.truncate(layout.outputs);
@@ -78,7 +97,7 @@ pub fn beta_spec(patched: &ModelProto) -> Result<PatchSpec> {
 
     // The merges of one layer share its blamed indices (their second input), in emission order.
     let mut groups: Vec<(&str, Vec<&NodeProto>)> = Vec::new();
-    for node in graph.node.get(..layout.merge_nodes).ok_or_else(|| fail(format!("metadata '{LAYOUT_KEY}' does not match the graph")))? {
+    for node in graph.node.get(layout.ranges().0).ok_or_else(|| fail(format!("metadata '{LAYOUT_KEY}' does not match the graph")))? {
         if node.op_type.as_deref() != Some("ScatterND") || node.input.len() != 3 {
             return Err(fail(format!("node '{}' is not a ScatterND merge", node.name.as_deref().unwrap_or(""))));
         }

@@ -63,6 +63,8 @@ spec = json.load(open(spec_path))
 arrays = np.load(spec_path.rsplit(".", 1)[0] + ".npz")
 copy = onnx.load(original_path)
 initializers = {t.name: t for t in copy.graph.initializer}
+# Weights from Constant nodes too (their value attribute).
+initializers.update({n.output[0]: n.attribute[0].t for n in copy.graph.node if n.op_type == "Constant" and n.attribute[0].name == "value"})
 nodes = {n.name: n for n in copy.graph.node}
 for i, layer in enumerate(spec["layers"]):
     node = nodes.get(layer["conv"]) or next(n for n in copy.graph.node if n.output[0] == layer["conv"])

@@ -1,0 +1,419 @@
+//! Structural validation of a decoded model, before anything allocates, rewrites or runs it.
+//!
+//! A model file is untrusted input: dimensions, attribute values and edges are checked here so
+//! that later stages may believe them. What is checked:
+//! - every tensor (initializers, constant attributes, sparse parts, in subgraphs too): a known
+//!   data type, non-negative dimensions whose product and byte size fit the memory budget, and
+//!   exactly the data its shape needs;
+//! - the operators the tool analyses and rewrites (Conv, the pools, BatchNormalization,
+//!   Transpose): arity, attribute types and ranges, kernels that agree with their weights;
+//! - the default opset against the range this tool knows;
+//! - float weights for NaN and infinity (refused unless [`allow_nonfinite`] was called).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::graph::{attribute, node_label};
+use super::proto::{
+    attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_proto::DataType, AttributeProto, GraphProto, ModelProto, NodeProto,
+    TensorProto,
+};
+use crate::error::{Error, Result};
+
+/// The largest tensor accepted, in bytes: beyond it a model is refused before any copy is made.
+pub const MAX_TENSOR_BYTES: u64 = 16 << 30;
+/// The largest kernel, stride, dilation or pad along one axis (a guard against values that make
+/// runtimes overflow; real networks stay far below it).
+pub const MAX_WINDOW: i64 = 1 << 16;
+/// The opsets of the default domain this tool knows the operators of.
+pub const OPSETS: std::ops::RangeInclusive<i64> = 7..=23;
+
+static ALLOW_NONFINITE: AtomicBool = AtomicBool::new(false);
+
+/// Accept float weights that hold NaN or infinity (a warning instead of an error); set once by the
+/// command line's `--allow-nonfinite`.
+pub fn allow_nonfinite(allow: bool) {
+    ALLOW_NONFINITE.store(allow, Ordering::Relaxed);
+}
+
+/// Bits per element of a data type, `None` for types without a fixed size (strings, undefined).
+fn element_bits(data_type: DataType) -> Option<u64> {
+    use DataType::*;
+    Some(match data_type {
+        Undefined | String => return None,
+        Uint2 | Int2 => 2,
+        Uint4 | Int4 | Float4e2m1 => 4,
+        Float6e2m3 | Float6e3m2 => 6,
+        Uint8 | Int8 | Bool | Float8e4m3fn | Float8e4m3fnuz | Float8e5m2 | Float8e5m2fnuz | Float8e8m0 => 8,
+        Uint16 | Int16 | Float16 | Bfloat16 => 16,
+        Float | Int32 | Uint32 => 32,
+        Int64 | Uint64 | Double | Complex64 => 64,
+        Complex128 => 128,
+    })
+}
+
+/// Elements and bytes a tensor's shape needs, checked for overflow and against the budget. The
+/// data itself is not looked at, so this serves for external data before it is read.
+pub fn tensor_extent(tensor: &TensorProto) -> Result<(u64, u64)> {
+    let fail = |message: String| tensor_error(tensor, message);
+    let data_type = tensor.data_type.unwrap_or(0);
+    let known = DataType::try_from(data_type).map_err(|_| fail(format!("unknown data type {data_type}")))?;
+    let mut count: u64 = 1;
+    for &d in &tensor.dims {
+        let d = u64::try_from(d).map_err(|_| fail(format!("negative dimension {d} in {:?}", tensor.dims)))?;
+        count = count.checked_mul(d).ok_or_else(|| fail(format!("dimensions {:?} overflow", tensor.dims)))?;
+    }
+    let bytes = match element_bits(known) {
+        Some(bits) => count.checked_mul(bits).map(|b| b.div_ceil(8)),
+        None if known == DataType::String => Some(0),
+        None => return Err(fail("data type UNDEFINED".into())),
+    };
+    match bytes {
+        Some(bytes) if bytes <= MAX_TENSOR_BYTES => Ok((count, bytes)),
+        _ => Err(fail(format!("dimensions {:?} need more than the {} GiB a tensor may hold", tensor.dims, MAX_TENSOR_BYTES >> 30))),
+    }
+}
+
+/// Checks one tensor: its extent, and that the data present is exactly what the shape needs.
+fn check_tensor(tensor: &TensorProto) -> Result<()> {
+    let (count, bytes) = tensor_extent(tensor)?;
+    if tensor.segment.is_some() {
+        return Err(tensor_error(tensor, "segmented tensors are not supported".into()));
+    }
+    if tensor.data_location == Some(DataLocation::External as i32) {
+        // Checked when the data is read (`io::load_model`), against the same extent.
+        return Ok(());
+    }
+    let data_type = DataType::try_from(tensor.data_type.unwrap_or(0)).unwrap_or(DataType::Undefined);
+    let (found, needed, field) = if let Some(raw) = &tensor.raw_data {
+        if data_type == DataType::String {
+            return Err(tensor_error(tensor, "a string tensor cannot use raw_data".into()));
+        }
+        (raw.len() as u64, bytes, "raw_data bytes")
+    } else {
+        use DataType::*;
+        match data_type {
+            Float => (tensor.float_data.len() as u64, count, "float_data values"),
+            Complex64 => (tensor.float_data.len() as u64, count * 2, "float_data values"),
+            Double => (tensor.double_data.len() as u64, count, "double_data values"),
+            Complex128 => (tensor.double_data.len() as u64, count * 2, "double_data values"),
+            Int64 => (tensor.int64_data.len() as u64, count, "int64_data values"),
+            Uint32 | Uint64 => (tensor.uint64_data.len() as u64, count, "uint64_data values"),
+            String => (tensor.string_data.len() as u64, count, "string_data values"),
+            Int32 | Int16 | Int8 | Uint16 | Uint8 | Bool | Float16 | Bfloat16 | Float8e4m3fn | Float8e4m3fnuz | Float8e5m2 | Float8e5m2fnuz
+            | Float8e8m0 => (tensor.int32_data.len() as u64, count, "int32_data values"),
+            _ => (tensor.int32_data.len() as u64, bytes.div_ceil(4), "int32_data words"),
+        }
+    };
+    if found != needed {
+        return Err(tensor_error(tensor, format!("holds {found} {field}, its dimensions {:?} need {needed}", tensor.dims)));
+    }
+    Ok(())
+}
+
+fn tensor_error(tensor: &TensorProto, message: String) -> Error {
+    Error::InvalidGraph(format!("tensor '{}': {message}", tensor.name.as_deref().unwrap_or("")))
+}
+
+/// Validates `model` (see the module documentation). External data must already be inlined for
+/// the non-finite check to see it; its extent is checked either way.
+pub fn check_model(model: &ModelProto) -> Result<()> {
+    let opset = super::default_opset(model);
+    if opset != 0 && !OPSETS.contains(&opset) {
+        return Err(Error::InvalidGraph(format!(
+            "default-domain opset {opset} is outside the opsets this tool knows ({}..={})",
+            OPSETS.start(),
+            OPSETS.end()
+        )));
+    }
+    let Some(graph) = model.graph.as_ref() else { return Ok(()) };
+    check_graph(graph)?;
+    for function in &model.functions {
+        for node in &function.node {
+            check_attributes(node)?;
+        }
+    }
+    check_finite(graph)
+}
+
+fn check_graph(graph: &GraphProto) -> Result<()> {
+    for tensor in &graph.initializer {
+        check_tensor(tensor)?;
+    }
+    for sparse in &graph.sparse_initializer {
+        for tensor in [sparse.values.as_ref(), sparse.indices.as_ref()].into_iter().flatten() {
+            check_tensor(tensor)?;
+        }
+    }
+    for (position, node) in graph.node.iter().enumerate() {
+        check_attributes(node)?;
+        if node.domain.as_deref().is_none_or(|d| d.is_empty() || d == "ai.onnx") {
+            check_operator(graph, node, position)?;
+        }
+    }
+    Ok(())
+}
+
+/// Tensors and subgraphs held in a node's attributes.
+fn check_attributes(node: &NodeProto) -> Result<()> {
+    for attribute in &node.attribute {
+        for tensor in attribute.t.iter().chain(&attribute.tensors) {
+            check_tensor(tensor)?;
+        }
+        for sparse in attribute.sparse_tensor.iter().chain(&attribute.sparse_tensors) {
+            for tensor in [sparse.values.as_ref(), sparse.indices.as_ref()].into_iter().flatten() {
+                check_tensor(tensor)?;
+            }
+        }
+        for graph in attribute.g.iter().chain(&attribute.graphs) {
+            check_graph(graph)?;
+        }
+    }
+    Ok(())
+}
+
+/// A node-level problem, naming node, field and value.
+fn unsupported(node: &NodeProto, position: usize, message: String) -> Error {
+    Error::Unsupported { node: node_label(node, position), op_type: node.op_type.clone().unwrap_or_default(), message }
+}
+
+/// An integer attribute: of type INT when present.
+fn int_attribute(node: &NodeProto, position: usize, name: &str) -> Result<Option<i64>> {
+    typed(node, position, name, AttributeType::Int).map(|a| a.map(|a| a.i.unwrap_or(0)))
+}
+
+/// An integer-list attribute: of type INTS when present.
+fn ints_attribute<'n>(node: &'n NodeProto, position: usize, name: &str) -> Result<Option<&'n [i64]>> {
+    typed(node, position, name, AttributeType::Ints).map(|a| a.map(|a| a.ints.as_slice()))
+}
+
+fn typed<'n>(node: &'n NodeProto, position: usize, name: &str, expected: AttributeType) -> Result<Option<&'n AttributeProto>> {
+    match attribute(node, name) {
+        None => Ok(None),
+        Some(a) if a.r#type == Some(expected as i32) || (a.r#type.is_none() && has_value_of(a, expected)) => Ok(Some(a)),
+        Some(a) => Err(unsupported(node, position, format!("attribute '{name}' has type {:?}, expected {expected:?}", a.r#type.unwrap_or(0)))),
+    }
+}
+
+/// Whether an attribute without a declared type (IR 1 style) holds a value of `expected`'s kind.
+fn has_value_of(attribute: &AttributeProto, expected: AttributeType) -> bool {
+    match expected {
+        AttributeType::Int => attribute.i.is_some(),
+        AttributeType::Ints => !attribute.ints.is_empty(),
+        _ => false,
+    }
+}
+
+/// Checks the operators whose attributes the tool reads or that backends have been seen to abort
+/// on when the values are out of range.
+fn check_operator(graph: &GraphProto, node: &NodeProto, position: usize) -> Result<()> {
+    let fail = |message: String| unsupported(node, position, message);
+    let op = node.op_type.as_deref().unwrap_or("");
+    match op {
+        "Conv" | "ConvTranspose" | "MaxPool" | "AveragePool" | "LpPool" | "ConvInteger" | "QLinearConv" => {
+            check_window(node, position)?;
+            if op == "Conv" {
+                check_conv(graph, node, position)?;
+            }
+        }
+        "BatchNormalization" => {
+            if node.input.len() != 5 || node.input.iter().any(String::is_empty) {
+                return Err(fail(format!("has {} inputs, BatchNormalization needs 5 (X, scale, B, mean, var)", node.input.len())));
+            }
+            let lengths: Vec<Option<u64>> = node.input[1..].iter().map(|v| constant_of(graph, v).and_then(|t| tensor_extent(t).ok()).map(|(count, _)| count)).collect();
+            let known: Vec<u64> = lengths.iter().flatten().copied().collect();
+            if known.windows(2).any(|w| w[0] != w[1]) {
+                return Err(fail(format!("its scale, B, mean and var have different lengths {lengths:?}")));
+            }
+        }
+        "Transpose" => {
+            if let Some(perm) = ints_attribute(node, position, "perm")? {
+                let mut seen = vec![false; perm.len()];
+                for &p in perm {
+                    match usize::try_from(p).ok().filter(|&p| p < perm.len()) {
+                        Some(p) if !seen[p] => seen[p] = true,
+                        _ => return Err(fail(format!("attribute 'perm' {perm:?} is not a permutation"))),
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Sliding-window attributes: positive kernels, strides and dilations, non-negative pads, all of
+/// one spatial rank and within [`MAX_WINDOW`].
+fn check_window(node: &NodeProto, position: usize) -> Result<()> {
+    let fail = |message: String| unsupported(node, position, message);
+    let kernel = ints_attribute(node, position, "kernel_shape")?;
+    let rank = kernel.map(<[i64]>::len);
+    for (name, least, per_axis) in [("kernel_shape", 1, 1), ("strides", 1, 1), ("dilations", 1, 1), ("pads", 0, 2), ("output_padding", 0, 1)] {
+        let Some(values) = ints_attribute(node, position, name)? else { continue };
+        if let Some(bad) = values.iter().find(|&&v| !(least..=MAX_WINDOW).contains(&v)) {
+            return Err(fail(format!("attribute '{name}' {values:?}: {bad} is not in [{least}, {MAX_WINDOW}]")));
+        }
+        if let Some(rank) = rank.filter(|&r| values.len() != r * per_axis) {
+            return Err(fail(format!("attribute '{name}' {values:?} does not fit a kernel of rank {rank}")));
+        }
+    }
+    if let Some(group) = int_attribute(node, position, "group")? {
+        if group < 1 {
+            return Err(fail(format!("attribute 'group' {group} is not positive")));
+        }
+    }
+    Ok(())
+}
+
+/// A Conv whose weight is a constant: a kernel of rank ≥ 3 agreeing with `kernel_shape`, filters
+/// divisible by `group`, a bias of one value per filter.
+fn check_conv(graph: &GraphProto, node: &NodeProto, position: usize) -> Result<()> {
+    let fail = |message: String| unsupported(node, position, message);
+    if node.input.len() < 2 || node.input.len() > 3 || node.input[..2].iter().any(String::is_empty) {
+        return Err(fail(format!("has inputs {:?}; Conv needs X, W and an optional B", node.input)));
+    }
+    let Some(weight) = constant_of(graph, &node.input[1]) else { return Ok(()) };
+    let dims = &weight.dims;
+    if dims.len() < 3 {
+        return Err(fail(format!("weight '{}' has dimensions {dims:?}; a kernel needs [M, C/group, k…]", node.input[1])));
+    }
+    if dims.iter().any(|&d| d < 1) {
+        return Err(fail(format!("weight '{}' has an empty dimension in {dims:?}", node.input[1])));
+    }
+    if let Some(kernel) = ints_attribute(node, position, "kernel_shape")? {
+        if kernel != &dims[2..] {
+            return Err(fail(format!("attribute 'kernel_shape' {kernel:?} disagrees with weight dimensions {dims:?}")));
+        }
+    }
+    let group = int_attribute(node, position, "group")?.unwrap_or(1);
+    if dims[0] % group != 0 {
+        return Err(fail(format!("{} filters cannot be split into {group} groups", dims[0])));
+    }
+    if let Some(bias) = node.input.get(2).filter(|b| !b.is_empty()).and_then(|b| constant_of(graph, b)) {
+        if bias.dims != [dims[0]] {
+            return Err(fail(format!("bias '{}' has dimensions {:?}, expected [{}]", node.input[2], bias.dims, dims[0])));
+        }
+    }
+    Ok(())
+}
+
+/// The constant tensor named `value` in `graph`: an initializer or a Constant node's value.
+fn constant_of<'g>(graph: &'g GraphProto, value: &str) -> Option<&'g TensorProto> {
+    graph.initializer.iter().find(|t| t.name.as_deref() == Some(value)).or_else(|| {
+        graph
+            .node
+            .iter()
+            .find(|n| n.op_type.as_deref() == Some("Constant") && n.output.first().map(String::as_str) == Some(value))
+            .and_then(|n| attribute(n, "value")?.t.as_ref())
+    })
+}
+
+/// Refuses float initializers holding NaN or infinity: every result computed from them would be
+/// meaningless, and backends disagree on how they propagate. The constants a patch adds (under
+/// the tool's prefix: an adapt-none boundary is +∞) are not the model's weights.
+fn check_finite(graph: &GraphProto) -> Result<()> {
+    for tensor in &graph.initializer {
+        let added = tensor.name.as_deref().is_some_and(|n| n.starts_with(super::builder::PREFIX));
+        if added || tensor.data_type != Some(DataType::Float as i32) || tensor.data_location == Some(DataLocation::External as i32) {
+            continue;
+        }
+        let values = super::tensor::to_f32(tensor)?;
+        let bad = values.iter().filter(|v| !v.is_finite()).count();
+        if bad == 0 {
+            continue;
+        }
+        let message = format!("tensor '{}' holds {bad} non-finite value(s) (NaN or infinity)", tensor.name.as_deref().unwrap_or(""));
+        if !ALLOW_NONFINITE.load(Ordering::Relaxed) {
+            return Err(Error::InvalidGraph(format!("{message}; fix the weights, or pass --allow-nonfinite to go on anyway")));
+        }
+        crate::progress::info(&format!("warning: {message}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::tensor::{from_f32, from_i64};
+    use ndarray::ArrayD;
+
+    fn weight(dims: &[usize]) -> TensorProto {
+        from_f32("w", &ArrayD::<f32>::zeros(dims.to_vec()).view())
+    }
+
+    #[test]
+    fn data_must_match_the_dimensions() {
+        let mut tensor = weight(&[2, 3]);
+        assert!(check_tensor(&tensor).is_ok());
+        tensor.dims = vec![2, 4];
+        let message = check_tensor(&tensor).unwrap_err().to_string();
+        assert!(message.contains("holds 24 raw_data bytes") && message.contains("need 32"), "{message}");
+        tensor.dims = vec![1 << 30, 1 << 30];
+        assert!(check_tensor(&tensor).unwrap_err().to_string().contains("GiB"));
+        tensor.dims = vec![-1, 2];
+        assert!(check_tensor(&tensor).unwrap_err().to_string().contains("negative dimension -1"));
+        tensor.dims = vec![i64::MAX, i64::MAX];
+        assert!(check_tensor(&tensor).unwrap_err().to_string().contains("overflow"));
+        tensor.data_type = Some(999);
+        assert!(check_tensor(&tensor).unwrap_err().to_string().contains("unknown data type 999"));
+        let typed = TensorProto { raw_data: None, int64_data: vec![1, 2], ..from_i64("s", &[3], &[1, 2, 3]) };
+        assert!(check_tensor(&typed).unwrap_err().to_string().contains("holds 2 int64_data values"));
+    }
+
+    fn conv(attributes: Vec<AttributeProto>, inputs: &[&str]) -> (GraphProto, NodeProto) {
+        let node = NodeProto {
+            op_type: Some("Conv".into()),
+            name: Some("c".into()),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec!["y".into()],
+            attribute: attributes,
+            ..Default::default()
+        };
+        (GraphProto { initializer: vec![weight(&[4, 3, 3, 3])], node: vec![node.clone()], ..Default::default() }, node)
+    }
+
+    fn ints(name: &str, values: &[i64]) -> AttributeProto {
+        AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Ints as i32), ints: values.to_vec(), ..Default::default() }
+    }
+
+    #[test]
+    fn conv_attributes_are_checked_against_the_weight() {
+        let check = |attributes: Vec<AttributeProto>| {
+            let (graph, node) = conv(attributes, &["x", "w"]);
+            check_operator(&graph, &node, 0).map_err(|e| e.to_string())
+        };
+        assert!(check(vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])]).is_ok());
+        assert!(check(vec![ints("kernel_shape", &[1 << 32, 3])]).unwrap_err().contains("kernel_shape"));
+        assert!(check(vec![ints("kernel_shape", &[5, 5])]).unwrap_err().contains("disagrees"));
+        assert!(check(vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1])]).unwrap_err().contains("rank 2"));
+        assert!(check(vec![ints("strides", &[0, 1])]).unwrap_err().contains("'strides'"));
+        let group = AttributeProto { name: Some("group".into()), r#type: Some(AttributeType::Int as i32), i: Some(3), ..Default::default() };
+        assert!(check(vec![group.clone()]).unwrap_err().contains("3 groups"));
+        let float_group = AttributeProto { r#type: Some(AttributeType::Float as i32), i: None, f: Some(1.0), ..group };
+        assert!(check(vec![float_group]).unwrap_err().contains("expected Int"));
+    }
+
+    #[test]
+    fn batchnorm_arity_and_transpose_perm() {
+        let node = |op: &str, inputs: usize, attribute: Vec<AttributeProto>| NodeProto {
+            op_type: Some(op.into()),
+            input: (0..inputs).map(|i| format!("v{i}")).collect(),
+            output: vec!["y".into()],
+            attribute,
+            ..Default::default()
+        };
+        let graph = GraphProto::default();
+        let message = check_operator(&graph, &node("BatchNormalization", 1, vec![]), 7).unwrap_err().to_string();
+        assert!(message.contains("BatchNormalization#7") && message.contains("needs 5"), "{message}");
+        assert!(check_operator(&graph, &node("Transpose", 1, vec![ints("perm", &[0, 2, 1])]), 0).is_ok());
+        assert!(check_operator(&graph, &node("Transpose", 1, vec![ints("perm", &[1, 1])]), 0).unwrap_err().to_string().contains("permutation"));
+    }
+
+    #[test]
+    fn nonfinite_weights_are_refused() {
+        let mut values = ArrayD::<f32>::zeros(vec![3]);
+        values[[1]] = f32::NAN;
+        let graph = GraphProto { initializer: vec![from_f32("w", &values.view())], ..Default::default() };
+        let message = check_finite(&graph).unwrap_err().to_string();
+        assert!(message.contains("'w' holds 1 non-finite") && message.contains("--allow-nonfinite"), "{message}");
+    }
+}
