@@ -130,7 +130,7 @@ pub struct TrainConfig {
     pub kappa: f64,
     pub epochs: usize,
     pub batch_size: usize,
-    pub learning_rate: f64,
+    pub learning_rate: LearningRate,
     pub momentum: f64,
     pub weight_decay: f64,
     /// Period of the cosine annealing, in epochs (PyTorch's `CosineAnnealingLR(T_max)`).
@@ -155,9 +155,66 @@ pub enum ReplacementInit {
     Original,
 }
 
+/// The initial learning rate: a number, or `auto` (the default): a short trial of each of
+/// [`AUTO_LEARNING_RATES`] from the same start, the one best on T_val° kept. No single rate suits
+/// every model: the authors' 0.01 wrecks ResNet20 with folded BatchNormalization, while 0.001
+/// leaves a small VGG under-trained (docs/training.md has the figures).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LearningRate {
+    Auto,
+    Fixed(f64),
+}
+
+/// The candidates of `learning_rate: auto`: the authors' rate and a tenth of it.
+pub const AUTO_LEARNING_RATES: [f64; 2] = [0.01, 0.001];
+
+impl std::str::FromStr for LearningRate {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text.trim() {
+            "auto" => Ok(LearningRate::Auto),
+            number => number.parse().map(LearningRate::Fixed).map_err(|_| format!("'{text}' is neither a number nor 'auto'")),
+        }
+    }
+}
+
+impl std::fmt::Display for LearningRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LearningRate::Auto => f.write_str("auto"),
+            LearningRate::Fixed(rate) => write!(f, "{rate}"),
+        }
+    }
+}
+
+impl Serialize for LearningRate {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            LearningRate::Auto => serializer.serialize_str("auto"),
+            LearningRate::Fixed(rate) => serializer.serialize_f64(*rate),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LearningRate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(rate) => Ok(LearningRate::Fixed(rate)),
+            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { kappa: 0.25, epochs: 20, batch_size: 256, learning_rate: 0.001, momentum: 0.9, weight_decay: 5e-4, t_max: 200, bn_adapt: false, init: ReplacementInit::Original }
+        TrainConfig { kappa: 0.25, epochs: 20, batch_size: 256, learning_rate: LearningRate::Auto, momentum: 0.9, weight_decay: 5e-4, t_max: 200, bn_adapt: false, init: ReplacementInit::Original }
     }
 }
 
@@ -226,8 +283,10 @@ impl Config {
         if !(1..=MAX_BATCH).contains(&t.batch_size) {
             return fail("train.batch_size", format!("{} is not in [1, {MAX_BATCH}]", t.batch_size));
         }
-        if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
-            return fail("train.learning_rate", format!("{} is not a positive number", t.learning_rate));
+        if let LearningRate::Fixed(rate) = t.learning_rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return fail("train.learning_rate", format!("{rate} is not a positive number"));
+            }
         }
         if !(0.0..1.0).contains(&t.momentum) {
             return fail("train.momentum", format!("{} is not in [0, 1)", t.momentum));
@@ -314,9 +373,10 @@ pub struct Overrides {
     /// Training batch size (train.batch_size) [default: 256].
     #[arg(long)]
     pub train_batch_size: Option<usize>,
-    /// Initial learning rate (train.learning_rate) [default: 0.001].
-    #[arg(long)]
-    pub learning_rate: Option<f64>,
+    /// Initial learning rate, a number or `auto`: the better of 0.01 and 0.001 on T_val° after a
+    /// quarter-epoch trial of each (train.learning_rate) [default: auto].
+    #[arg(long, value_name = "RATE|auto")]
+    pub learning_rate: Option<LearningRate>,
     /// SGD momentum (train.momentum) [default: 0.9].
     #[arg(long)]
     pub momentum: Option<f64>,

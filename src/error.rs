@@ -40,6 +40,11 @@ pub enum Error {
     #[error("backend {backend}: {message}")]
     Backend { backend: &'static str, message: String },
 
+    /// A backend refused the model or failed to run it: a model the backend cannot execute (a
+    /// hostile or malformed graph, an operator it lacks), reported as an unsupported model.
+    #[error("backend {backend} cannot run the model: {message}")]
+    ModelRejected { backend: &'static str, message: String },
+
     /// Training cannot go on (a non-finite loss); the message says where the last good checkpoint is.
     #[error("training: {0}")]
     Training(String),
@@ -58,7 +63,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) => 2,
-            Error::Model { .. } | Error::Unsupported { .. } | Error::UnsupportedModel(_) | Error::InvalidGraph(_) => 3,
+            Error::Model { .. } | Error::Unsupported { .. } | Error::UnsupportedModel(_) | Error::InvalidGraph(_) | Error::ModelRejected { .. } => 3,
             Error::Data { .. } | Error::Io { .. } => 4,
             Error::Backend { .. } | Error::Training(_) | Error::Internal(_) => 1,
         }

@@ -16,7 +16,6 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::assess::{self, AssessOptions, Assessment};
 use crate::calibrate::{self, CalibrateOptions, Calibration, RuleChoice};
@@ -216,11 +215,7 @@ fn calibrated(model: &crate::onnx::proto::ModelProto, trained: &PatchSpec, confi
 
 /// SHA-256 over a spec file and its arrays.
 fn spec_sha256(path: &Path) -> Result<String> {
-    let mut hash = Sha256::new();
-    for file in [path.to_path_buf(), weights_path(path)] {
-        hash.update(crate::onnx::io::read_input(&file, crate::onnx::io::ARRAY_LIMIT)?);
-    }
-    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    crate::onnx::io::sha256_of_files(&[path.to_path_buf(), weights_path(path)])
 }
 
 /// Evaluates OUT on the test set and writes the report files into the run folder; the JSON report

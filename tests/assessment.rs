@@ -225,8 +225,17 @@ fn killed_assessment_resumes_to_the_same_artifact() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!resumed.exists(), "the run finished before it was killed");
+    // Damage the resume file as a disk or a careless hand would: the first record again with its
+    // counts zeroed (its checksum no longer holds), and the first record repeated verbatim.
+    let text = std::fs::read_to_string(&partial).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut record: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+    let zeroed: Vec<u64> = vec![0; record["record"]["correct"].as_array().unwrap().len()];
+    record["record"]["correct"] = serde_json::json!(zeroed);
+    std::fs::write(&partial, format!("{}\n{}\n{}\n{}\n", lines[0], record, lines[1], lines[1])).unwrap();
     let stderr = run_ok(&assess_args(&resumed, &["--naive"]));
     assert!(stderr.contains("resuming: "), "{stderr}");
+    assert_eq!(stderr.matches("is damaged or repeated").count(), 2, "{stderr}");
     assert_eq!(artifact(&resumed), artifact(&whole));
     assert!(!partial.exists());
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
 use onnx_deeppatch::backend::{open_session, BackendKind, BackendOptions};
-use onnx_deeppatch::config::{Config, SIGMAS};
+use onnx_deeppatch::config::{Config, LearningRate, AUTO_LEARNING_RATES, SIGMAS};
 use onnx_deeppatch::eval::{evaluate, ModelIo};
 use onnx_deeppatch::train::{self, TrainData};
 use onnx_deeppatch::units::PatchSpec;
@@ -66,15 +66,22 @@ fn training_resumes_to_the_uninterrupted_result_and_repeats_exactly() {
     };
     assert_eq!(figures(&resumed.summary), figures(&whole.summary));
     assert_eq!(resumed.summary.best_epoch, whole.summary.best_epoch);
-    // The second epoch runs at the cosine schedule's rate for epoch 1 of T_max = 200.
-    assert_eq!(whole.summary.epochs[1].learning_rate, train::cosine(0.001, 1, 200));
+    // learning_rate: auto tried both candidates, kept the better on T_val° (the smaller on a tie),
+    // and the second epoch runs at the cosine schedule's rate for epoch 1 of T_max = 200.
+    let trials = &whole.summary.learning_rate_trials;
+    assert_eq!(trials.iter().map(|t| t.learning_rate).collect::<Vec<_>>(), AUTO_LEARNING_RATES, "{trials:?}");
+    let best = trials.iter().filter_map(|t| t.val_accuracy).fold(f64::MIN, f64::max);
+    let chosen = trials.iter().rev().find(|t| t.val_accuracy == Some(best)).unwrap().learning_rate;
+    assert_eq!(whole.summary.epochs[0].learning_rate, chosen, "{trials:?}");
+    assert_eq!(whole.summary.epochs[1].learning_rate, train::cosine(chosen, 1, 200));
+    assert_eq!(resumed.summary.learning_rate_trials, *trials, "the resumed run keeps the first part's choice");
     let csv = std::fs::read_to_string(split.join("train.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(csv.starts_with("epoch,learning_rate,loss,train_accuracy,val_accuracy"), "{csv}");
 
     // Other settings in the same folder: the earlier run is moved aside whole, and training starts afresh.
     let mut other = config(BackendKind::Ort, 1);
-    other.train.learning_rate = 0.002;
+    other.train.learning_rate = LearningRate::Fixed(0.002);
     let before = std::fs::read(split.join("checkpoint.json")).unwrap();
     let fresh = train::train_model(&common::fixture(MODEL), &assessment, 0.25, &other, &split).unwrap();
     assert_eq!(fresh.summary.epochs.len(), 1);
@@ -150,7 +157,7 @@ fn a_loss_blow_up_is_recovered_from() {
     let folder = tempfile::tempdir().unwrap();
     let assessment = assessment(folder.path());
     let mut settings = config(BackendKind::Ort, 1);
-    settings.train.learning_rate = 1.0;
+    settings.train.learning_rate = LearningRate::Fixed(1.0);
     let trained = train(&settings, &assessment, &folder.path().join("run"));
     let recoveries = &trained.summary.recoveries;
     assert!(!recoveries.is_empty() && recoveries.len() <= train::MAX_RECOVERIES, "{recoveries:?}");

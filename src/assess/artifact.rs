@@ -179,8 +179,24 @@ pub fn partial_path(out: &Path) -> std::path::PathBuf {
     name.into()
 }
 
-/// The layers a previous run recorded for the same model, data and layers; a torn last line (the
-/// run was killed while writing it) and records of another run are dropped.
+/// One layer's line in the partial artifact, with the SHA-256 of the record's JSON: a record
+/// changed on disk is recomputed, never believed.
+#[derive(Serialize, Deserialize)]
+struct CheckedRecord {
+    sha256: String,
+    record: LayerCounts,
+}
+
+fn record_sha256(record: &LayerCounts) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_string(record).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(Sha256::digest(json.as_bytes()).iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The layers a previous run recorded for the same model, data and layers. Records of another
+/// run are dropped silently; a torn line (the run was killed while writing it), a record whose
+/// checksum or counts do not hold, or a layer recorded twice is dropped with a warning, and those
+/// layers are assessed again.
 pub(super) fn read_partial(path: &Path, header: &PartialHeader) -> Vec<LayerCounts> {
     let Ok(text) = crate::onnx::io::read_text(path, crate::onnx::io::TEXT_LIMIT) else { return Vec::new() };
     let mut lines = text.lines();
@@ -188,7 +204,18 @@ pub(super) fn read_partial(path: &Path, header: &PartialHeader) -> Vec<LayerCoun
         Some(Ok(found)) if found == *header => {}
         _ => return Vec::new(),
     }
-    lines.map_while(|l| serde_json::from_str::<LayerCounts>(l).ok()).filter(|l| header.layers.contains(&l.index)).collect()
+    let mut kept: Vec<LayerCounts> = Vec::new();
+    for (number, line) in lines.enumerate() {
+        let record = serde_json::from_str::<CheckedRecord>(line).ok().filter(|c| record_sha256(&c.record).ok().as_deref() == Some(c.sha256.as_str()));
+        match record.map(|c| c.record) {
+            Some(r) if header.layers.contains(&r.index)
+                && r.correct.len() == r.filters
+                && r.correct.iter().all(|&c| c <= header.images)
+                && !kept.iter().any(|k| k.index == r.index) => kept.push(r),
+            _ => crate::progress::info(&format!("warning: {}: record {} is damaged or repeated; its layer is assessed again", path.display(), number + 1)),
+        }
+    }
+    kept
 }
 
 /// Appends JSON lines to the partial artifact, each on disk before the next layer starts.
@@ -202,7 +229,7 @@ impl PartialWriter {
     pub(super) fn create(path: std::path::PathBuf, header: &PartialHeader, done: &[LayerCounts]) -> Result<PartialWriter> {
         let mut text = json_line(header)?;
         for layer in done {
-            text += &json_line(layer)?;
+            text += &checked_line(layer)?;
         }
         crate::onnx::io::write_atomically(&path, text.as_bytes())?;
         let file = std::fs::OpenOptions::new().append(true).open(&path).map_err(|e| Error::io(&path, e))?;
@@ -211,9 +238,13 @@ impl PartialWriter {
 
     pub(super) fn append(&mut self, layer: &LayerCounts) -> Result<()> {
         use std::io::Write;
-        self.file.write_all(json_line(layer)?.as_bytes()).map_err(|e| Error::io(&self.path, e))?;
+        self.file.write_all(checked_line(layer)?.as_bytes()).map_err(|e| Error::io(&self.path, e))?;
         self.file.sync_data().map_err(|e| Error::io(&self.path, e))
     }
+}
+
+fn checked_line(layer: &LayerCounts) -> Result<String> {
+    json_line(&CheckedRecord { sha256: record_sha256(layer)?, record: layer.clone() })
 }
 
 fn json_line(value: &impl Serialize) -> Result<String> {

@@ -58,7 +58,7 @@ fn runtime_session(model: &[u8], options: &BackendOptions) -> Result<OrtRuntimeS
             let cuda = ep::CUDA::default().with_device_id(device_id).build().error_on_failure();
             builder = builder.with_execution_providers([cuda]).map_err(|e| cuda_error(&e))?;
         }
-        builder.commit_from_memory(model).map_err(|e| backend(format!("cannot load the model: {e}")))
+        builder.commit_from_memory(model).map_err(|e| rejected(format!("cannot load the model: {e}")))
     }
 }
 
@@ -77,7 +77,7 @@ impl Session for OrtSession {
             .iter()
             .map(|(name, tensor)| Ok((Cow::Borrowed(*name), input_value(tensor)?)))
             .collect::<Result<Vec<_>>>()?;
-        let outputs = self.session.run(values).map_err(|e| backend(e.to_string()))?;
+        let outputs = self.session.run(values).map_err(|e| rejected(e.to_string()))?;
         self.signature
             .outputs
             .iter()
@@ -347,6 +347,11 @@ fn is_library_name(name: &str) -> bool {
 /// The numbers in a library name, compared to pick the newest: `1.32.0` beats `1.9.1`.
 fn version_key(name: &str) -> Vec<u64> {
     name.split(|c: char| !c.is_ascii_digit()).filter_map(|part| part.parse().ok()).collect()
+}
+
+/// onnxruntime refused the model or failed to run it.
+fn rejected(message: String) -> Error {
+    Error::ModelRejected { backend: "ort", message: message.replace('\n', " ") }
 }
 
 fn backend(message: String) -> Error {

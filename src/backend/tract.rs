@@ -4,7 +4,9 @@
 
 use std::any::Any;
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Once;
 
 use ndarray::ArrayD;
 use prost::Message;
@@ -170,13 +172,38 @@ fn from_tract(value: TValue, name: &str) -> Result<Tensor> {
     }
 }
 
-/// Runs tract code, turning its errors and its panics into backend errors: tract asserts
-/// (panics) on some malformed models instead of returning an error.
+thread_local! {
+    /// Whether this thread is inside [`guarded`], whose panics are reported as errors instead.
+    static GUARDED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Installs, once, a panic hook that stays silent for panics inside [`guarded`] (they become one
+/// error line) and prints every other panic as the default hook does.
+fn install_quiet_hook() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(Cell::get) {
+                default(info);
+            }
+        }));
+    });
+}
+
+/// Runs tract code, turning its errors and its panics into one-line errors naming the model as
+/// what tract cannot run: tract asserts (panics) on some malformed models instead of returning
+/// an error.
 fn guarded<T>(what: &str, f: impl FnOnce() -> TractResult<T>) -> Result<T> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    install_quiet_hook();
+    let outer = GUARDED.with(|g| g.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(outer));
+    let rejected = |message: String| Error::ModelRejected { backend: "tract", message: message.replace('\n', " ") };
+    match result {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(backend(format!("{what}: {e:#}"))),
-        Err(payload) => Err(backend(format!("{what}: tract panicked: {}", panic_message(payload.as_ref())))),
+        Ok(Err(e)) => Err(rejected(format!("{what}: {e:#}"))),
+        Err(payload) => Err(rejected(format!("{what}: tract panicked: {}", panic_message(payload.as_ref())))),
     }
 }
 
@@ -199,9 +226,10 @@ mod tests {
     #[test]
     fn backend_tract_panics_become_errors() {
         let e = guarded("probing", || -> TractResult<()> { panic!("boom {}", 7) }).unwrap_err();
-        assert_eq!(e.to_string(), "backend tract: probing: tract panicked: boom 7");
-        let e = guarded("probing", || -> TractResult<()> { anyhow::bail!("bad") }).unwrap_err();
-        assert_eq!(e.to_string(), "backend tract: probing: bad");
+        assert_eq!(e.to_string(), "backend tract cannot run the model: probing: tract panicked: boom 7");
+        assert_eq!(e.exit_code(), 3);
+        let e = guarded("probing", || -> TractResult<()> { anyhow::bail!("bad\nline") }).unwrap_err();
+        assert_eq!(e.to_string(), "backend tract cannot run the model: probing: bad line");
     }
 
     #[test]

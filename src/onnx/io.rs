@@ -49,6 +49,16 @@ pub fn read_input(path: &Path, limit: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// SHA-256 (hex) over the contents of `files`, in order.
+pub fn sha256_of_files(files: &[PathBuf]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for file in files {
+        hash.update(read_input(file, ARRAY_LIMIT)?);
+    }
+    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// [`read_input`] for a UTF-8 text file.
 pub fn read_text(path: &Path, limit: u64) -> Result<String> {
     String::from_utf8(read_input(path, limit)?).map_err(|_| Error::data(path, "is not UTF-8 text"))

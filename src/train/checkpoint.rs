@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::EpochRecord;
 use crate::data::npy::{read_npz, write_npz, NpyArray, NpyData};
 use crate::error::{Error, Result};
-use crate::onnx::io::write_atomically;
+use crate::onnx::io::{sha256_of_files, write_atomically};
 use crate::units::PatchSpec;
 
 /// Version of the checkpoint's form.
@@ -40,10 +40,26 @@ pub struct Checkpoint {
     /// One line per recovery from a diverging loss.
     #[serde(default)]
     pub recoveries: Vec<String>,
+    /// The initial learning rate once chosen (`learning_rate: auto`: by the trials below).
+    #[serde(default)]
+    pub learning_rate: Option<f64>,
+    #[serde(default)]
+    pub learning_rate_trials: Vec<super::RateTrial>,
     /// Files of this checkpoint, relative to the run folder.
     pub current: String,
     pub momentum: String,
     pub best: String,
+    /// SHA-256 of those files (with the specs' arrays), checked before a resume.
+    #[serde(default)]
+    pub sha256: String,
+}
+
+impl Checkpoint {
+    /// The files this checkpoint refers to, in the order of its digest.
+    fn files(&self, run: &Path) -> Vec<PathBuf> {
+        let (current, best) = (run.join(&self.current), run.join(&self.best));
+        vec![crate::units::spec::weights_path(&current), current, crate::units::spec::weights_path(&best), best, run.join(&self.momentum)]
+    }
 }
 
 fn unit_scale() -> f64 {
@@ -80,6 +96,7 @@ pub fn save(run: &Path, mut checkpoint: Checkpoint, current: &PatchSpec, momentu
         .map(|(key, a)| (key.clone(), NpyArray { shape: a.shape().to_vec(), data: NpyData::F32(a.iter().copied().collect()) }))
         .collect();
     write_npz(&run.join(&checkpoint.momentum), &arrays)?;
+    checkpoint.sha256 = sha256_of_files(&checkpoint.files(run))?;
     let json = serde_json::to_string_pretty(&checkpoint).map_err(|e| Error::Internal(e.to_string()))?;
     write_atomically(&index_path(run), format!("{json}\n").as_bytes())?;
     if let Some(previous) = previous.filter(|p| p.epochs_done != epoch) {
@@ -110,19 +127,19 @@ fn load_index(run: &Path) -> Result<Option<Checkpoint>> {
 /// model, filters, data or settings) is moved aside to `<run>.previous-<n>` and `None` returned, so
 /// that changed settings start afresh without losing the earlier run.
 pub fn load(run: &Path, identity: &str) -> Result<Option<Saved>> {
+    let set_aside_because = |why: &str| -> Result<Option<Saved>> {
+        let aside = set_aside(run)?;
+        crate::progress::info(&format!("{} {why}: moved to {}, training afresh", run.display(), aside.display()));
+        Ok(None)
+    };
     let checkpoint = match load_index(run) {
         Ok(Some(checkpoint)) if checkpoint.identity == identity => checkpoint,
         Ok(None) => return Ok(None),
-        Ok(Some(_)) | Err(_) => {
-            let aside = set_aside(run)?;
-            crate::progress::info(&format!(
-                "{} holds another training run (other model, filters, data or settings): moved to {}, training afresh",
-                run.display(),
-                aside.display()
-            ));
-            return Ok(None);
-        }
+        Ok(Some(_)) | Err(_) => return set_aside_because("holds another training run (other model, filters, data or settings)"),
     };
+    if sha256_of_files(&checkpoint.files(run)).ok().as_deref() != Some(checkpoint.sha256.as_str()) {
+        return set_aside_because("holds a damaged checkpoint (its files do not match their recorded SHA-256)");
+    }
     let current = PatchSpec::load(&run.join(&checkpoint.current))?;
     let best = PatchSpec::load(&run.join(&checkpoint.best))?;
     let momentum_path = run.join(&checkpoint.momentum);

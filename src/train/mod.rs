@@ -29,7 +29,7 @@ use crate::assess::{self, Assessment};
 use crate::autodiff::{training_step, StepOptions, TrainingStep};
 use crate::backend::stepping::{open_stepping_session, Carried, SteppingSession};
 use crate::backend::{open_session, BackendOptions};
-use crate::config::{Config, ReplacementInit, SIGMAS};
+use crate::config::{Config, LearningRate, ReplacementInit, AUTO_LEARNING_RATES, SIGMAS};
 use crate::data::split::{stratified_split, ValSize};
 use crate::data::{load_split, BatchStream, Dataset, Preprocess, Split};
 use crate::error::{Error, Result};
@@ -169,6 +169,9 @@ pub struct TrainSummary {
     /// Recoveries from a diverging loss (each: where, and the learning-rate factor after it).
     #[serde(default)]
     pub recoveries: Vec<String>,
+    /// With `learning_rate: auto`: each candidate rate and its T_val° accuracy after the trial.
+    #[serde(default)]
+    pub learning_rate_trials: Vec<RateTrial>,
     pub epochs: Vec<EpochRecord>,
 }
 
@@ -218,9 +221,12 @@ pub fn train(model: &ModelProto, initial: &PatchSpec, data: &TrainData, config: 
                 records: Vec::new(),
                 learning_rate_scale: 1.0,
                 recoveries: Vec::new(),
+                learning_rate: None,
+                learning_rate_trials: Vec::new(),
                 current: String::new(),
                 momentum: String::new(),
                 best: String::new(),
+                sha256: String::new(),
             };
             (initial.clone(), BTreeMap::new(), initial.clone(), log)
         }
@@ -231,11 +237,22 @@ pub fn train(model: &ModelProto, initial: &PatchSpec, data: &TrainData, config: 
     };
     let mut session = open(&current, &momentum)?;
     let outputs = Outputs::find(session.as_ref(), &step)?;
+    let base_rate = match (settings.learning_rate, log.learning_rate) {
+        (LearningRate::Fixed(rate), _) | (LearningRate::Auto, Some(rate)) => rate,
+        (LearningRate::Auto, None) => {
+            let trials = rate_trials(&|| open(initial, &BTreeMap::new()), model, initial, &step, &outputs, &slots, data, config, log.val_images)?;
+            let chosen = chosen_rate(&trials);
+            progress::info(&format!("learning rate: {chosen} chosen (train.learning_rate: auto)"));
+            log.learning_rate_trials = trials;
+            chosen
+        }
+    };
+    log.learning_rate = Some(base_rate);
     let mut epoch = log.epochs_done;
     while epoch < settings.epochs {
         let started = Instant::now();
-        let learning_rate = cosine(settings.learning_rate, epoch, settings.t_max) * log.learning_rate_scale;
-        let (loss, correct) = match run_epoch(session.as_mut(), &step, &outputs, data, config, epoch, learning_rate)? {
+        let learning_rate = cosine(base_rate, epoch, settings.t_max) * log.learning_rate_scale;
+        let (loss, correct) = match run_epoch(session.as_mut(), &step, &outputs, data, config, epoch, learning_rate, None)? {
             EpochEnd::Finished { loss, correct } => (loss, correct),
             EpochEnd::Diverged { batch, loss } => {
                 let what = format!("epoch {}, batch {batch}: the loss is {loss:.4e} at learning rate {learning_rate:.3e}", epoch + 1);
@@ -325,6 +342,7 @@ pub fn train(model: &ModelProto, initial: &PatchSpec, data: &TrainData, config: 
         bn_adapted_layers,
         bn_adapt_val_accuracy,
         recoveries: log.recoveries.clone(),
+        learning_rate_trials: log.learning_rate_trials.clone(),
         epochs: log.records.clone(),
     };
     spec.metadata.insert("training".into(), format!(
@@ -456,6 +474,63 @@ impl Outputs {
     }
 }
 
+/// One candidate of `learning_rate: auto`: its T_val° accuracy (percent) after training from the
+/// initial patch for [`TRIAL_SHARE`] of an epoch, `None` when its loss diverged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RateTrial {
+    pub learning_rate: f64,
+    pub val_accuracy: Option<f64>,
+}
+
+/// The share of an epoch each candidate rate trains for.
+pub const TRIAL_SHARE: f64 = 0.25;
+
+/// Trains a copy of the initial patch with each of [`AUTO_LEARNING_RATES`] for [`TRIAL_SHARE`] of
+/// the first epoch and measures it on T_val°. The trials are thrown away: training proper starts
+/// from the initial patch, so a run is the same whether its rate was given or chosen.
+#[allow(clippy::too_many_arguments)]
+fn rate_trials(
+    open: &dyn Fn() -> Result<Box<dyn SteppingSession>>,
+    model: &ModelProto,
+    initial: &PatchSpec,
+    step: &TrainingStep,
+    outputs: &Outputs,
+    slots: &[Slot],
+    data: &TrainData,
+    config: &Config,
+    val_images: usize,
+) -> Result<Vec<RateTrial>> {
+    let io = ModelIo::resolve(model, &config.preprocess)?;
+    let options = BackendOptions { kind: config.backend.kind, device: config.backend.device, threads: config.backend.threads };
+    let batches = ((data.train.len() as f64 * TRIAL_SHARE) / config.train.batch_size as f64).ceil().max(1.0) as usize;
+    let mut trials = Vec::new();
+    for rate in AUTO_LEARNING_RATES {
+        let mut session = open()?;
+        let val_accuracy = match run_epoch(session.as_mut(), step, outputs, data, config, 0, rate, Some(batches))? {
+            EpochEnd::Finished { .. } => {
+                let (trained, _) = read_state(session.as_ref(), slots, initial)?;
+                let correct = val_correct(&beta_model(model, &trained)?.0, data, config, &io, &options)?;
+                Some(100.0 * correct as f64 / val_images.max(1) as f64)
+            }
+            EpochEnd::Diverged { .. } => None,
+        };
+        let outcome = val_accuracy.map_or("the loss diverged".to_string(), |a| format!("T_val° {a:.2} %"));
+        progress::info(&format!("learning-rate trial {rate}: {outcome} after {batches} batches"));
+        trials.push(RateTrial { learning_rate: rate, val_accuracy });
+    }
+    Ok(trials)
+}
+
+/// The trial rate best on T_val°; on a tie the smaller rate, and the smallest when all diverged.
+fn chosen_rate(trials: &[RateTrial]) -> f64 {
+    let smallest = trials.iter().map(|t| t.learning_rate).fold(f64::INFINITY, f64::min);
+    trials
+        .iter()
+        .filter_map(|t| Some((t.val_accuracy?, t.learning_rate)))
+        .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)))
+        .map_or(smallest, |(_, rate)| rate)
+}
+
 /// How many times a diverging loss is recovered from before training gives up.
 pub const MAX_RECOVERIES: usize = 3;
 /// The factor on the learning rate at each recovery.
@@ -480,11 +555,20 @@ fn run_epoch(
     config: &Config,
     epoch: usize,
     learning_rate: f64,
+    batch_limit: Option<usize>,
 ) -> Result<EpochEnd> {
-    let items = epoch_draw(&data.train, config.data.seed, epoch);
+    let mut items = epoch_draw(&data.train, config.data.seed, epoch);
+    let task = match batch_limit {
+        Some(batches) => {
+            items.truncate(batches.saturating_mul(config.train.batch_size));
+            format!("learning-rate trial {learning_rate}")
+        }
+        None => format!("epoch {}/{}", epoch + 1, config.train.epochs),
+    };
+    let total = items.len();
     let stream = BatchStream::mixed(data.images.clone(), items, data.preprocess.clone(), config.train.batch_size);
     let rate = Tensor::F32(ArrayD::from_elem(IxDyn(&[]), learning_rate as f32));
-    let mut progress = Progress::new(format!("epoch {}/{}", epoch + 1, config.train.epochs), data.train.len());
+    let mut progress = Progress::new(task, total);
     let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
     let mut first_loss = None;
     for (number, batch) in stream.enumerate() {
