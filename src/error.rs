@@ -45,6 +45,10 @@ pub enum Error {
     #[error("backend {backend} cannot run the model: {message}")]
     ModelRejected { backend: &'static str, message: String },
 
+    /// A command run under `--isolate` crashed, ran out of memory or out of time.
+    #[error("isolated run: {0}")]
+    Isolated(String),
+
     /// Training cannot go on (a non-finite loss); the message says where the last good checkpoint is.
     #[error("training: {0}")]
     Training(String),
@@ -63,7 +67,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) => 2,
-            Error::Model { .. } | Error::Unsupported { .. } | Error::UnsupportedModel(_) | Error::InvalidGraph(_) | Error::ModelRejected { .. } => 3,
+            Error::Model { .. } | Error::Unsupported { .. } | Error::UnsupportedModel(_) | Error::InvalidGraph(_) | Error::ModelRejected { .. } | Error::Isolated(_) => 3,
             Error::Data { .. } | Error::Io { .. } => 4,
             Error::Backend { .. } | Error::Training(_) | Error::Internal(_) => 1,
         }

@@ -136,3 +136,143 @@ fn missing_model_file() {
     assert_eq!(code, 4);
     assert!(message.contains("/nonexistent/model.onnx"), "{message}");
 }
+
+/// tiny_cnn (a fixture) changed by `change`, written to a fresh folder.
+fn mutant(dir: &Path, change: impl FnOnce(&mut ModelProto)) -> std::path::PathBuf {
+    let mut model = ModelProto::decode(fs::read(common::fixture("models/tiny_cnn_cifar10.onnx")).unwrap().as_slice()).unwrap();
+    change(&mut model);
+    let path = dir.join("mutant.onnx");
+    fs::write(&path, model.encode_to_vec()).unwrap();
+    path
+}
+
+fn graph(model: &mut ModelProto) -> &mut GraphProto {
+    model.graph.as_mut().unwrap()
+}
+
+fn node_of<'g>(graph: &'g mut GraphProto, op: &str) -> &'g mut NodeProto {
+    graph.node.iter_mut().find(|n| n.op_type.as_deref() == Some(op)).unwrap()
+}
+
+/// Hostile or broken models are refused by `inspect` and `patch` before anything allocates, with
+/// exit 3 and a message naming the tensor or node and the value at fault.
+#[test]
+fn structurally_invalid_models_are_refused_with_exit_3() {
+    type Change = Box<dyn FnOnce(&mut ModelProto)>;
+    let cases: Vec<(&str, Change, &str)> = vec![
+        ("short data", Box::new(|m| graph(m).initializer[0].dims[0] += 1), "raw_data bytes"),
+        ("2^30 elements claimed", Box::new(|m| graph(m).initializer[0].dims = vec![1 << 30]), "need"),
+        ("negative bias dimension", Box::new(|m| graph(m).initializer[1].dims = vec![-16]), "negative dimension -16"),
+        ("unknown data type", Box::new(|m| graph(m).initializer[0].data_type = Some(77)), "unknown data type 77"),
+        (
+            "kernel of 2^32",
+            Box::new(|m| {
+                let conv = node_of(graph(m), "Conv");
+                conv.attribute.retain(|a| a.name.as_deref() != Some("kernel_shape"));
+                conv.attribute.push(onnx_deeppatch::onnx::builder::ints("kernel_shape", &[1 << 32, 3]));
+            }),
+            "kernel_shape",
+        ),
+        ("BatchNormalization with one input", Box::new(|m| node_of(graph(m), "BatchNormalization").input.truncate(1)), "needs 5"),
+        (
+            "group of zero",
+            Box::new(|m| {
+                let conv = node_of(graph(m), "Conv");
+                conv.attribute.retain(|a| a.name.as_deref() != Some("group"));
+                conv.attribute.push(onnx_deeppatch::onnx::builder::int("group", 0));
+            }),
+            "'group' 0",
+        ),
+        (
+            "an attribute given twice",
+            Box::new(|m| node_of(graph(m), "Conv").attribute.push(onnx_deeppatch::onnx::builder::int("group", 2))),
+            "attribute 'group' is given 2 times",
+        ),
+        ("opset 5", Box::new(|m| m.opset_import[0].version = Some(5)), "opset 5"),
+        (
+            "a NaN weight",
+            Box::new(|m| {
+                let weight = &mut graph(m).initializer[0];
+                let raw = weight.raw_data.as_mut().unwrap();
+                raw[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+            }),
+            "--allow-nonfinite",
+        ),
+    ];
+    for (case, change, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = mutant(dir.path(), change);
+        for command in [os_args!["inspect", &path].to_vec(), os_args!["patch", &path, dir.path().join("out.onnx"), "--random-spec"].to_vec()] {
+            let (code, message) = fails(&command);
+            assert_eq!(code, 3, "{case}: {message}");
+            assert!(message.contains(expected), "{case}: {message}");
+        }
+        assert!(!dir.path().join("out.onnx").exists(), "{case}: an output was written");
+    }
+}
+
+#[test]
+fn nonfinite_weights_are_a_warning_with_allow_nonfinite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = mutant(dir.path(), |m| graph(m).initializer[0].raw_data.as_mut().unwrap()[..4].copy_from_slice(&f32::INFINITY.to_le_bytes()));
+    let output = common::cli(os_args!["--allow-nonfinite", "inspect", path]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("warning:") && stderr.contains("1 non-finite value"), "{stderr}");
+}
+
+/// What the γ rewrite cannot route per sample is refused: a weight fed at run time (a second
+/// runtime input) and an unbatched image input.
+#[test]
+fn inputs_the_rewrite_cannot_route_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let weight_input = mutant(dir.path(), |m| {
+        let g = graph(m);
+        let weight = node_of(g, "Conv").input[1].clone();
+        g.initializer.retain(|t| t.name.as_deref() != Some(weight.as_str()));
+        g.input.push(ValueInfoProto { name: Some(weight), ..Default::default() });
+    });
+    let (code, message) = fails(os_args!["patch", weight_input, dir.path().join("a.onnx"), "--random-spec"]);
+    assert_eq!(code, 3, "{message}");
+    assert!(message.contains("2 runtime inputs"), "{message}");
+
+    let unbatched = mutant(dir.path(), |m| {
+        use onnx_deeppatch::onnx::proto::type_proto::Value;
+        let input = &mut graph(m).input[0];
+        let Some(Value::TensorType(tensor)) = input.r#type.as_mut().unwrap().value.as_mut() else { panic!("tensor input") };
+        tensor.shape.as_mut().unwrap().dim.remove(0);
+    });
+    let (code, message) = fails(os_args!["patch", unbatched, dir.path().join("b.onnx"), "--random-spec"]);
+    assert_eq!(code, 3, "{message}");
+    assert!(message.contains("has rank 3"), "{message}");
+}
+
+/// Devices and named pipes are refused before they are read (a pipe would block forever).
+#[test]
+fn non_regular_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("model.onnx");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for model in [Path::new("/dev/zero"), fifo.as_path()] {
+        let (code, message) = fails(os_args!["inspect", model]);
+        assert_eq!(code, 4, "{message}");
+        assert!(message.contains("not a regular file"), "{message}");
+    }
+    let (code, message) = fails(os_args!["eval", common::fixture("models/tiny_cnn_cifar10.onnx"), "--config", "/dev/zero"]);
+    assert_eq!(code, 2, "{message}");
+}
+
+/// `--isolate`: a child that runs out of time or memory ends as one error line with exit 3.
+#[test]
+fn isolated_runs_end_cleanly_at_their_limits() {
+    let (model, config) = (common::fixture("models/tiny_cnn_cifar10.onnx"), common::fixture("cifar10.yaml"));
+    let dir = tempfile::tempdir().unwrap();
+    let (code, message) = fails(os_args!["--isolate", "--time-limit", "1", "train", &model, "--config", &config, "--assessment", "/nonexistent", "--out", dir.path().join("run")]);
+    assert_eq!(code, 4, "the child's own error passes through: {message}");
+    let (code, message) = fails(os_args!["--isolate", "--memory-limit", "16", "eval", &model, "--config", &config]);
+    assert_eq!(code, 3, "{message}");
+    assert!(message.contains("isolated run: the command was ended by signal"), "{message}");
+    let (code, message) = fails(os_args!["--isolate", "--time-limit", "1", "bench", "eval", &model, "--config", &config, "--rounds", "1000"]);
+    assert_eq!(code, 3, "{message}");
+    assert!(message.contains("did not finish within 1 s"), "{message}");
+}

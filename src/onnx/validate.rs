@@ -153,9 +153,18 @@ fn check_graph(graph: &GraphProto) -> Result<()> {
     Ok(())
 }
 
-/// Tensors and subgraphs held in a node's attributes.
+/// A node's attributes: each name once, and the tensors and subgraphs they hold.
 fn check_attributes(node: &NodeProto) -> Result<()> {
-    for attribute in &node.attribute {
+    for (i, attribute) in node.attribute.iter().enumerate() {
+        let name = attribute.name.as_deref().unwrap_or("");
+        if node.attribute[..i].iter().any(|a| a.name.as_deref().unwrap_or("") == name) {
+            let times = node.attribute.iter().filter(|a| a.name.as_deref().unwrap_or("") == name).count();
+            return Err(Error::InvalidGraph(format!(
+                "node '{}' ({}): attribute '{name}' is given {times} times",
+                node.name.as_deref().unwrap_or(""),
+                node.op_type.as_deref().unwrap_or("")
+            )));
+        }
         for tensor in attribute.t.iter().chain(&attribute.tensors) {
             check_tensor(tensor)?;
         }
