@@ -423,3 +423,49 @@ fn load_average() -> Option<[f64; 3]> {
     let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().ok());
     Some([fields.next()??, fields.next()??, fields.next()??])
 }
+
+/// What validating a model costs against the whole `patch --random-spec` path on the same file.
+#[derive(Debug, Clone, Serialize)]
+pub struct ValidationCost {
+    pub rounds: usize,
+    /// Fastest round of each, in milliseconds: reading and decoding the file, validating it
+    /// ([`crate::onnx::validate::check_model`]), and `patch` as the command runs it (load with
+    /// validation, random spec, γ rewrite, encoding).
+    pub decode_ms: f64,
+    pub validate_ms: f64,
+    pub patch_ms: f64,
+    /// validate_ms / patch_ms, in percent.
+    pub validation_share: f64,
+}
+
+/// Times decoding, validation and the `patch` path alternately `rounds` times; the fastest round
+/// of each counts.
+pub fn validation_cost(model_path: &std::path::Path, rounds: usize) -> Result<ValidationCost> {
+    use prost::Message;
+    let (mut decode, mut validate, mut patch) = (f64::MAX, f64::MAX, f64::MAX);
+    for _ in 0..rounds.max(1) {
+        let started = Instant::now();
+        let bytes = crate::onnx::io::read_input(model_path, crate::onnx::io::MODEL_FILE_LIMIT)?;
+        let model = crate::onnx::proto::ModelProto::decode(bytes.as_slice())
+            .map_err(|e| crate::Error::model(model_path, e.to_string()))?;
+        decode = decode.min(started.elapsed().as_secs_f64());
+
+        let started = Instant::now();
+        crate::onnx::validate::check_model(&model)?;
+        validate = validate.min(started.elapsed().as_secs_f64());
+
+        let started = Instant::now();
+        let model = crate::analysis::load(model_path)?;
+        let spec = crate::units::spec::random_spec(&model, 0.25, 2022, crate::units::Decision::adapt_all())?;
+        let patched = crate::units::gamma_model(&model, &spec)?.encode_to_vec();
+        patch = patch.min(started.elapsed().as_secs_f64());
+        std::hint::black_box(patched);
+    }
+    Ok(ValidationCost {
+        rounds,
+        decode_ms: decode * 1e3,
+        validate_ms: validate * 1e3,
+        patch_ms: patch * 1e3,
+        validation_share: 100.0 * validate / patch,
+    })
+}

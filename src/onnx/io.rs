@@ -21,7 +21,7 @@ pub const TEXT_LIMIT: u64 = 256 << 20;
 pub const IMAGE_LIMIT: u64 = 64 << 20;
 pub const ARRAY_LIMIT: u64 = 32 << 30;
 /// The largest model file read: protobuf cannot encode more.
-const MODEL_FILE_LIMIT: u64 = PROTOBUF_LIMIT as u64;
+pub const MODEL_FILE_LIMIT: u64 = PROTOBUF_LIMIT as u64;
 
 /// Reads an ONNX model, resolves external data into memory and validates it
 /// ([`super::validate::check_model`]): everything later stages believe about it is checked here.
@@ -42,7 +42,7 @@ pub fn read_input(path: &Path, limit: u64) -> Result<Vec<u8>> {
         return Err(Error::data(path, format!("{size} bytes is more than the {limit} bytes this input may have")));
     }
     let mut bytes = Vec::with_capacity(size as usize);
-    fs::File::open(path).and_then(|f| f.take(limit + 1).read_to_end(&mut bytes)).map_err(|e| Error::io(path, e))?;
+    fs::File::open(path).and_then(|f| f.take(limit.saturating_add(1)).read_to_end(&mut bytes)).map_err(|e| Error::io(path, e))?;
     if bytes.len() as u64 > limit {
         return Err(Error::data(path, format!("grew past the {limit} bytes this input may have while it was read")));
     }

@@ -139,6 +139,7 @@ fn check_graph(graph: &GraphProto) -> Result<()> {
     for tensor in &graph.initializer {
         check_tensor(tensor)?;
     }
+    let constants = Constants::of(graph);
     for sparse in &graph.sparse_initializer {
         for tensor in [sparse.values.as_ref(), sparse.indices.as_ref()].into_iter().flatten() {
             check_tensor(tensor)?;
@@ -147,7 +148,7 @@ fn check_graph(graph: &GraphProto) -> Result<()> {
     for (position, node) in graph.node.iter().enumerate() {
         check_attributes(node)?;
         if node.domain.as_deref().is_none_or(|d| d.is_empty() || d == "ai.onnx") {
-            check_operator(graph, node, position)?;
+            check_operator(&constants, node, position)?;
         }
     }
     Ok(())
@@ -214,21 +215,21 @@ fn has_value_of(attribute: &AttributeProto, expected: AttributeType) -> bool {
 
 /// Checks the operators whose attributes the tool reads or that backends have been seen to abort
 /// on when the values are out of range.
-fn check_operator(graph: &GraphProto, node: &NodeProto, position: usize) -> Result<()> {
+fn check_operator(constants: &Constants, node: &NodeProto, position: usize) -> Result<()> {
     let fail = |message: String| unsupported(node, position, message);
     let op = node.op_type.as_deref().unwrap_or("");
     match op {
         "Conv" | "ConvTranspose" | "MaxPool" | "AveragePool" | "LpPool" | "ConvInteger" | "QLinearConv" => {
             check_window(node, position)?;
             if op == "Conv" {
-                check_conv(graph, node, position)?;
+                check_conv(constants, node, position)?;
             }
         }
         "BatchNormalization" => {
             if node.input.len() != 5 || node.input.iter().any(String::is_empty) {
                 return Err(fail(format!("has {} inputs, BatchNormalization needs 5 (X, scale, B, mean, var)", node.input.len())));
             }
-            let lengths: Vec<Option<u64>> = node.input[1..].iter().map(|v| constant_of(graph, v).and_then(|t| tensor_extent(t).ok()).map(|(count, _)| count)).collect();
+            let lengths: Vec<Option<u64>> = node.input[1..].iter().map(|v| constants.get(v).and_then(|t| tensor_extent(t).ok()).map(|(count, _)| count)).collect();
             let known: Vec<u64> = lengths.iter().flatten().copied().collect();
             if known.windows(2).any(|w| w[0] != w[1]) {
                 return Err(fail(format!("its scale, B, mean and var have different lengths {lengths:?}")));
@@ -275,12 +276,12 @@ fn check_window(node: &NodeProto, position: usize) -> Result<()> {
 
 /// A Conv whose weight is a constant: a kernel of rank ≥ 3 agreeing with `kernel_shape`, filters
 /// divisible by `group`, a bias of one value per filter.
-fn check_conv(graph: &GraphProto, node: &NodeProto, position: usize) -> Result<()> {
+fn check_conv(constants: &Constants, node: &NodeProto, position: usize) -> Result<()> {
     let fail = |message: String| unsupported(node, position, message);
     if node.input.len() < 2 || node.input.len() > 3 || node.input[..2].iter().any(String::is_empty) {
         return Err(fail(format!("has inputs {:?}; Conv needs X, W and an optional B", node.input)));
     }
-    let Some(weight) = constant_of(graph, &node.input[1]) else { return Ok(()) };
+    let Some(weight) = constants.get(&node.input[1]) else { return Ok(()) };
     let dims = &weight.dims;
     if dims.len() < 3 {
         return Err(fail(format!("weight '{}' has dimensions {dims:?}; a kernel needs [M, C/group, k…]", node.input[1])));
@@ -297,7 +298,7 @@ fn check_conv(graph: &GraphProto, node: &NodeProto, position: usize) -> Result<(
     if dims[0] % group != 0 {
         return Err(fail(format!("{} filters cannot be split into {group} groups", dims[0])));
     }
-    if let Some(bias) = node.input.get(2).filter(|b| !b.is_empty()).and_then(|b| constant_of(graph, b)) {
+    if let Some(bias) = node.input.get(2).filter(|b| !b.is_empty()).and_then(|b| constants.get(b)) {
         if bias.dims != [dims[0]] {
             return Err(fail(format!("bias '{}' has dimensions {:?}, expected [{}]", node.input[2], bias.dims, dims[0])));
         }
@@ -305,15 +306,21 @@ fn check_conv(graph: &GraphProto, node: &NodeProto, position: usize) -> Result<(
     Ok(())
 }
 
-/// The constant tensor named `value` in `graph`: an initializer or a Constant node's value.
-fn constant_of<'g>(graph: &'g GraphProto, value: &str) -> Option<&'g TensorProto> {
-    graph.initializer.iter().find(|t| t.name.as_deref() == Some(value)).or_else(|| {
-        graph
-            .node
-            .iter()
-            .find(|n| n.op_type.as_deref() == Some("Constant") && n.output.first().map(String::as_str) == Some(value))
-            .and_then(|n| attribute(n, "value")?.t.as_ref())
-    })
+/// The constant tensors of one graph by value name: initializers and Constant nodes' values.
+struct Constants<'g>(std::collections::HashMap<&'g str, &'g TensorProto>);
+
+impl<'g> Constants<'g> {
+    fn of(graph: &'g GraphProto) -> Self {
+        let nodes = graph.node.iter().filter(|n| n.op_type.as_deref() == Some("Constant")).filter_map(|n| {
+            Some((n.output.first()?.as_str(), attribute(n, "value")?.t.as_ref()?))
+        });
+        let initializers = graph.initializer.iter().filter_map(|t| Some((t.name.as_deref()?, t)));
+        Constants(nodes.chain(initializers).collect())
+    }
+
+    fn get(&self, value: &str) -> Option<&'g TensorProto> {
+        self.0.get(value).copied()
+    }
 }
 
 /// Refuses float initializers holding NaN or infinity: every result computed from them would be
@@ -325,8 +332,12 @@ fn check_finite(graph: &GraphProto) -> Result<()> {
         if added || tensor.data_type != Some(DataType::Float as i32) || tensor.data_location == Some(DataLocation::External as i32) {
             continue;
         }
-        let values = super::tensor::to_f32(tensor)?;
-        let bad = values.iter().filter(|v| !v.is_finite()).count();
+        // On the stored bits, without decoding: all-ones exponent means NaN or infinity.
+        const EXPONENT: u32 = 0x7f80_0000;
+        let bad = match &tensor.raw_data {
+            Some(raw) => raw.chunks_exact(4).filter(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & EXPONENT == EXPONENT).count(),
+            None => tensor.float_data.iter().filter(|v| !v.is_finite()).count(),
+        };
         if bad == 0 {
             continue;
         }
@@ -388,7 +399,7 @@ mod tests {
     fn conv_attributes_are_checked_against_the_weight() {
         let check = |attributes: Vec<AttributeProto>| {
             let (graph, node) = conv(attributes, &["x", "w"]);
-            check_operator(&graph, &node, 0).map_err(|e| e.to_string())
+            check_operator(&Constants::of(&graph), &node, 0).map_err(|e| e.to_string())
         };
         assert!(check(vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])]).is_ok());
         assert!(check(vec![ints("kernel_shape", &[1 << 32, 3])]).unwrap_err().contains("kernel_shape"));
@@ -411,6 +422,7 @@ mod tests {
             ..Default::default()
         };
         let graph = GraphProto::default();
+        let graph = Constants::of(&graph);
         let message = check_operator(&graph, &node("BatchNormalization", 1, vec![]), 7).unwrap_err().to_string();
         assert!(message.contains("BatchNormalization#7") && message.contains("needs 5"), "{message}");
         assert!(check_operator(&graph, &node("Transpose", 1, vec![ints("perm", &[0, 2, 1])]), 0).is_ok());
