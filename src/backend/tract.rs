@@ -39,7 +39,10 @@ pub(super) struct TractSession {
 impl TractSession {
     /// Decodes the model for tract; plans are built by the runs that need them.
     pub(super) fn open(model: &[u8], signature: Signature) -> Result<Self> {
-        let proto = pb::ModelProto::decode(model).map_err(|e| backend(format!("cannot decode the model: {e}")))?;
+        let mut proto = pb::ModelProto::decode(model).map_err(|e| backend(format!("cannot decode the model: {e}")))?;
+        if let Some(graph) = proto.graph.as_mut() {
+            forget_inner_shapes(graph);
+        }
         Ok(TractSession { signature, proto, framework: tract_onnx::onnx(), plans: Vec::new() })
     }
 
@@ -169,6 +172,20 @@ fn from_tract(value: TValue, name: &str) -> Result<Tensor> {
         other => Err(backend(format!(
             "output '{name}' has element type {other:?}; only float32, int64 and bool outputs are read"
         ))),
+    }
+}
+
+/// Drops the shapes a graph declares for its intermediate values (and its subgraphs'): exporters
+/// write them with the input's symbolic batch (`batch`), which tract cannot unify with the
+/// concrete batch a plan is built for. They are hints; tract infers every shape itself.
+fn forget_inner_shapes(graph: &mut pb::GraphProto) {
+    graph.value_info.clear();
+    for node in &mut graph.node {
+        for attribute in &mut node.attribute {
+            for subgraph in attribute.g.iter_mut().chain(attribute.graphs.iter_mut()) {
+                forget_inner_shapes(subgraph);
+            }
+        }
     }
 }
 

@@ -28,7 +28,8 @@ pub const MODEL_FILE_LIMIT: u64 = PROTOBUF_LIMIT as u64;
 pub fn load_model(path: &Path) -> Result<ModelProto> {
     let bytes = read_input(path, MODEL_FILE_LIMIT)?;
     let mut model = decode_structure(&bytes, path)?;
-    let folder = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    // A bare file name's folder is the working folder (`Path::parent` gives an empty path).
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     for_each_tensor_mut(&mut model, &mut |tensor| inline_external_data(tensor, &folder, path))?;
     super::validate::check_model(&model).map_err(|e| Error::model(path, e.to_string()))?;
     Ok(model)
