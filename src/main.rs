@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use onnx_deeppatch::config::{Config, Overrides};
 use onnx_deeppatch::pipeline::Status;
 use onnx_deeppatch::progress::{self, LogFormat};
-use onnx_deeppatch::{assess, bench, eval, inspect, onnx, report, units};
+use onnx_deeppatch::{assess, bench, eval, inspect, isolate, onnx, report, units};
 
 #[derive(Parser)]
 #[command(name = "onnx-deeppatch", version, about = "Make a deployed ONNX image classifier robust to blur and spatial shifts without losing standard accuracy (DeepPatch)")]
@@ -21,6 +21,19 @@ struct Cli {
     /// Format of progress and log lines on standard error.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Accept a model whose weights hold NaN or infinity (a warning instead of exit 3).
+    #[arg(long, global = true)]
+    allow_nonfinite: bool,
+    /// Run the command in a child process under --time-limit and --memory-limit: a backend that
+    /// aborts, crashes or hangs on a model ends as one error line (exit 3).
+    #[arg(long, global = true)]
+    isolate: bool,
+    /// Time limit of --isolate, in seconds.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    time_limit: u64,
+    /// Address-space limit of --isolate, in MiB (0: none).
+    #[arg(long, global = true, value_name = "MIB", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1 << 30))]
+    memory_limit: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -189,6 +202,12 @@ enum Command {
     /// Benchmarks measured side by side in one run.
     #[command(subcommand)]
     Bench(Bench),
+    /// Fuzz the model loader and rewrites with structure-aware mutants (development): runs this
+    /// binary on each mutant in child processes and keeps every case that fails (docs/fuzzing.md).
+    Fuzz {
+        #[command(flatten)]
+        options: onnx_deeppatch::fuzz::FuzzOptions,
+    },
 }
 
 #[derive(Subcommand)]
@@ -220,6 +239,13 @@ enum Bench {
         common: Common,
         /// Alternating rounds of each; the best rate of each counts.
         #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// What model validation costs against the whole `patch --random-spec` path, side by side.
+    Validate {
+        model: PathBuf,
+        /// Alternating rounds of each; the fastest of each counts.
+        #[arg(long, default_value_t = 10)]
         rounds: usize,
     },
     /// Latency and size of a γ-patched model (random filters at --kappa) against the original.
@@ -277,7 +303,22 @@ impl Common {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     progress::configure(cli.log_format, cli.quiet);
-    match run(cli.command) {
+    onnx::validate::allow_nonfinite(cli.allow_nonfinite);
+    let result = if cli.isolate && !isolate::is_child() {
+        let limits = isolate::Limits {
+            time: std::time::Duration::from_secs(cli.time_limit),
+            memory: (cli.memory_limit > 0).then(|| cli.memory_limit << 20),
+        };
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        match isolate::run(&args, &limits) {
+            // The child printed its own result or error line.
+            Ok(code) => return ExitCode::from(code.clamp(0, 255) as u8),
+            Err(error) => Err(error.into()),
+        }
+    } else {
+        run(cli.command)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let code = if error.is::<Unchanged>() {
@@ -340,7 +381,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 &[("model", Some(&model)), ("spec", spec.as_ref()), ("spec's weights", spec_weights.as_ref())],
                 &[("output", Some(&output)), ("--save-spec", save_spec.as_ref()), ("--save-spec's weights", saved_weights.as_ref())],
             )?;
-            let proto = onnx::load_model(&model)?;
+            let proto = onnx_deeppatch::analysis::load(&model)?;
             let patched = if let Some(conv) = conv {
                 units::alpha_model(&proto, &conv, &channels.unwrap_or_default())?
             } else {
@@ -406,10 +447,18 @@ fn run(command: Command) -> anyhow::Result<()> {
             let proto = onnx::load_model(&patched)?;
             onnx::save_model(&units::strip(&proto)?, &output, &onnx::SaveOptions { protect: Some(patched), ..Default::default() })?;
         }
+        Command::Fuzz { options } => {
+            let summary = onnx_deeppatch::fuzz::long_run(&options)?;
+            print!("{}", summary.text());
+            summary.verdict()?;
+        }
         Command::Bench(Bench::Train { model, common, kappa, batch, steps, save_step }) => {
             let config = common.resolve()?;
             let result = bench::train_throughput(&model, &config, kappa, batch, steps, save_step.as_deref())?;
             println!("{}", serde_json::to_string_pretty(&result)?);
+        }
+        Command::Bench(Bench::Validate { model, rounds }) => {
+            println!("{}", serde_json::to_string_pretty(&bench::validation_cost(&model, rounds)?)?);
         }
         Command::Bench(Bench::Eval { model, common, rounds }) => {
             let config = common.resolve()?;
