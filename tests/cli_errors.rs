@@ -173,7 +173,7 @@ fn structurally_invalid_models_are_refused_with_exit_3() {
             }),
             "kernel_shape",
         ),
-        ("BatchNormalization with one input", Box::new(|m| node_of(graph(m), "BatchNormalization").input.truncate(1)), "needs 5"),
+        ("BatchNormalization with one input", Box::new(|m| node_of(graph(m), "BatchNormalization").input.truncate(1)), "BatchNormalization takes 5"),
         (
             "group of zero",
             Box::new(|m| {

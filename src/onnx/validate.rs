@@ -10,6 +10,7 @@
 //! - the default opset against the range this tool knows;
 //! - float weights for NaN and infinity (refused unless [`allow_nonfinite`] was called).
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::graph::{attribute, node_label};
@@ -24,6 +25,8 @@ pub const MAX_TENSOR_BYTES: u64 = 16 << 30;
 /// The largest kernel, stride, dilation or pad along one axis (a guard against values that make
 /// runtimes overflow; real networks stay far below it).
 pub const MAX_WINDOW: i64 = 1 << 16;
+/// The newest IR version this tool knows.
+pub const MAX_IR_VERSION: i64 = 14;
 /// The opsets of the default domain this tool knows the operators of.
 pub const OPSETS: std::ops::RangeInclusive<i64> = 7..=23;
 
@@ -117,16 +120,22 @@ fn tensor_error(tensor: &TensorProto, message: String) -> Error {
 /// Validates `model` (see the module documentation). External data must already be inlined for
 /// the non-finite check to see it; its extent is checked either way.
 pub fn check_model(model: &ModelProto) -> Result<()> {
+    let ir = model.ir_version.unwrap_or(0);
+    if ir > MAX_IR_VERSION {
+        return Err(Error::InvalidGraph(format!("IR version {ir} is newer than this tool knows ({MAX_IR_VERSION})")));
+    }
     let opset = super::default_opset(model);
-    if opset != 0 && !OPSETS.contains(&opset) {
+    if !OPSETS.contains(&opset) {
         return Err(Error::InvalidGraph(format!(
-            "default-domain opset {opset} is outside the opsets this tool knows ({}..={})",
+            "default-domain opset {opset} is outside the opsets this tool knows ({}..={}); a model must import the default domain",
             OPSETS.start(),
             OPSETS.end()
         )));
     }
     let Some(graph) = model.graph.as_ref() else { return Ok(()) };
+    let imported: HashSet<&str> = model.opset_import.iter().map(|o| o.domain.as_deref().unwrap_or("")).collect();
     check_graph(graph)?;
+    check_order_and_domains(graph, &imported, &HashSet::new())?;
     for function in &model.functions {
         for node in &function.node {
             check_attributes(node)?;
@@ -136,6 +145,10 @@ pub fn check_model(model: &ModelProto) -> Result<()> {
 }
 
 fn check_graph(graph: &GraphProto) -> Result<()> {
+    if let Some(sparse) = graph.sparse_initializer.first() {
+        let name = sparse.values.as_ref().and_then(|v| v.name.as_deref()).unwrap_or("");
+        return Err(Error::InvalidGraph(format!("sparse initializer '{name}': sparse initializers are not supported")));
+    }
     for tensor in &graph.initializer {
         check_tensor(tensor)?;
     }
@@ -166,6 +179,9 @@ fn check_attributes(node: &NodeProto) -> Result<()> {
                 node.op_type.as_deref().unwrap_or("")
             )));
         }
+        if attribute.ref_attr_name.is_none() {
+            check_attribute_type(node, attribute)?;
+        }
         for tensor in attribute.t.iter().chain(&attribute.tensors) {
             check_tensor(tensor)?;
         }
@@ -177,6 +193,138 @@ fn check_attributes(node: &NodeProto) -> Result<()> {
         for graph in attribute.g.iter().chain(&attribute.graphs) {
             check_graph(graph)?;
         }
+    }
+    Ok(())
+}
+
+/// An attribute holds exactly the value its declared type names (runtimes read by the type).
+fn check_attribute_type(node: &NodeProto, attribute: &AttributeProto) -> Result<()> {
+    use AttributeType as T;
+    let present = [
+        (attribute.i.is_some(), T::Int),
+        (attribute.f.is_some(), T::Float),
+        (attribute.s.is_some(), T::String),
+        (attribute.t.is_some(), T::Tensor),
+        (attribute.g.is_some(), T::Graph),
+        (attribute.sparse_tensor.is_some(), T::SparseTensor),
+        (attribute.tp.is_some(), T::TypeProto),
+        (!attribute.ints.is_empty(), T::Ints),
+        (!attribute.floats.is_empty(), T::Floats),
+        (!attribute.strings.is_empty(), T::Strings),
+        (!attribute.tensors.is_empty(), T::Tensors),
+        (!attribute.graphs.is_empty(), T::Graphs),
+        (!attribute.sparse_tensors.is_empty(), T::SparseTensors),
+        (!attribute.type_protos.is_empty(), T::TypeProtos),
+    ];
+    let declared = AttributeType::try_from(attribute.r#type.unwrap_or(0)).unwrap_or(T::Undefined);
+    let single = matches!(declared, T::Int | T::Float | T::String | T::Tensor | T::Graph | T::SparseTensor | T::TypeProto);
+    let holds = |kind: T| present.iter().any(|&(set, k)| set && k == kind);
+    let others = present.iter().any(|&(set, kind)| set && kind != declared);
+    if declared == T::Undefined || others || (single && !holds(declared)) {
+        return Err(Error::InvalidGraph(format!(
+            "node '{}' ({}): attribute '{}' is declared {declared:?} but holds {:?}",
+            node.name.as_deref().unwrap_or(""),
+            node.op_type.as_deref().unwrap_or(""),
+            attribute.name.as_deref().unwrap_or(""),
+            present.iter().filter(|(set, _)| *set).map(|(_, kind)| *kind).collect::<Vec<_>>()
+        )));
+    }
+    Ok(())
+}
+
+/// Input and output counts of common operators of the default domain, over all their versions
+/// (`usize::MAX`: variadic). Operators not listed are left to the backends.
+const ARITY: &[(&str, usize, usize, usize, usize)] = &[
+    ("Add", 2, 2, 1, 1), ("ArgMax", 1, 1, 1, 1), ("AveragePool", 1, 1, 1, 1), ("BatchNormalization", 5, 5, 1, 5), ("Cast", 1, 1, 1, 1),
+    ("Clip", 1, 3, 1, 1), ("Concat", 1, usize::MAX, 1, 1), ("Constant", 0, 0, 1, 1), ("ConstantOfShape", 1, 1, 1, 1), ("Conv", 2, 3, 1, 1),
+    ("ConvTranspose", 2, 3, 1, 1), ("DepthToSpace", 1, 1, 1, 1), ("Div", 2, 2, 1, 1), ("Dropout", 1, 3, 1, 2), ("Elu", 1, 1, 1, 1),
+    ("Equal", 2, 2, 1, 1), ("Erf", 1, 1, 1, 1), ("Exp", 1, 1, 1, 1), ("Expand", 2, 2, 1, 1), ("Flatten", 1, 1, 1, 1), ("Gather", 2, 2, 1, 1),
+    ("Gemm", 2, 3, 1, 1), ("GlobalAveragePool", 1, 1, 1, 1), ("GlobalMaxPool", 1, 1, 1, 1), ("Greater", 2, 2, 1, 1), ("HardSigmoid", 1, 1, 1, 1),
+    ("HardSwish", 1, 1, 1, 1), ("Identity", 1, 1, 1, 1), ("If", 1, 1, 1, usize::MAX), ("InstanceNormalization", 3, 3, 1, 1), ("LRN", 1, 1, 1, 1),
+    ("LeakyRelu", 1, 1, 1, 1), ("Less", 2, 2, 1, 1), ("LogSoftmax", 1, 1, 1, 1), ("Loop", 2, usize::MAX, 1, usize::MAX), ("MatMul", 2, 2, 1, 1),
+    ("Max", 1, usize::MAX, 1, 1), ("MaxPool", 1, 1, 1, 2), ("Mean", 1, usize::MAX, 1, 1), ("Min", 1, usize::MAX, 1, 1), ("Mul", 2, 2, 1, 1),
+    ("Neg", 1, 1, 1, 1), ("Not", 1, 1, 1, 1), ("PRelu", 2, 2, 1, 1), ("Pad", 1, 4, 1, 1), ("Pow", 2, 2, 1, 1), ("Range", 3, 3, 1, 1),
+    ("ReduceMax", 1, 2, 1, 1), ("ReduceMean", 1, 2, 1, 1), ("ReduceMin", 1, 2, 1, 1), ("ReduceSum", 1, 2, 1, 1), ("Relu", 1, 1, 1, 1),
+    ("Reshape", 1, 2, 1, 1), ("Resize", 1, 4, 1, 1), ("Scan", 1, usize::MAX, 1, usize::MAX), ("ScatterND", 3, 3, 1, 1), ("Selu", 1, 1, 1, 1),
+    ("Shape", 1, 1, 1, 1), ("Sigmoid", 1, 1, 1, 1), ("Slice", 1, 5, 1, 1), ("Softmax", 1, 1, 1, 1), ("Softplus", 1, 1, 1, 1),
+    ("SpaceToDepth", 1, 1, 1, 1), ("Split", 1, 2, 1, usize::MAX), ("Sqrt", 1, 1, 1, 1), ("Squeeze", 1, 2, 1, 1), ("Sub", 2, 2, 1, 1),
+    ("Sum", 1, usize::MAX, 1, 1), ("Tanh", 1, 1, 1, 1), ("Tile", 2, 2, 1, 1), ("Transpose", 1, 1, 1, 1), ("Unsqueeze", 1, 2, 1, 1),
+    ("Upsample", 1, 2, 1, 1), ("Where", 3, 3, 1, 1),
+];
+
+fn check_arity(node: &NodeProto, position: usize) -> Result<()> {
+    let op = node.op_type.as_deref().unwrap_or("");
+    let Some(&(_, least_in, most_in, least_out, most_out)) = ARITY.iter().find(|a| a.0 == op) else { return Ok(()) };
+    let bound = |most: usize| if most == usize::MAX { "any number".to_string() } else { most.to_string() };
+    for (what, count, least, most) in [("inputs", node.input.len(), least_in, most_in), ("outputs", node.output.len(), least_out, most_out)] {
+        if !(least..=most).contains(&count) {
+            return Err(unsupported(node, position, format!("has {count} {what}; {op} takes {least} to {}", bound(most))));
+        }
+    }
+    Ok(())
+}
+
+/// Control flow: If has both branches, Loop and Scan a body, each with as many outputs as the node
+/// needs; no other operator of the default domain takes a graph.
+fn check_subgraphs(node: &NodeProto, position: usize) -> Result<()> {
+    let fail = |message: String| unsupported(node, position, message);
+    let op = node.op_type.as_deref().unwrap_or("");
+    let expected: &[&str] = match op {
+        "If" => &["then_branch", "else_branch"],
+        "Loop" | "Scan" => &["body"],
+        _ => &[],
+    };
+    for attribute in &node.attribute {
+        let name = attribute.name.as_deref().unwrap_or("");
+        if !attribute.graphs.is_empty() || (attribute.g.is_some() && !expected.contains(&name)) {
+            return Err(fail(format!("attribute '{name}' holds a graph, which {op} does not take")));
+        }
+    }
+    for name in expected {
+        let Some(body) = attribute(node, name).and_then(|a| a.g.as_ref()) else {
+            return Err(fail(format!("has no graph attribute '{name}'")));
+        };
+        let (inputs, outputs) = (node.input.len(), node.output.len());
+        let fits = match op {
+            "If" => body.output.len() == outputs,
+            // Loop: the body reads the iteration number, the condition and the carried values, and
+            // gives the condition, the carried values and the scan outputs.
+            "Loop" => body.input.len() == inputs && body.output.len() == outputs + 1,
+            // Scan before opset 9 had a sequence-length input the body does not see.
+            _ => (body.input.len() == inputs || body.input.len() + 1 == inputs) && body.output.len() == outputs,
+        };
+        if !fits {
+            return Err(fail(format!(
+                "its '{name}' has {} inputs and {} outputs, which do not fit the node's {inputs} inputs and {outputs} outputs",
+                body.input.len(),
+                body.output.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Nodes in topological order (every input computed before a node reads it, as ONNX requires: the
+/// rewrites keep the original order), each of a domain the model imports, in subgraphs too.
+fn check_order_and_domains<'g>(graph: &'g GraphProto, imported: &HashSet<&str>, outer: &HashSet<&'g str>) -> Result<()> {
+    let mut defined: HashSet<&'g str> = outer.clone();
+    defined.extend(graph.initializer.iter().filter_map(|t| t.name.as_deref()));
+    defined.extend(graph.input.iter().filter_map(|v| v.name.as_deref()));
+    for (position, node) in graph.node.iter().enumerate() {
+        let domain = node.domain.as_deref().unwrap_or("");
+        let default = |d: &str| d.is_empty() || d == "ai.onnx";
+        if !(imported.contains(domain) || (default(domain) && imported.iter().any(|d| default(d)))) {
+            return Err(unsupported(node, position, format!("its domain '{domain}' is not among the model's opset imports")));
+        }
+        if let Some(input) = node.input.iter().find(|i| !i.is_empty() && !defined.contains(i.as_str())) {
+            return Err(unsupported(node, position, format!("reads '{input}' before any node computes it (nodes must be in topological order)")));
+        }
+        for attribute in &node.attribute {
+            for subgraph in attribute.g.iter().chain(&attribute.graphs) {
+                check_order_and_domains(subgraph, imported, &defined)?;
+            }
+        }
+        defined.extend(node.output.iter().map(String::as_str).filter(|o| !o.is_empty()));
     }
     Ok(())
 }
@@ -218,6 +366,11 @@ fn has_value_of(attribute: &AttributeProto, expected: AttributeType) -> bool {
 fn check_operator(constants: &Constants, node: &NodeProto, position: usize) -> Result<()> {
     let fail = |message: String| unsupported(node, position, message);
     let op = node.op_type.as_deref().unwrap_or("");
+    if node.output.first().is_none_or(String::is_empty) {
+        return Err(fail("has no output".into()));
+    }
+    check_arity(node, position)?;
+    check_subgraphs(node, position)?;
     match op {
         "Conv" | "ConvTranspose" | "MaxPool" | "AveragePool" | "LpPool" | "ConvInteger" | "QLinearConv" => {
             check_window(node, position)?;
@@ -233,6 +386,15 @@ fn check_operator(constants: &Constants, node: &NodeProto, position: usize) -> R
             let known: Vec<u64> = lengths.iter().flatten().copied().collect();
             if known.windows(2).any(|w| w[0] != w[1]) {
                 return Err(fail(format!("its scale, B, mean and var have different lengths {lengths:?}")));
+            }
+        }
+        "Slice" => {
+            if let Some(steps) = node.input.get(4).and_then(|s| constants.get(s)) {
+                if let Ok(crate::Tensor::I64(values)) = super::tensor::to_tensor(steps) {
+                    if values.iter().any(|&s| s == 0) {
+                        return Err(fail(format!("its steps {:?} hold a zero", values.iter().collect::<Vec<_>>())));
+                    }
+                }
             }
         }
         "Transpose" => {
@@ -257,8 +419,15 @@ fn check_window(node: &NodeProto, position: usize) -> Result<()> {
     let fail = |message: String| unsupported(node, position, message);
     let kernel = ints_attribute(node, position, "kernel_shape")?;
     let rank = kernel.map(<[i64]>::len);
+    let auto_pad = attribute(node, "auto_pad").and_then(|a| a.s.as_deref()).unwrap_or(b"NOTSET");
+    if auto_pad != b"NOTSET" && attribute(node, "pads").is_some() {
+        return Err(fail(format!("attribute 'auto_pad' {} comes with explicit 'pads'", String::from_utf8_lossy(auto_pad))));
+    }
     for (name, least, per_axis) in [("kernel_shape", 1, 1), ("strides", 1, 1), ("dilations", 1, 1), ("pads", 0, 2), ("output_padding", 0, 1)] {
         let Some(values) = ints_attribute(node, position, name)? else { continue };
+        if values.is_empty() {
+            return Err(fail(format!("attribute '{name}' is empty")));
+        }
         if let Some(bad) = values.iter().find(|&&v| !(least..=MAX_WINDOW).contains(&v)) {
             return Err(fail(format!("attribute '{name}' {values:?}: {bad} is not in [{least}, {MAX_WINDOW}]")));
         }
@@ -292,6 +461,12 @@ fn check_conv(constants: &Constants, node: &NodeProto, position: usize) -> Resul
     if let Some(kernel) = ints_attribute(node, position, "kernel_shape")? {
         if kernel != &dims[2..] {
             return Err(fail(format!("attribute 'kernel_shape' {kernel:?} disagrees with weight dimensions {dims:?}")));
+        }
+    }
+    let spatial = dims.len() - 2;
+    for (name, per_axis) in [("strides", 1), ("dilations", 1), ("pads", 2)] {
+        if let Some(values) = ints_attribute(node, position, name)?.filter(|v| v.len() != spatial * per_axis) {
+            return Err(fail(format!("attribute '{name}' {values:?} does not fit the weight's {spatial} spatial axes")));
         }
     }
     let group = int_attribute(node, position, "group")?.unwrap_or(1);
@@ -424,7 +599,7 @@ mod tests {
         let graph = GraphProto::default();
         let graph = Constants::of(&graph);
         let message = check_operator(&graph, &node("BatchNormalization", 1, vec![]), 7).unwrap_err().to_string();
-        assert!(message.contains("BatchNormalization#7") && message.contains("needs 5"), "{message}");
+        assert!(message.contains("BatchNormalization#7") && message.contains("has 1 inputs; BatchNormalization takes 5 to 5"), "{message}");
         assert!(check_operator(&graph, &node("Transpose", 1, vec![ints("perm", &[0, 2, 1])]), 0).is_ok());
         assert!(check_operator(&graph, &node("Transpose", 1, vec![ints("perm", &[1, 1])]), 0).unwrap_err().to_string().contains("permutation"));
     }

@@ -40,9 +40,10 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     if model.ir_version.unwrap_or(0) < 4 {
         return Err(Error::InvalidGraph("IR version 4 or newer is needed (an input with a default initializer)".into()));
     }
-    crate::analysis::image_input(graph)?;
+    let image = crate::analysis::image_input(graph)?;
     let convs = spec.validate(model)?;
     let index = GraphIndex::new(graph)?;
+    check_batch_first(graph, &index, crate::onnx::default_opset(model), image)?;
     let first = first_patched(model, &convs)?;
     let first_site = site(&index, convs[first].position);
     let runtime_inputs: Vec<&ValueInfoProto> =
@@ -197,6 +198,32 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     }
     set_metadata(&mut out, spec, &convs, layout);
     Ok(out)
+}
+
+/// Every graph output keeps the batch as its first axis, as the per-sample Scan assumes: by the
+/// inferred shapes, else by the declared ones (the same dimension as the image input's first).
+fn check_batch_first(graph: &GraphProto, index: &GraphIndex, opset: i64, image: &ValueInfoProto) -> Result<()> {
+    let facts = crate::analysis::facts::Facts::infer(graph, index, opset);
+    let image_name = image.name.as_deref().unwrap_or_default();
+    let batch = facts.get(image_name).and_then(|f| f.shape.as_ref()?.first().cloned());
+    let declared_first = |value: &ValueInfoProto| match value.r#type.as_ref()?.value.as_ref()? {
+        type_proto::Value::TensorType(t) => t.shape.as_ref()?.dim.first()?.value.clone(),
+        _ => None,
+    };
+    for output in &graph.output {
+        let name = output.name.as_deref().unwrap_or_default();
+        let inferred = facts.get(name).and_then(|f| f.shape.as_ref()?.first().cloned());
+        let keeps_batch = match (&batch, inferred) {
+            (Some(batch), Some(first)) => *batch == first,
+            _ => declared_first(output).is_some() && declared_first(output) == declared_first(image),
+        };
+        if !keeps_batch {
+            return Err(Error::UnsupportedModel(format!(
+                "output '{name}' does not keep the batch of input '{image_name}' as its first axis; the patched model routes samples along it"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The position in `patched` (a spec's validated convolutions) of the one closest to the input:
