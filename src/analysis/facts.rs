@@ -22,6 +22,10 @@ use crate::tensor::Tensor;
 /// Integer tensors larger than this are not evaluated (shape subgraphs are tiny).
 const VALUE_LIMIT: usize = 4096;
 
+/// Shapes of higher rank are not tracked: no model has them, while a rank read from the model (a
+/// Reshape target's length, a declared shape) may be anything.
+const MAX_RANK: usize = 64;
+
 pub(crate) use crate::onnx::builder::{BOOL, DOUBLE, FLOAT, INT64};
 const INT32: i32 = DataType::Int32 as i32;
 
@@ -73,7 +77,7 @@ impl Dim {
         if self.symbols.is_empty() && other.symbols.is_empty() {
             return Some(Dim::known(self.coef.checked_div(other.coef)?));
         }
-        if self.coef % other.coef != 0 {
+        if self.coef.checked_rem(other.coef)? != 0 {
             return None;
         }
         let mut symbols = self.symbols.clone();
@@ -81,7 +85,7 @@ impl Dim {
             let at = symbols.iter().position(|s| s == symbol)?;
             symbols.remove(at);
         }
-        Some(Dim::normalized(self.coef / other.coef, symbols))
+        Some(Dim::normalized(self.coef.checked_div(other.coef)?, symbols))
     }
 
     fn add(&self, other: &Dim) -> Option<Dim> {
@@ -122,6 +126,15 @@ impl Fact {
         Fact { dtype, shape: Some(shape), value: Some(value) }
     }
 
+    /// The fact without its shape and value when their rank exceeds [`MAX_RANK`].
+    fn bounded(self) -> Fact {
+        if self.shape.as_ref().is_some_and(|s| s.len() > MAX_RANK) {
+            Fact::of(self.dtype, None)
+        } else {
+            self
+        }
+    }
+
     /// The elements when they are all known numbers.
     pub fn ints(&self) -> Option<Vec<i64>> {
         self.value.as_ref()?.iter().map(Dim::value).collect()
@@ -150,7 +163,7 @@ impl Facts {
                 .shape
                 .as_ref()
                 .map(|shape| shape.dim.iter().map(|d| facts.declared_dim(d.value.as_ref())).collect());
-            facts.facts.insert(name, Fact::of(tensor.elem_type.unwrap_or(0), shape));
+            facts.facts.insert(name, Fact::of(tensor.elem_type.unwrap_or(0), shape).bounded());
         }
         for tensor in &graph.initializer {
             if let Some(name) = &tensor.name {
@@ -159,7 +172,7 @@ impl Facts {
                 if overridable {
                     fact.value = None;
                 }
-                facts.facts.insert(name.clone(), fact);
+                facts.facts.insert(name.clone(), fact.bounded());
             }
         }
         for &position in index.topological_order() {
@@ -172,7 +185,7 @@ impl Facts {
             let outputs = facts.infer_node(node, &inputs);
             for (name, fact) in node.output.iter().zip(outputs) {
                 if !name.is_empty() {
-                    facts.facts.insert(name.clone(), fact);
+                    facts.facts.insert(name.clone(), fact.bounded());
                 }
             }
         }
@@ -226,7 +239,9 @@ impl Facts {
     }
 
     fn infer_node(&mut self, node: &NodeProto, inputs: &[Option<Fact>]) -> Vec<Fact> {
-        let op = node.op_type.as_deref().unwrap_or("");
+        // A node of another domain only shares the op type's name, not its meaning.
+        let default_domain = node.domain.as_deref().is_none_or(|d| d.is_empty() || d == "ai.onnx");
+        let op = node.op_type.as_deref().filter(|_| default_domain).unwrap_or("");
         let dtype_of = |i: usize| inputs.get(i).and_then(|f| f.as_ref()).map_or(0, |f| f.dtype);
         let shape_of = |i: usize| inputs.get(i).and_then(|f| f.as_ref()).and_then(|f| f.shape.clone());
         let fact_of = |i: usize| inputs.get(i).and_then(|f| f.as_ref());
@@ -312,20 +327,24 @@ impl Facts {
                 None => Fact::of(dtype_of(0), None),
             },
             "Transpose" => match fact_of(0) {
-                Some(fact) => {
-                    let rank = fact.shape.as_ref().map_or(0, Vec::len);
-                    let perm = transpose_perm(node, rank);
-                    let shape = fact
-                        .shape
-                        .as_ref()
-                        .map(|s| perm.iter().map(|&p| s.get(p).cloned().unwrap_or_default()).collect());
-                    let value = fact
-                        .value
-                        .as_ref()
-                        .filter(|v| v.ndim() == perm.len())
-                        .map(|v| v.view().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned());
-                    Fact { dtype: fact.dtype, shape, value }
+                Some(Fact { dtype, shape: Some(shape), value }) => {
+                    let perm = transpose_perm(node, shape.len());
+                    let mut sorted = perm.clone();
+                    sorted.sort_unstable();
+                    // Anything but a reordering of the axes (refused by validation, but only for
+                    // checked models) transposes nothing the facts can follow.
+                    if sorted.into_iter().eq(0..shape.len()) {
+                        let shape = perm.iter().map(|&p| shape[p].clone()).collect();
+                        let value = value
+                            .as_ref()
+                            .filter(|v| v.ndim() == perm.len())
+                            .map(|v| v.view().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned());
+                        Fact { dtype: *dtype, shape: Some(shape), value }
+                    } else {
+                        Fact::of(*dtype, None)
+                    }
                 }
+                Some(fact) => Fact::of(fact.dtype, None),
                 None => Fact::default(),
             },
             "Slice" => self.slice(node, inputs),
@@ -341,7 +360,7 @@ impl Facts {
                         let sizes: Option<Vec<usize>> =
                             shape.iter().map(|d| usize::try_from(d.value()?).ok()).collect();
                         match (filled, sizes) {
-                            (Some(element), Some(sizes)) if sizes.iter().product::<usize>() <= VALUE_LIMIT => {
+                            (Some(element), Some(sizes)) if small(&sizes) => {
                                 Fact::with_value(dtype, ArrayD::from_elem(IxDyn(&sizes), element))
                             }
                             _ => Fact::of(dtype, Some(shape)),
@@ -354,15 +373,20 @@ impl Facts {
                 let scalar = |i: usize| fact_of(i).and_then(Fact::ints).and_then(|v| v.first().copied());
                 match (scalar(0), scalar(1), scalar(2)) {
                     (Some(start), Some(limit), Some(delta)) if delta != 0 => {
-                        let count = ((limit - start) as f64 / delta as f64).ceil().max(0.0) as i64;
-                        let values: Vec<Dim> = (0..count).map(|i| Dim::known(start + i * delta)).collect();
-                        if values.len() <= VALUE_LIMIT {
-                            Fact::with_value(
-                                dtype_of(0),
-                                ArrayD::from_shape_vec(IxDyn(&[values.len()]), values).unwrap_or_default(),
-                            )
-                        } else {
-                            Fact::of(dtype_of(0), Some(vec![Dim::known(count)]))
+                        // ⌈(limit − start) / delta⌉ in i128, where the span of two i64 values fits.
+                        let (span, step) = (i128::from(limit) - i128::from(start), i128::from(delta));
+                        let count = if span * step.signum() <= 0 { 0 } else { (span.abs() - 1) / step.abs() + 1 };
+                        match usize::try_from(count).ok().filter(|&n| n <= VALUE_LIMIT) {
+                            Some(n) => {
+                                // Exact despite the wrapping: every element lies between start and limit.
+                                let values: Vec<Dim> =
+                                    (0..n as i64).map(|i| Dim::known(start.wrapping_add(i.wrapping_mul(delta)))).collect();
+                                Fact::with_value(dtype_of(0), ArrayD::from_shape_vec(IxDyn(&[n]), values).unwrap_or_default())
+                            }
+                            None => {
+                                let length = i64::try_from(count).map_or_else(|_| self.fresh(), Dim::known);
+                                Fact::of(dtype_of(0), Some(vec![length]))
+                            }
                         }
                     }
                     _ => Fact::of(dtype_of(0), Some(vec![self.fresh()])),
@@ -519,6 +543,10 @@ impl Facts {
             (Some(combine), [Some(a), Some(b)]) => a.value.as_ref().zip(b.value.as_ref()).and_then(|(a, b)| {
                 let sizes: Vec<usize> =
                     shape.iter().map(|d| usize::try_from(d.value()?).ok()).collect::<Option<_>>()?;
+                // Two small operands may still broadcast to a large result.
+                if !small(&sizes) {
+                    return None;
+                }
                 let (a, b) = (a.broadcast(IxDyn(&sizes))?, b.broadcast(IxDyn(&sizes))?);
                 let values: Option<Vec<Dim>> = a.iter().zip(b.iter()).map(|(x, y)| combine(x, y)).collect();
                 ArrayD::from_shape_vec(IxDyn(&sizes), values?).ok()
@@ -536,13 +564,17 @@ impl Facts {
         };
         let dims: Vec<Dim> = [&shape[..axis], index_shape.as_slice(), &shape[axis + 1..]].concat();
         let value = data.value.as_ref().zip(indices.ints()).and_then(|(values, picks)| {
-            let size = values.shape()[axis] as i64;
+            // Many picks of a small value may still make a large one.
+            let sizes: Vec<usize> = dims.iter().map(|d| usize::try_from(d.value()?).ok()).collect::<Option<_>>()?;
+            if !small(&sizes) {
+                return None;
+            }
+            let size = *values.shape().get(axis)? as i64;
             let picks: Vec<usize> = picks
                 .iter()
                 .map(|&i| usize::try_from(if i < 0 { i + size } else { i }).ok().filter(|&i| (i as i64) < size))
                 .collect::<Option<_>>()?;
             let taken = values.select(Axis(axis), &picks);
-            let sizes: Vec<usize> = dims.iter().map(|d| usize::try_from(d.value()?).ok()).collect::<Option<_>>()?;
             taken.as_standard_layout().into_owned().into_shape_with_order(IxDyn(&sizes)).ok()
         });
         Fact { dtype: data.dtype, shape: Some(dims), value }
@@ -579,14 +611,20 @@ impl Facts {
         let dtype = facts[0].dtype;
         let shapes: Option<Vec<&Vec<Dim>>> = facts.iter().map(|f| f.shape.as_ref()).collect();
         let Some(shapes) = shapes else { return Fact::of(dtype, None) };
-        let Some(axis) = normalize_axis(attr_int(node, "axis", 0), shapes[0].len()) else {
+        let rank = shapes[0].len();
+        // ONNX concatenates values of one rank; values of several ranks have no known result.
+        if shapes.iter().any(|s| s.len() != rank) {
+            return Fact::of(dtype, None);
+        }
+        let Some(axis) = normalize_axis(attr_int(node, "axis", 0), rank) else {
             return Fact::of(dtype, None);
         };
         let mut dims = shapes[0].clone();
-        dims[axis] =
-            shapes.iter().try_fold(Dim::known(0), |sum, s| sum.add(s.get(axis)?)).unwrap_or_else(|| self.fresh());
+        dims[axis] = shapes.iter().try_fold(Dim::known(0), |sum, s| sum.add(&s[axis])).unwrap_or_else(|| self.fresh());
         let values: Option<Vec<_>> = facts.iter().map(|f| f.value.as_ref().map(|v| v.view())).collect();
-        let value = values.and_then(|v| ndarray::concatenate(Axis(axis), &v).ok());
+        let value = values
+            .filter(|v| v.iter().all(|v| v.ndim() == rank) && v.iter().map(|v| v.len()).sum::<usize>() <= VALUE_LIMIT)
+            .and_then(|v| ndarray::concatenate(Axis(axis), &v).ok());
         Fact { dtype, shape: Some(dims), value }
     }
 
@@ -594,7 +632,9 @@ impl Facts {
         let Some(Some(data)) = inputs.first() else { return Fact::default() };
         let target = inputs.get(1).and_then(|f| f.as_ref()).and_then(|f| f.value.clone());
         let Some(target) = target else {
+            // The target's length is the output's rank, whatever the model says it is.
             let rank = inputs.get(1).and_then(|f| f.as_ref()?.shape.as_ref()?.first()?.value());
+            let rank = rank.and_then(|r| usize::try_from(r).ok()).filter(|&r| r <= MAX_RANK);
             let dims = rank.map(|r| (0..r).map(|_| self.fresh()).collect());
             return Fact::of(data.dtype, dims);
         };
@@ -632,14 +672,14 @@ impl Facts {
         let value = data.value.as_ref().map(|v| {
             let mut view = v.view();
             for axis in &axes {
-                let range = if axis.step > 0 {
-                    Slice::new(
-                        axis.start as isize,
-                        Some((axis.start + axis.len * axis.step) as isize),
-                        axis.step as isize,
-                    )
-                } else {
-                    Slice::new(axis.lowest() as isize, Some(axis.start as isize + 1), axis.step as isize)
+                // From the lowest to the highest index taken (a negative step walks it backwards):
+                // an end past the axis would panic.
+                let range = match axis.len {
+                    0 => Slice::new(0, Some(0), 1),
+                    len => {
+                        let last = axis.start + (len - 1) * axis.step;
+                        Slice::new(axis.start.min(last) as isize, Some(axis.start.max(last) as isize + 1), axis.step as isize)
+                    }
                 };
                 view.slice_axis_inplace(Axis(axis.axis), range);
             }
@@ -655,7 +695,10 @@ impl Facts {
             Some((begin, end)) => shape
                 .iter()
                 .enumerate()
-                .map(|(i, d)| d.add(&Dim::known(begin[i] + end[i])).unwrap_or_else(|| self.fresh()))
+                .map(|(i, d)| {
+                    let padding = begin[i].checked_add(end[i]).map(Dim::known);
+                    padding.and_then(|p| d.add(&p)).unwrap_or_else(|| self.fresh())
+                })
                 .collect(),
             None => (0..shape.len()).map(|_| self.fresh()).collect(),
         };
@@ -708,9 +751,14 @@ pub(crate) fn slice_axes(node: &NodeProto, inputs: &[Option<Fact>], shape: &[Dim
     if [ends.len(), axes.len(), steps.len()].iter().any(|&l| l != starts.len()) {
         return None;
     }
-    let mut ranges = Vec::new();
+    let (mut ranges, mut seen) = (Vec::new(), Vec::new());
     for i in 0..starts.len() {
         let axis = normalize_axis(axes[i], shape.len())?;
+        // ONNX forbids repeated axes: a second range would index the first one's result.
+        if seen.contains(&axis) {
+            return None;
+        }
+        seen.push(axis);
         match shape[axis].value() {
             Some(size) => {
                 let range = SliceAxis::new(axis, size, starts[i], ends[i], steps[i]).ok()?;
@@ -752,11 +800,19 @@ fn split_sizes(node: &NodeProto, inputs: &[Option<Fact>], size: i64, count: usiz
         Some(fact) => Some(fact.ints()?),
         None => Some(attr_ints(node, "split").to_vec()).filter(|s| !s.is_empty()),
     };
+    if size < 0 {
+        return None;
+    }
     match given {
-        Some(sizes) => (sizes.len() == count && sizes.iter().sum::<i64>() == size).then_some(sizes),
+        Some(sizes) => {
+            let total = sizes.iter().try_fold(0i64, |sum, &s| sum.checked_add(s).filter(|_| s >= 0));
+            (sizes.len() == count && total == Some(size)).then_some(sizes)
+        }
         None => {
-            let chunk = (size + count as i64 - 1) / count.max(1) as i64;
-            Some((0..count as i64).map(|i| (size - i * chunk).clamp(0, chunk)).collect())
+            // ⌈size / count⌉, written so that a size near i64::MAX does not overflow.
+            let parts = count.max(1) as i64;
+            let chunk = if size == 0 { 0 } else { (size - 1) / parts + 1 };
+            Some((0..count as i64).map(|i| (size - i.saturating_mul(chunk)).clamp(0, chunk)).collect())
         }
     }
 }
@@ -785,6 +841,12 @@ pub(crate) fn normalize_axis(axis: i64, rank: usize) -> Option<usize> {
     let rank = rank as i64;
     let axis = if axis < 0 { axis + rank } else { axis };
     (0..rank).contains(&axis).then_some(axis as usize)
+}
+
+/// Whether a box of `sizes` holds at most [`VALUE_LIMIT`] elements, empty axes counting as one so
+/// that the other axes are bounded too (an array's non-empty axes must fit an isize).
+fn small(sizes: &[usize]) -> bool {
+    sizes.iter().try_fold(1usize, |n, &s| n.checked_mul(s.max(1))).is_some_and(|n| n <= VALUE_LIMIT)
 }
 
 fn product(dims: &[Dim]) -> Option<Dim> {
@@ -835,6 +897,80 @@ fn constant_fact(node: &NodeProto) -> Fact {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::onnx::builder::{int, ints, tensor_info};
+    use crate::onnx::proto::tensor_shape_proto::{dimension::Value, Dimension};
+    use crate::onnx::tensor::from_i64;
+
+    fn node(op: &str, inputs: &[&str], attributes: Vec<crate::onnx::proto::AttributeProto>) -> NodeProto {
+        let input = inputs.iter().map(|s| s.to_string()).collect();
+        NodeProto { op_type: Some(op.into()), input, output: vec!["y".into()], attribute: attributes, ..Default::default() }
+    }
+
+    /// The fact of `y`, computed by `node` from the int64 constants `constants` and the int64
+    /// input `x` of dimensions `x`.
+    fn fact_of(constants: &[(&str, &[i64])], x: &[i64], node: NodeProto) -> Fact {
+        let initializer = constants.iter().map(|(name, values)| from_i64(name, &[values.len()], values)).collect();
+        let dims = x.iter().map(|&d| Dimension { value: Some(Value::DimValue(d)), denotation: None }).collect();
+        let input = vec![tensor_info("x", INT64, dims)];
+        let graph = GraphProto { node: vec![node], initializer, input, ..Default::default() };
+        let facts = Facts::infer(&graph, &GraphIndex::new(&graph).unwrap(), 17);
+        facts.get("y").unwrap().clone()
+    }
+
+    #[test]
+    fn model_controlled_sizes_stay_unknown_or_bounded() {
+        // A Reshape target of unknown elements and i64::MAX of them: no shape, no allocation.
+        let huge = fact_of(&[("data", &[1, 2])], &[i64::MAX], node("Reshape", &["data", "x"], vec![]));
+        assert!(huge.shape.is_none());
+        let ranked = fact_of(&[("data", &[1, 2])], &[3], node("Reshape", &["data", "x"], vec![]));
+        assert_eq!(ranked.shape.map(|s| s.len()), Some(3));
+        // A Concat of a vector and a scalar has no shape.
+        let mixed = fact_of(&[("vector", &[1, 2])], &[], node("Concat", &["vector", "x"], vec![int("axis", 0)]));
+        assert!(mixed.shape.is_none() && mixed.value.is_none());
+        let joined = fact_of(&[("a", &[1, 2]), ("b", &[3])], &[], node("Concat", &["a", "b"], vec![int("axis", 0)]));
+        assert_eq!(joined.ints(), Some(vec![1, 2, 3]));
+        // Ranges over the whole i64 line: in a few steps, and in 2⁶⁴ − 1 (no elements, no length).
+        let range = |step: i64| {
+            let bounds: [(&str, &[i64]); 3] = [("lo", &[i64::MIN]), ("hi", &[i64::MAX]), ("step", &[step])];
+            fact_of(&bounds, &[], node("Range", &["lo", "hi", "step"], vec![]))
+        };
+        assert_eq!(range(1 << 62).ints(), Some(vec![i64::MIN, -(1 << 62), 0, 1 << 62]));
+        let endless = range(1);
+        assert!(endless.value.is_none() && endless.shape.unwrap()[0].value().is_none());
+        // Split of an axis of i64::MAX elements into equal parts, and sizes that wrap around.
+        let mut split = node("Split", &["x"], vec![]);
+        split.output = vec!["y".into(), "z".into()];
+        assert_eq!(fact_of(&[], &[i64::MAX], split.clone()).shape.unwrap()[0].value(), Some(1 << 62));
+        split.input.push("sizes".into());
+        assert!(fact_of(&[("sizes", &[-1, 5])], &[4], split.clone()).shape.is_none(), "a negative size");
+        split.output.push("w".into());
+        assert!(fact_of(&[("sizes", &[i64::MAX, i64::MAX, 3])], &[1], split).shape.is_none(), "sizes adding up to 2⁶⁴ + 1");
+        // Padding by i64::MAX twice, a Transpose whose perm repeats an axis.
+        let pad = fact_of(&[("pads", &[i64::MAX, i64::MAX])], &[2], node("Pad", &["x", "pads"], vec![]));
+        assert!(pad.shape.unwrap()[0].value().is_none());
+        let repeated = fact_of(&[("a", &[1, 2])], &[], node("Transpose", &["a"], vec![ints("perm", &[0, 0])]));
+        assert!(repeated.shape.is_none());
+        // A node of another domain is no Reshape.
+        let foreign = NodeProto { domain: Some("fuzz.custom".into()), ..node("Reshape", &["data", "x"], vec![]) };
+        assert!(fact_of(&[("data", &[1, 2])], &[3], foreign).shape.is_none());
+    }
+
+    #[test]
+    fn sliced_values_stay_inside_their_axis() {
+        let slice = |data: &[i64], start: i64, end: i64, step: i64| {
+            let constants: [(&str, &[i64]); 4] = [("data", data), ("starts", &[start]), ("ends", &[end]), ("steps", &[step])];
+            fact_of(&constants, &[], node("Slice", &["data", "starts", "ends", "", "steps"], vec![])).ints()
+        };
+        let data = [10, 11, 12, 13, 14];
+        assert_eq!(slice(&data, 0, 5, 2), Some(vec![10, 12, 14]), "the last step ends past the axis");
+        assert_eq!(slice(&data, -1, i64::MIN, -2), Some(vec![14, 12, 10]));
+        assert_eq!(slice(&data, 2, 4, -1), Some(vec![]), "a negative step from below the end");
+        assert_eq!(slice(&data, 0, 5, i64::MIN), Some(vec![]));
+        assert_eq!(slice(&[], -1, i64::MIN, -1), Some(vec![]), "a negative step on an empty axis");
+        let twice: [(&str, &[i64]); 4] = [("data", &[10, 11, 12]), ("starts", &[0, 2]), ("ends", &[1, 3]), ("axes", &[0, 0])];
+        let repeated = fact_of(&twice, &[], node("Slice", &["data", "starts", "ends", "axes"], vec![]));
+        assert!(repeated.value.is_none(), "a repeated axis");
+    }
 
     #[test]
     fn monomials_divide_out_the_batch() {

@@ -47,11 +47,16 @@ impl Window {
             input: input.to_vec(),
             output: vec![0; rank],
         };
+        // Sizes come from the model: the arithmetic is done in i128, where products of two i64
+        // values cannot overflow, and a result that does not fit an i64 is refused.
+        let narrow = |value: i128| i64::try_from(value).map_err(|_| format!("kernel {kernel:?} on input {input:?} overflows"));
         for axis in 0..rank {
-            let (size, stride, extent) = (input[axis], window.strides[axis], window.extent(axis));
-            if kernel[axis] < 1 || size < 0 {
+            if kernel[axis] < 1 || input[axis] < 0 {
                 return Err(format!("kernel {kernel:?} on input {input:?}"));
             }
+            let (size, stride) = (i128::from(input[axis]), i128::from(window.strides[axis]));
+            let extent = i128::from(kernel[axis] - 1) * i128::from(window.dilations[axis]) + 1;
+            narrow(extent)?;
             let output = match auto_pad {
                 b"SAME_UPPER" | b"SAME_LOWER" => {
                     let output = (size + stride - 1) / stride;
@@ -59,8 +64,8 @@ impl Window {
                     let small = total / 2;
                     let (begin, end) =
                         if auto_pad == b"SAME_UPPER" { (small, total - small) } else { (total - small, small) };
-                    window.begin[axis] = begin;
-                    window.end[axis] = end;
+                    window.begin[axis] = narrow(begin)?;
+                    window.end[axis] = narrow(end)?;
                     output
                 }
                 b"VALID" => (size - extent).div_euclid(stride) + 1,
@@ -73,10 +78,11 @@ impl Window {
                         window.begin[axis] = pads[axis];
                         window.end[axis] = pads[axis + rank];
                     }
-                    let span = size + window.begin[axis] + window.end[axis] - extent;
+                    let begin = i128::from(window.begin[axis]);
+                    let span = size + begin + i128::from(window.end[axis]) - extent;
                     if ceil_mode && span >= 0 {
                         let output = (span + stride - 1) / stride + 1;
-                        if (output - 1) * stride >= size + window.begin[axis] {
+                        if (output - 1) * stride >= size + begin {
                             output - 1
                         } else {
                             output
@@ -90,7 +96,9 @@ impl Window {
             if output < 1 {
                 return Err(format!("the window does not fit: input {input:?}, kernel {kernel:?}"));
             }
-            window.output[axis] = output;
+            window.output[axis] = narrow(output)?;
+            // Callers compute the last window's reach and its taps in i64.
+            narrow((output - 1) * stride + extent)?;
         }
         Ok(window)
     }
@@ -131,14 +139,22 @@ impl SliceAxis {
         if step == 0 {
             return Err("a Slice step of 0".into());
         }
+        if size < 0 {
+            return Err(format!("an axis of {size} elements"));
+        }
         let resolve = |v: i64| if v < 0 { v.saturating_add(size) } else { v };
         let (start, end) = (resolve(start), resolve(end));
+        // Elements in `distance` positions, rounded up; written so that no step overflows it.
+        let count = |distance: i64| if distance <= 0 { 0 } else { (distance - 1) / step.saturating_abs() + 1 };
         let (start, len) = if step > 0 {
             let (start, end) = (start.clamp(0, size), end.clamp(0, size));
-            (start, ((end - start).max(0) + step - 1) / step)
+            (start, count(end - start))
+        } else if size == 0 {
+            // Nothing to take, and no index to start from.
+            (0, 0)
         } else {
             let (start, end) = (start.clamp(0, size - 1), end.clamp(-1, size - 1));
-            (start, ((start - end).max(0) + (-step) - 1) / (-step))
+            (start, count(start - end))
         };
         Ok(SliceAxis { axis, start, step, len })
     }
@@ -203,5 +219,25 @@ mod tests {
         assert_eq!((odd.start, odd.len, odd.lowest()), (7, 2, 4));
         assert_eq!(SliceAxis::new(0, 4, 5, 9, 1).unwrap().len, 0);
         assert!(SliceAxis::new(0, 4, 0, 4, 1).unwrap().is_identity(4));
+    }
+
+    #[test]
+    fn slices_of_empty_axes_and_extreme_steps() {
+        let empty = SliceAxis::new(0, 0, -1, i64::MIN, -1).unwrap();
+        assert_eq!((empty.start, empty.len, empty.lowest()), (0, 0, 0));
+        assert_eq!(SliceAxis::new(0, 0, 0, 5, 1).unwrap().len, 0);
+        assert_eq!(SliceAxis::new(0, 5, 0, 5, i64::MAX).unwrap().len, 1);
+        assert_eq!(SliceAxis::new(0, 5, 4, -9, i64::MIN).unwrap().len, 1);
+        assert!(SliceAxis::new(0, -3, 0, 1, 1).is_err(), "a negative size");
+    }
+
+    #[test]
+    fn huge_windows_are_refused() {
+        let dilated = node(vec![ints("dilations", &[i64::MAX])]);
+        assert!(Window::new(&dilated, &[9], &[3]).is_err());
+        let padded = node(vec![ints("pads", &[i64::MAX, i64::MAX])]);
+        assert!(Window::new(&padded, &[i64::MAX], &[1]).is_err(), "3 · i64::MAX outputs");
+        let same = AttributeProto { name: Some("auto_pad".into()), s: Some(b"SAME_UPPER".to_vec()), ..Default::default() };
+        assert_eq!(Window::new(&node(vec![same, ints("strides", &[i64::MAX])]), &[i64::MAX], &[1]).unwrap().output, vec![1]);
     }
 }

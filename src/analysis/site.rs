@@ -33,23 +33,38 @@ fn sole_reader<'g>(index: &GraphIndex<'g>, value: &str) -> Option<(usize, &'g No
     readers.next().is_none().then_some(first)
 }
 
-/// The site of the Conv node at `position`.
+/// The site of the Conv node at `position`. `output` is empty when the convolution computes no
+/// (named) value, which only a broken model has; the decision refuses such a site.
 pub fn site(index: &GraphIndex, position: usize) -> Site {
     let conv = &index.graph().node[position];
-    let mut output = conv.output[0].clone();
-    let batchnorm = sole_reader(index, &output)
-        .filter(|(_, n)| n.op_type.as_deref() == Some("BatchNormalization") && n.input.first() == Some(&output))
-        .map(|(p, n)| {
-            output = n.output[0].clone();
-            p
-        });
-    let activation = sole_reader(index, &output)
-        .filter(|(_, n)| ACTIVATIONS.contains(&n.op_type.as_deref().unwrap_or("")) && n.input.first() == Some(&output))
-        .map(|(p, n)| {
-            output = n.output[0].clone();
-            p
-        });
-    Site { conv: position, input: conv.input[0].clone(), batchnorm, activation, output }
+    let mut output = conv.output.first().cloned().unwrap_or_default();
+    // Five inputs (X, scale, B, mean, var): the rewrites read all four parameters.
+    let batchnorm = follower(index, &output, |op, node| op == "BatchNormalization" && node.input.len() == 5).map(|(p, next)| {
+        output = next;
+        p
+    });
+    let activation = follower(index, &output, |op, _| ACTIVATIONS.contains(&op)).map(|(p, next)| {
+        output = next;
+        p
+    });
+    Site { conv: position, input: conv.input.first().cloned().unwrap_or_default(), batchnorm, activation, output }
+}
+
+/// The sole reader of `value`, with the value it computes, when it is a default-domain node that
+/// `accepts` (given its op type), reads `value` as its first input and names its first output.
+/// A node of another domain only shares the op type's name, not its meaning.
+fn follower(index: &GraphIndex, value: &str, accepts: impl Fn(&str, &NodeProto) -> bool) -> Option<(usize, String)> {
+    if value.is_empty() {
+        return None;
+    }
+    let (position, node) = sole_reader(index, value)?;
+    let default_domain = node.domain.as_deref().is_none_or(|d| d.is_empty() || d == "ai.onnx");
+    let op = node.op_type.as_deref().filter(|_| default_domain)?;
+    if !accepts(op, node) || node.input.first().map(String::as_str) != Some(value) {
+        return None;
+    }
+    let next = node.output.first().filter(|o| !o.is_empty())?;
+    Some((position, next.clone()))
 }
 
 /// The BatchNormalization directly after the Conv node at `position`, if any.
@@ -62,6 +77,7 @@ pub fn batchnorm_after(graph: &GraphProto, position: usize) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::onnx::load_model;
+    use crate::onnx::proto::ValueInfoProto;
     use std::path::Path;
 
     fn first_site(name: &str) -> (Site, Vec<String>) {
@@ -72,6 +88,40 @@ mod tests {
         let s = site(&index, first);
         let ops = [s.batchnorm, s.activation].iter().flatten().map(|&p| graph.node[p].op_type.clone().unwrap()).collect();
         (s, ops)
+    }
+
+    fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+        let names = |values: &[&str]| values.iter().map(|v| v.to_string()).collect();
+        NodeProto { op_type: Some(op.into()), input: names(inputs), output: names(outputs), ..Default::default() }
+    }
+
+    /// The site of the first node of a graph whose inputs are x, w and the BatchNormalization's
+    /// parameters.
+    fn site_of(nodes: Vec<NodeProto>) -> Site {
+        let declared = ["x", "w", "scale", "bias", "mean", "var"];
+        let input = declared.iter().map(|n| ValueInfoProto { name: Some(n.to_string()), ..Default::default() });
+        let graph = GraphProto { node: nodes, input: input.collect(), ..Default::default() };
+        site(&GraphIndex::new(&graph).unwrap(), 0)
+    }
+
+    #[test]
+    fn reads_only_default_domain_nodes_with_their_values() {
+        let conv = || node("Conv", &["x", "w"], &["c"]);
+        let batchnorm = || node("BatchNormalization", &["c", "scale", "bias", "mean", "var"], &["b"]);
+        let full = site_of(vec![conv(), batchnorm(), node("Relu", &["b"], &["r"])]);
+        assert_eq!((full.batchnorm, full.activation, full.output.as_str()), (Some(1), Some(2), "r"));
+        // Another domain's BatchNormalization (here with three inputs) is an unknown operator.
+        let three = node("BatchNormalization", &["c", "scale", "bias"], &["b"]);
+        let foreign = NodeProto { domain: Some("fuzz.custom".into()), ..three };
+        let site = site_of(vec![conv(), foreign, node("Relu", &["b"], &["r"])]);
+        assert_eq!((site.batchnorm, site.activation, site.output.as_str()), (None, None, "c"));
+        let short = site_of(vec![conv(), node("BatchNormalization", &["c", "scale", "bias"], &["b"])]);
+        assert_eq!((short.batchnorm, short.output.as_str()), (None, "c"));
+        // Nodes without outputs: the site ends before them, or is empty for the Conv itself.
+        let silent = site_of(vec![conv(), batchnorm(), node("Relu", &["b"], &[])]);
+        assert_eq!((silent.batchnorm, silent.activation, silent.output.as_str()), (Some(1), None, "b"));
+        let empty = site_of(vec![node("Conv", &["x", "w"], &[]), node("Relu", &["x"], &["r"])]);
+        assert_eq!((empty.batchnorm, empty.activation, empty.output.as_str()), (None, None, ""));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use ::ort::environment::Environment;
 use ::ort::ep;
+use ::ort::logging::LogLevel;
 use ::ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ::ort::session::{IoBinding, Session as OrtRuntimeSession, SessionInputValue};
 use ::ort::value::{DynValue, PrimitiveTensorElementType, TensorElementType, TensorRef, ValueType};
@@ -237,12 +238,18 @@ fn environment() -> Result<&'static Environment> {
         .get_or_init(|| {
             let library = locate_library(&LibrarySearch::from_process(), python_package_dir)?;
             crate::progress::info(&format!("onnxruntime: loading {}", library.display()));
-            ::ort::init_from(&library)
+            let environment = ::ort::init_from(&library)
                 .map_err(|e| format!("cannot load ONNX Runtime: {e}"))?
                 .with_name("onnx-deeppatch")
                 .with_telemetry(false)
                 .build()
-                .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", library.display()))
+                .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", library.display()))?;
+            // onnxruntime logs a failure on stderr before returning it, and the tool's own error
+            // line already carries its message; ORT_LOG (read by ort) still asks for more.
+            if std::env::var_os("ORT_LOG").is_none() {
+                environment.set_log_level(LogLevel::Fatal);
+            }
+            Ok(environment)
         })
         .as_ref()
         .map_err(|message| backend(message.clone()))

@@ -60,6 +60,9 @@ pub fn emit(
     switch: &str,
     names: &OutputNames,
 ) -> Result<DecisionValues> {
+    if site.output.is_empty() {
+        return Err(no_value(conv));
+    }
     corrective_rate(builder, &Layer { graph, site, conv, params, blamed }, names.cr)?;
     let any = match decision {
         Decision::Cr { boundary, direction, .. } => gate(builder, names.cr, *direction == Direction::Above, *boundary, switch, names.adapted)?,
@@ -89,10 +92,18 @@ impl Layer<'_> {
     /// when there is one: the original ones, and those of the replacement channels (the
     /// `bn_adapt` statistics where the patch has them, else the original ones).
     fn batchnorm(&self) -> Option<(Vec<String>, Vec<String>)> {
-        let original = self.graph.node[self.site.batchnorm?].input[1..5].to_vec();
+        // `site` recognises a BatchNormalization with its five inputs only.
+        let original = self.graph.node[self.site.batchnorm?].input.get(1..5)?.to_vec();
         let replacement = self.params.batchnorm.as_ref().map_or_else(|| original.clone(), |(_, merged)| merged.to_vec());
         Some((original, replacement))
     }
+}
+
+/// The refusal of a convolution that computes no value (no output, or an empty name): the
+/// decision reads that value.
+fn no_value(conv: &ConvInfo) -> Error {
+    let message = "computes no value (no named output) for the decision to read".into();
+    Error::Unsupported { node: conv.name.clone(), op_type: "Conv".into(), message }
 }
 
 /// Rows `indices` of `value`: a Gather on axis 0 (of constants, folded when a session is created).
@@ -329,10 +340,8 @@ pub fn probe_logit(builder: &mut Builder, graph: &GraphProto, site: &Site, conv:
     }
     let channels = conv.filters;
     decision.validate(channels)?;
-    let z = match site.batchnorm {
-        Some(bn) => graph.node[bn].output[0].clone(),
-        None => conv_node.output[0].clone(),
-    };
+    let producer = site.batchnorm.map_or(conv_node, |bn| &graph.node[bn]);
+    let z = producer.output.first().filter(|z| !z.is_empty()).cloned().ok_or_else(|| no_value(conv))?;
     // relu(z) is the model's own value when its activation is a Relu reading z.
     let relu = match site.activation.map(|p| &graph.node[p]) {
         Some(activation) if activation.op_type.as_deref() == Some("Relu") => site.output.clone(),
