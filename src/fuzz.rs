@@ -1408,30 +1408,14 @@ fn run_child(program: &Path, args: &[OsString], options: &FuzzOptions, work: &Pa
         Ok((path, file))
     };
     let ((out_path, out), (err_path, err)) = (file("out")?, file("err")?);
-    // The address-space limit goes through the shell's ulimit, which exec keeps for the program.
-    let mut command = if options.memory_mib > 0 {
-        let mut c = Command::new("sh");
-        c.arg("-c").arg("ulimit -v \"$0\" && exec \"$@\"").arg((options.memory_mib * 1024).to_string()).arg(program);
-        c
-    } else {
-        Command::new(program)
-    };
+    let mut command = Command::new(program);
     // A backtrace places panics inside std or a dependency (see `panic_site`); errors need none.
     command.args(args).stdin(Stdio::null()).stdout(out).stderr(err).env("RUST_BACKTRACE", "1").env("RUST_LIB_BACKTRACE", "0");
-    let start = Instant::now();
-    let mut child = command.spawn().map_err(|e| Error::io(program, e))?;
-    let limit = Duration::from_secs(options.timeout_s);
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| Error::io(program, e))? {
-            break Some(status);
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    let limits = crate::isolate::Limits {
+        time: Duration::from_secs(options.timeout_s),
+        memory: (options.memory_mib > 0).then(|| options.memory_mib << 20),
     };
+    let status = crate::isolate::run_limited(command, &limits).map_err(|e| Error::io(program, e))?;
     // Paths inside the case's folder are shown by file name, so that messages group across cases.
     let prefix = format!("{}/", work.display());
     let read = |path: &Path| fs::read(path).map(|b| String::from_utf8_lossy(&b).replace(&prefix, "")).unwrap_or_default();

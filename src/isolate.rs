@@ -1,4 +1,5 @@
-//! Running a command of this tool in a child process under time and memory limits (`--isolate`),
+//! Running a command of this tool in a child process under time and memory limits (`--isolate`;
+//! the fuzz harness runs its cases the same way),
 //! so that an abort, a crash or a hang inside a backend's native code, which no error handling in
 //! this process can catch, ends as one clean error line instead of taking the caller down.
 
@@ -32,6 +33,18 @@ pub fn run(args: &[OsString], limits: &Limits) -> Result<i32> {
     let executable = std::env::current_exe().map_err(|e| Error::io("the running executable", e))?;
     let mut command = Command::new(&executable);
     command.args(args).env(CHILD_MARKER, "1");
+    match run_limited(command, limits).map_err(|e| Error::io(&executable, e))? {
+        Some(status) => exit_code(status, limits),
+        None => Err(Error::Isolated(format!(
+            "the command did not finish within {} s and was stopped (a backend may hang on this model; raise --time-limit if it is only slow)",
+            limits.time.as_secs()
+        ))),
+    }
+}
+
+/// Runs `command` under `limits`: its exit status, or `None` when it was still running at the
+/// time limit (it is then killed).
+pub fn run_limited(mut command: Command, limits: &Limits) -> std::io::Result<Option<ExitStatus>> {
     #[cfg(unix)]
     if let Some(bytes) = limits.memory {
         use std::os::unix::process::CommandExt;
@@ -46,21 +59,18 @@ pub fn run(args: &[OsString], limits: &Limits) -> Result<i32> {
             });
         }
     }
-    let mut child = command.spawn().map_err(|e| Error::io(&executable, e))?;
+    let mut child = command.spawn()?;
     let started = Instant::now();
     loop {
-        if let Some(status) = child.try_wait().map_err(|e| Error::io(&executable, e))? {
-            return exit_code(status, limits);
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
         }
         if started.elapsed() >= limits.time {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(Error::Isolated(format!(
-                "the command did not finish within {} s and was stopped (a backend may hang on this model; raise --time-limit if it is only slow)",
-                limits.time.as_secs()
-            )));
+            return Ok(None);
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
