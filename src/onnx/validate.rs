@@ -261,6 +261,19 @@ fn check_arity(node: &NodeProto, position: usize) -> Result<()> {
             return Err(unsupported(node, position, format!("has {count} {what}; {op} takes {least} to {}", bound(most))));
         }
     }
+    // The required inputs (all of a variadic operator's) must name a value.
+    let required = if most_in == usize::MAX { node.input.len() } else { least_in };
+    if let Some(missing) = node.input.iter().take(required).position(String::is_empty) {
+        return Err(unsupported(node, position, format!("its required input {missing} is left empty")));
+    }
+    // Attributes an operator cannot do without, and the one attribute type Constant depends on.
+    let needs_kernel = matches!(op, "MaxPool" | "AveragePool" | "LpPool");
+    if needs_kernel && attribute(node, "kernel_shape").is_none() {
+        return Err(unsupported(node, position, format!("{op} needs the attribute 'kernel_shape'")));
+    }
+    if op == "Constant" {
+        typed(node, position, "value", AttributeType::Tensor)?;
+    }
     Ok(())
 }
 
@@ -310,7 +323,13 @@ fn check_order_and_domains<'g>(graph: &'g GraphProto, imported: &HashSet<&str>, 
     let mut defined: HashSet<&'g str> = outer.clone();
     defined.extend(graph.initializer.iter().filter_map(|t| t.name.as_deref()));
     defined.extend(graph.input.iter().filter_map(|v| v.name.as_deref()));
+    let mut names: HashSet<&str> = HashSet::new();
     for (position, node) in graph.node.iter().enumerate() {
+        if let Some(name) = node.name.as_deref().filter(|n| !n.is_empty()) {
+            if !names.insert(name) {
+                return Err(unsupported(node, position, "another node of the graph has the same name".into()));
+            }
+        }
         let domain = node.domain.as_deref().unwrap_or("");
         let default = |d: &str| d.is_empty() || d == "ai.onnx";
         if !(imported.contains(domain) || (default(domain) && imported.iter().any(|d| default(d)))) {
