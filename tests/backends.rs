@@ -190,9 +190,9 @@ fn backends_name_unknown_and_missing_inputs() {
         assert!(unknown.contains("'deeppatch_decision'"), "{kind}: {unknown}");
         let missing = session.run(&[("x", &x)]).unwrap_err().to_string();
         assert!(missing.contains("'k'"), "{kind}: {missing}");
-        // A wrong element type is the runtime's error, not a panic.
+        // A wrong element type is the runtime's refusal of the run (exit 3), not a panic.
         let wrong = session.run(&[("x", &k), ("k", &k)]).unwrap_err();
-        assert!(matches!(wrong, onnx_deeppatch::Error::Backend { .. }), "{kind}: {wrong}");
+        assert!(matches!(wrong, onnx_deeppatch::Error::ModelRejected { .. }), "{kind}: {wrong}");
     }
 }
 
