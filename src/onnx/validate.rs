@@ -363,20 +363,16 @@ fn ints_attribute<'n>(node: &'n NodeProto, position: usize, name: &str) -> Resul
     typed(node, position, name, AttributeType::Ints).map(|a| a.map(|a| a.ints.as_slice()))
 }
 
+/// The attribute `name` when present, of type `expected` (an attribute's value already matches
+/// its declared type: [`check_attribute_type`] runs first).
 fn typed<'n>(node: &'n NodeProto, position: usize, name: &str, expected: AttributeType) -> Result<Option<&'n AttributeProto>> {
     match attribute(node, name) {
         None => Ok(None),
-        Some(a) if a.r#type == Some(expected as i32) || (a.r#type.is_none() && has_value_of(a, expected)) => Ok(Some(a)),
-        Some(a) => Err(unsupported(node, position, format!("attribute '{name}' has type {:?}, expected {expected:?}", a.r#type.unwrap_or(0)))),
-    }
-}
-
-/// Whether an attribute without a declared type (IR 1 style) holds a value of `expected`'s kind.
-fn has_value_of(attribute: &AttributeProto, expected: AttributeType) -> bool {
-    match expected {
-        AttributeType::Int => attribute.i.is_some(),
-        AttributeType::Ints => !attribute.ints.is_empty(),
-        _ => false,
+        Some(a) if a.r#type == Some(expected as i32) => Ok(Some(a)),
+        Some(a) => {
+            let found = AttributeType::try_from(a.r#type.unwrap_or(0)).unwrap_or(AttributeType::Undefined);
+            Err(unsupported(node, position, format!("attribute '{name}' has type {found:?}, expected {expected:?}")))
+        }
     }
 }
 
