@@ -1037,7 +1037,7 @@ fn normalized(message: &str) -> String {
     out.chars().take(90).collect()
 }
 
-/// Runs one encoded model through the library's model entry points: decode → inspect → (strip,
+/// Runs one encoded model through the library's model entry points: decode → conform → opset raising → inspect → (strip,
 /// when it claims to be patched) → random spec → γ and β rewrites, each output decoded again, and
 /// the γ output stripped.
 pub fn check(bytes: &[u8]) -> Verdict {
@@ -1053,6 +1053,16 @@ fn pipeline(bytes: &[u8], stage: &std::cell::Cell<&'static str>) -> Verdict {
     let mut model = match decode_model(bytes, Path::new("mutant.onnx")) {
         Ok(model) => model,
         Err(e) => return rejected("decode", e),
+    };
+    stage.set("conform");
+    if let Err(e) = crate::analysis::conform::check(&model) {
+        return rejected("conform", e);
+    }
+    // As every command does: an opset older than the rewrites need is raised first.
+    stage.set("opset");
+    model = match crate::analysis::opset::patchable(model) {
+        Ok(model) => model,
+        Err(e) => return rejected("opset", e),
     };
     stage.set("inspect");
     if let Err(e) = crate::inspect::inspect(&model).map(|i| i.text()) {
@@ -1091,7 +1101,8 @@ fn pipeline(bytes: &[u8], stage: &std::cell::Cell<&'static str>) -> Verdict {
             }
         }
         stage.set(if name == "gamma" { "decode of the gamma output" } else { "decode of the beta output" });
-        if let Err(e) = decode_model(&output.encode_to_vec(), Path::new("rewritten.onnx")) {
+        let decoded = decode_model(&output.encode_to_vec(), Path::new("rewritten.onnx"));
+        if let Err(e) = decoded.and_then(|output| crate::analysis::conform::check(&output)) {
             malformed.get_or_insert(Verdict::Malformed { stage: stage.get(), message: e.to_string() });
         }
     }

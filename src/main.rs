@@ -335,7 +335,7 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Inspect { model, json } => {
-            let proto = onnx::load_model(&model)?;
+            let proto = onnx_deeppatch::analysis::load_as_is(&model)?;
             let inspection = inspect::inspect(&proto)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&inspection)?);

@@ -114,22 +114,26 @@ pub(crate) struct Fact {
     pub shape: Option<Vec<Dim>>,
     /// The elements of a small integer tensor.
     pub value: Option<ArrayD<Dim>>,
+    /// Whether `dtype` is assumed rather than derived: an operator without a rule here is taken
+    /// to keep its first input's type, and whatever is computed from such a value inherits the
+    /// doubt.
+    pub guessed: bool,
 }
 
 impl Fact {
     fn of(dtype: i32, shape: Option<Vec<Dim>>) -> Fact {
-        Fact { dtype, shape, value: None }
+        Fact { dtype, shape, value: None, guessed: false }
     }
 
     fn with_value(dtype: i32, value: ArrayD<Dim>) -> Fact {
         let shape = value.shape().iter().map(|&d| Dim::known(d as i64)).collect();
-        Fact { dtype, shape: Some(shape), value: Some(value) }
+        Fact { dtype, shape: Some(shape), value: Some(value), guessed: false }
     }
 
     /// The fact without its shape and value when their rank exceeds [`MAX_RANK`].
     fn bounded(self) -> Fact {
         if self.shape.as_ref().is_some_and(|s| s.len() > MAX_RANK) {
-            Fact::of(self.dtype, None)
+            Fact { shape: None, value: None, ..self }
         } else {
             self
         }
@@ -182,8 +186,10 @@ impl Facts {
                 .iter()
                 .map(|name| (!name.is_empty()).then(|| facts.facts.get(name).cloned()).flatten())
                 .collect();
+            let doubt = inputs.iter().flatten().any(|f| f.guessed);
             let outputs = facts.infer_node(node, &inputs);
-            for (name, fact) in node.output.iter().zip(outputs) {
+            for (name, mut fact) in node.output.iter().zip(outputs) {
+                fact.guessed |= doubt;
                 if !name.is_empty() {
                     facts.facts.insert(name.clone(), fact.bounded());
                 }
@@ -287,12 +293,12 @@ impl Facts {
                     "Neg" => fact_of(0).and_then(|f| f.value.as_ref()).and_then(|v| map_values(v, Dim::neg)),
                     _ => None,
                 };
-                Fact { dtype: dtype_of(0), shape: shape_of(0), value }
+                Fact { dtype: dtype_of(0), shape: shape_of(0), value, guessed: false }
             }
             "Cast" => {
                 let to = attr_int(node, "to", 0) as i32;
                 let value = fact_of(0).and_then(|f| f.value.clone()).filter(|_| to == INT64 || to == INT32);
-                Fact { dtype: to, shape: shape_of(0), value }
+                Fact { dtype: to, shape: shape_of(0), value, guessed: false }
             }
             "Not" | "IsNaN" | "IsInf" => Fact::of(BOOL, shape_of(0)),
             "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Mod" | "Max" | "Min" | "Sum" | "Mean" | "Equal" | "Less"
@@ -327,7 +333,7 @@ impl Facts {
                 None => Fact::of(dtype_of(0), None),
             },
             "Transpose" => match fact_of(0) {
-                Some(Fact { dtype, shape: Some(shape), value }) => {
+                Some(Fact { dtype, shape: Some(shape), value, .. }) => {
                     let perm = transpose_perm(node, shape.len());
                     let mut sorted = perm.clone();
                     sorted.sort_unstable();
@@ -339,7 +345,7 @@ impl Facts {
                             .as_ref()
                             .filter(|v| v.ndim() == perm.len())
                             .map(|v| v.view().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned());
-                        Fact { dtype: *dtype, shape: Some(shape), value }
+                        Fact { dtype: *dtype, shape: Some(shape), value, guessed: false }
                     } else {
                         Fact::of(*dtype, None)
                     }
@@ -492,7 +498,7 @@ impl Facts {
                 Fact::of(dtype, shape)
             }
             "Split" => return self.split(node, inputs),
-            _ => Fact::of(dtype_of(0), None),
+            _ => Fact { guessed: true, ..Fact::of(dtype_of(0), None) },
         };
         let extra = match op {
             "MaxPool" => Fact::of(INT64, first.shape.clone()),
@@ -553,7 +559,7 @@ impl Facts {
             }),
             _ => None,
         };
-        Fact { dtype, shape: Some(shape), value }
+        Fact { dtype, shape: Some(shape), value, guessed: false }
     }
 
     fn gather(&mut self, node: &NodeProto, inputs: &[Option<Fact>]) -> Fact {
@@ -577,7 +583,7 @@ impl Facts {
             let taken = values.select(Axis(axis), &picks);
             taken.as_standard_layout().into_owned().into_shape_with_order(IxDyn(&sizes)).ok()
         });
-        Fact { dtype: data.dtype, shape: Some(dims), value }
+        Fact { dtype: data.dtype, shape: Some(dims), value, guessed: false }
     }
 
     fn squeeze(&mut self, node: &NodeProto, unsqueeze: bool, inputs: &[Option<Fact>]) -> Fact {
@@ -602,7 +608,7 @@ impl Facts {
             })
         };
         let value = data.value.as_ref().zip(dims.as_ref()).and_then(|(v, dims)| reshape_value(v, dims));
-        Fact { dtype: data.dtype, shape: dims, value }
+        Fact { dtype: data.dtype, shape: dims, value, guessed: false }
     }
 
     fn concat(&mut self, node: &NodeProto, inputs: &[Option<Fact>]) -> Fact {
@@ -625,7 +631,7 @@ impl Facts {
         let value = values
             .filter(|v| v.iter().all(|v| v.ndim() == rank) && v.iter().map(|v| v.len()).sum::<usize>() <= VALUE_LIMIT)
             .and_then(|v| ndarray::concatenate(Axis(axis), &v).ok());
-        Fact { dtype, shape: Some(dims), value }
+        Fact { dtype, shape: Some(dims), value, guessed: false }
     }
 
     fn reshape(&mut self, node: &NodeProto, inputs: &[Option<Fact>]) -> Fact {
@@ -655,7 +661,7 @@ impl Facts {
         }
         let dims: Vec<Dim> = dims.into_iter().map(|d| d.unwrap_or_else(|| self.fresh())).collect();
         let value = data.value.as_ref().and_then(|v| reshape_value(v, &dims));
-        Fact { dtype: data.dtype, shape: Some(dims), value }
+        Fact { dtype: data.dtype, shape: Some(dims), value, guessed: false }
     }
 
     fn slice(&mut self, node: &NodeProto, inputs: &[Option<Fact>]) -> Fact {
@@ -685,7 +691,7 @@ impl Facts {
             }
             view.as_standard_layout().into_owned()
         });
-        Fact { dtype: data.dtype, shape: Some(dims), value }
+        Fact { dtype: data.dtype, shape: Some(dims), value, guessed: false }
     }
 
     fn pad(&mut self, node: &NodeProto, inputs: &[Option<Fact>]) -> Fact {

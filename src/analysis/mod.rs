@@ -2,6 +2,7 @@
 //! activations are, and what is statically known about every value (element types, symbolic
 //! shapes, sliding-window geometry), which the gradient builder and the rewrites share.
 
+pub mod conform;
 pub(crate) mod facts;
 pub(crate) mod geometry;
 pub mod opset;
@@ -74,10 +75,23 @@ pub fn convolutions(model: &ModelProto) -> Result<Vec<ConvInfo>> {
 /// Loads, validates and, when the model's opset is older than the rewrites need, raises it
 /// ([`opset::patchable`]): the model every stage of the tool works on.
 pub fn load(path: &std::path::Path) -> Result<ModelProto> {
-    opset::patchable(crate::onnx::load_model(path)?).map_err(|e| match e {
-        Error::Unsupported { .. } | Error::UnsupportedModel(_) => Error::model(path, e.to_string()),
+    opset::patchable(load_as_is(path)?).map_err(|e| in_file(path, e))
+}
+
+/// Loads and validates a model, its types and shapes included ([`conform::check`]), as the file
+/// holds it (its opset unchanged): what `inspect` shows.
+pub fn load_as_is(path: &std::path::Path) -> Result<ModelProto> {
+    let model = crate::onnx::load_model(path)?;
+    conform::check(&model).map_err(|e| in_file(path, e))?;
+    Ok(model)
+}
+
+/// A model-level error, named after the file.
+fn in_file(path: &std::path::Path, e: Error) -> Error {
+    match e {
+        Error::Unsupported { .. } | Error::UnsupportedModel(_) | Error::InvalidGraph(_) => Error::model(path, e.to_string()),
         other => other,
-    })
+    }
 }
 
 /// The model's image input: its only runtime input (an input without a default initializer). The

@@ -3,6 +3,7 @@
 pub mod builder;
 pub mod graph;
 pub mod io;
+pub mod schema;
 pub mod tensor;
 pub mod validate;
 

@@ -5,15 +5,19 @@
 //! - every tensor (initializers, constant attributes, sparse parts, in subgraphs too): a known
 //!   data type, non-negative dimensions whose product and byte size fit the memory budget, and
 //!   exactly the data its shape needs;
+//! - every node of the default domain against its operator's schema at the model's opset
+//!   ([`schema::check_node`]: the operator exists there, counts, empty inputs, attributes);
 //! - the operators the tool analyses and rewrites (Conv, the pools, BatchNormalization,
 //!   Transpose): arity, attribute types and ranges, kernels that agree with their weights;
-//! - the default opset against the range this tool knows;
+//! - the default opset against the range this tool knows, each domain imported once at a real
+//!   version, each metadata key once;
 //! - float weights for NaN and infinity (refused unless [`allow_nonfinite`] was called).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::graph::{attribute, node_label};
+use super::schema;
 use super::proto::{
     attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_proto::DataType, AttributeProto, GraphProto, ModelProto, NodeProto,
     TensorProto,
@@ -132,19 +136,41 @@ pub fn check_model(model: &ModelProto) -> Result<()> {
             OPSETS.end()
         )));
     }
+    check_imports_and_metadata(model)?;
     let Some(graph) = model.graph.as_ref() else { return Ok(()) };
     let imported: HashSet<&str> = model.opset_import.iter().map(|o| o.domain.as_deref().unwrap_or("")).collect();
-    check_graph(graph)?;
+    check_graph(graph, opset)?;
     check_order_and_domains(graph, &imported, &HashSet::new())?;
     for function in &model.functions {
         for node in &function.node {
-            check_attributes(node)?;
+            check_attributes(node, opset)?;
         }
     }
     check_finite(graph)
 }
 
-fn check_graph(graph: &GraphProto) -> Result<()> {
+/// Each domain imported once, at a real version ('ai.onnx' and '' are one domain); each metadata
+/// key once.
+fn check_imports_and_metadata(model: &ModelProto) -> Result<()> {
+    let mut domains = HashSet::new();
+    for import in &model.opset_import {
+        let domain = import.domain.as_deref().unwrap_or("");
+        let version = import.version.unwrap_or(0);
+        if version < 1 {
+            return Err(Error::InvalidGraph(format!("opset import of domain '{domain}' has version {version}")));
+        }
+        if !domains.insert(if domain == "ai.onnx" { "" } else { domain }) {
+            return Err(Error::InvalidGraph(format!("domain '{domain}' is imported more than once")));
+        }
+    }
+    let mut keys = HashSet::new();
+    if let Some(key) = model.metadata_props.iter().map(|p| p.key.as_deref().unwrap_or("")).find(|key| !keys.insert(*key)) {
+        return Err(Error::InvalidGraph(format!("metadata key '{key}' is given more than once")));
+    }
+    Ok(())
+}
+
+fn check_graph(graph: &GraphProto, opset: i64) -> Result<()> {
     if let Some(sparse) = graph.sparse_initializer.first() {
         let name = sparse.values.as_ref().and_then(|v| v.name.as_deref()).unwrap_or("");
         return Err(Error::InvalidGraph(format!("sparse initializer '{name}': sparse initializers are not supported")));
@@ -159,16 +185,16 @@ fn check_graph(graph: &GraphProto) -> Result<()> {
         }
     }
     for (position, node) in graph.node.iter().enumerate() {
-        check_attributes(node)?;
+        check_attributes(node, opset)?;
         if node.domain.as_deref().is_none_or(|d| d.is_empty() || d == "ai.onnx") {
-            check_operator(&constants, node, position)?;
+            check_operator(&constants, node, position, opset)?;
         }
     }
     Ok(())
 }
 
 /// A node's attributes: each name once, and the tensors and subgraphs they hold.
-fn check_attributes(node: &NodeProto) -> Result<()> {
+fn check_attributes(node: &NodeProto, opset: i64) -> Result<()> {
     for (i, attribute) in node.attribute.iter().enumerate() {
         let name = attribute.name.as_deref().unwrap_or("");
         if node.attribute[..i].iter().any(|a| a.name.as_deref().unwrap_or("") == name) {
@@ -191,7 +217,7 @@ fn check_attributes(node: &NodeProto) -> Result<()> {
             }
         }
         for graph in attribute.g.iter().chain(&attribute.graphs) {
-            check_graph(graph)?;
+            check_graph(graph, opset)?;
         }
     }
     Ok(())
@@ -232,41 +258,10 @@ fn check_attribute_type(node: &NodeProto, attribute: &AttributeProto) -> Result<
     Ok(())
 }
 
-/// Input and output counts of common operators of the default domain, over all their versions
-/// (`usize::MAX`: variadic). Operators not listed are left to the backends.
-const ARITY: &[(&str, usize, usize, usize, usize)] = &[
-    ("Add", 2, 2, 1, 1), ("ArgMax", 1, 1, 1, 1), ("AveragePool", 1, 1, 1, 1), ("BatchNormalization", 5, 5, 1, 5), ("Cast", 1, 1, 1, 1),
-    ("Clip", 1, 3, 1, 1), ("Concat", 1, usize::MAX, 1, 1), ("Constant", 0, 0, 1, 1), ("ConstantOfShape", 1, 1, 1, 1), ("Conv", 2, 3, 1, 1),
-    ("ConvTranspose", 2, 3, 1, 1), ("DepthToSpace", 1, 1, 1, 1), ("Div", 2, 2, 1, 1), ("Dropout", 1, 3, 1, 2), ("Elu", 1, 1, 1, 1),
-    ("Equal", 2, 2, 1, 1), ("Erf", 1, 1, 1, 1), ("Exp", 1, 1, 1, 1), ("Expand", 2, 2, 1, 1), ("Flatten", 1, 1, 1, 1), ("Gather", 2, 2, 1, 1),
-    ("Gemm", 2, 3, 1, 1), ("GlobalAveragePool", 1, 1, 1, 1), ("GlobalMaxPool", 1, 1, 1, 1), ("Greater", 2, 2, 1, 1), ("HardSigmoid", 1, 1, 1, 1),
-    ("HardSwish", 1, 1, 1, 1), ("Identity", 1, 1, 1, 1), ("If", 1, 1, 1, usize::MAX), ("InstanceNormalization", 3, 3, 1, 1), ("LRN", 1, 1, 1, 1),
-    ("LeakyRelu", 1, 1, 1, 1), ("Less", 2, 2, 1, 1), ("LogSoftmax", 1, 1, 1, 1), ("Loop", 2, usize::MAX, 1, usize::MAX), ("MatMul", 2, 2, 1, 1),
-    ("Max", 1, usize::MAX, 1, 1), ("MaxPool", 1, 1, 1, 2), ("Mean", 1, usize::MAX, 1, 1), ("Min", 1, usize::MAX, 1, 1), ("Mul", 2, 2, 1, 1),
-    ("Neg", 1, 1, 1, 1), ("Not", 1, 1, 1, 1), ("PRelu", 2, 2, 1, 1), ("Pad", 1, 4, 1, 1), ("Pow", 2, 2, 1, 1), ("Range", 3, 3, 1, 1),
-    ("ReduceMax", 1, 2, 1, 1), ("ReduceMean", 1, 2, 1, 1), ("ReduceMin", 1, 2, 1, 1), ("ReduceSum", 1, 2, 1, 1), ("Relu", 1, 1, 1, 1),
-    ("Reshape", 1, 2, 1, 1), ("Resize", 1, 4, 1, 1), ("Scan", 1, usize::MAX, 1, usize::MAX), ("ScatterND", 3, 3, 1, 1), ("Selu", 1, 1, 1, 1),
-    ("Shape", 1, 1, 1, 1), ("Sigmoid", 1, 1, 1, 1), ("Slice", 1, 5, 1, 1), ("Softmax", 1, 1, 1, 1), ("Softplus", 1, 1, 1, 1),
-    ("SpaceToDepth", 1, 1, 1, 1), ("Split", 1, 2, 1, usize::MAX), ("Sqrt", 1, 1, 1, 1), ("Squeeze", 1, 2, 1, 1), ("Sub", 2, 2, 1, 1),
-    ("Sum", 1, usize::MAX, 1, 1), ("Tanh", 1, 1, 1, 1), ("Tile", 2, 2, 1, 1), ("Transpose", 1, 1, 1, 1), ("Unsqueeze", 1, 2, 1, 1),
-    ("Upsample", 1, 2, 1, 1), ("Where", 3, 3, 1, 1),
-];
-
-fn check_arity(node: &NodeProto, position: usize) -> Result<()> {
+/// Attributes the tool cannot do without (the schema's count, attribute and emptiness checks are
+/// [`schema::check_node`]'s).
+fn check_required(node: &NodeProto, position: usize) -> Result<()> {
     let op = node.op_type.as_deref().unwrap_or("");
-    let Some(&(_, least_in, most_in, least_out, most_out)) = ARITY.iter().find(|a| a.0 == op) else { return Ok(()) };
-    let bound = |most: usize| if most == usize::MAX { "any number".to_string() } else { most.to_string() };
-    for (what, count, least, most) in [("inputs", node.input.len(), least_in, most_in), ("outputs", node.output.len(), least_out, most_out)] {
-        if !(least..=most).contains(&count) {
-            return Err(unsupported(node, position, format!("has {count} {what}; {op} takes {least} to {}", bound(most))));
-        }
-    }
-    // The required inputs (all of a variadic operator's) must name a value.
-    let required = if most_in == usize::MAX { node.input.len() } else { least_in };
-    if let Some(missing) = node.input.iter().take(required).position(String::is_empty) {
-        return Err(unsupported(node, position, format!("its required input {missing} is left empty")));
-    }
-    // Attributes an operator cannot do without, and the one attribute type Constant depends on.
     let needs_kernel = matches!(op, "MaxPool" | "AveragePool" | "LpPool");
     if needs_kernel && attribute(node, "kernel_shape").is_none() {
         return Err(unsupported(node, position, format!("{op} needs the attribute 'kernel_shape'")));
@@ -331,8 +326,8 @@ fn check_order_and_domains<'g>(graph: &'g GraphProto, imported: &HashSet<&str>, 
             }
         }
         let domain = node.domain.as_deref().unwrap_or("");
-        let default = |d: &str| d.is_empty() || d == "ai.onnx";
-        if !(imported.contains(domain) || (default(domain) && imported.iter().any(|d| default(d)))) {
+        // 'ai.onnx' names the default domain, but a node that spells it needs an import that does.
+        if !(imported.contains(domain) || (domain.is_empty() && imported.contains("ai.onnx"))) {
             return Err(unsupported(node, position, format!("its domain '{domain}' is not among the model's opset imports")));
         }
         if let Some(input) = node.input.iter().find(|i| !i.is_empty() && !defined.contains(i.as_str())) {
@@ -378,14 +373,16 @@ fn typed<'n>(node: &'n NodeProto, position: usize, name: &str, expected: Attribu
 
 /// Checks the operators whose attributes the tool reads or that backends have been seen to abort
 /// on when the values are out of range.
-fn check_operator(constants: &Constants, node: &NodeProto, position: usize) -> Result<()> {
+fn check_operator(constants: &Constants, node: &NodeProto, position: usize, opset: i64) -> Result<()> {
     let fail = |message: String| unsupported(node, position, message);
     let op = node.op_type.as_deref().unwrap_or("");
     if node.output.first().is_none_or(String::is_empty) {
         return Err(fail("has no output".into()));
     }
-    check_arity(node, position)?;
+    schema::check_node(node, position, opset)?;
+    check_required(node, position)?;
     check_subgraphs(node, position)?;
+    check_modes(node, position, opset)?;
     match op {
         "Conv" | "ConvTranspose" | "MaxPool" | "AveragePool" | "LpPool" | "ConvInteger" | "QLinearConv" => {
             check_window(node, position)?;
@@ -426,6 +423,23 @@ fn check_operator(constants: &Constants, node: &NodeProto, position: usize) -> R
         _ => {}
     }
     Ok(())
+}
+
+/// String attributes that name a mode: one of the values the operator defines (runtimes refuse
+/// the model otherwise).
+fn check_modes(node: &NodeProto, position: usize, opset: i64) -> Result<()> {
+    let op = node.op_type.as_deref().unwrap_or("");
+    let allowed: &[&str] = match op {
+        "Pad" if opset >= 19 => &["constant", "reflect", "edge", "wrap"],
+        "Pad" => &["constant", "reflect", "edge"],
+        _ => &["NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"],
+    };
+    let name = if op == "Pad" { "mode" } else { "auto_pad" };
+    let Some(value) = attribute(node, name).and_then(|a| a.s.as_deref()) else { return Ok(()) };
+    if allowed.iter().any(|a| a.as_bytes() == value) {
+        return Ok(());
+    }
+    Err(unsupported(node, position, format!("attribute '{name}' is \"{}\"; {op} takes {}", String::from_utf8_lossy(value), allowed.join(", "))))
 }
 
 /// Sliding-window attributes: positive kernels, strides and dilations, non-negative pads, all of
@@ -589,7 +603,7 @@ mod tests {
     fn conv_attributes_are_checked_against_the_weight() {
         let check = |attributes: Vec<AttributeProto>| {
             let (graph, node) = conv(attributes, &["x", "w"]);
-            check_operator(&Constants::of(&graph), &node, 0).map_err(|e| e.to_string())
+            check_operator(&Constants::of(&graph), &node, 0, 13).map_err(|e| e.to_string())
         };
         assert!(check(vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])]).is_ok());
         assert!(check(vec![ints("kernel_shape", &[1 << 32, 3])]).unwrap_err().contains("kernel_shape"));
@@ -599,7 +613,7 @@ mod tests {
         let group = AttributeProto { name: Some("group".into()), r#type: Some(AttributeType::Int as i32), i: Some(3), ..Default::default() };
         assert!(check(vec![group.clone()]).unwrap_err().contains("3 groups"));
         let float_group = AttributeProto { r#type: Some(AttributeType::Float as i32), i: None, f: Some(1.0), ..group };
-        assert!(check(vec![float_group]).unwrap_err().contains("expected Int"));
+        assert!(check(vec![float_group]).unwrap_err().contains("type Float, Conv takes Int"));
     }
 
     #[test]
@@ -613,10 +627,38 @@ mod tests {
         };
         let graph = GraphProto::default();
         let graph = Constants::of(&graph);
-        let message = check_operator(&graph, &node("BatchNormalization", 1, vec![]), 7).unwrap_err().to_string();
-        assert!(message.contains("BatchNormalization#7") && message.contains("has 1 inputs; BatchNormalization takes 5 to 5"), "{message}");
-        assert!(check_operator(&graph, &node("Transpose", 1, vec![ints("perm", &[0, 2, 1])]), 0).is_ok());
-        assert!(check_operator(&graph, &node("Transpose", 1, vec![ints("perm", &[1, 1])]), 0).unwrap_err().to_string().contains("permutation"));
+        let message = check_operator(&graph, &node("BatchNormalization", 1, vec![]), 7, 13).unwrap_err().to_string();
+        assert!(message.contains("BatchNormalization#7") && message.contains("has 1 inputs; BatchNormalization-9 takes 5 to 5"), "{message}");
+        assert!(check_operator(&graph, &node("Transpose", 1, vec![ints("perm", &[0, 2, 1])]), 0, 13).is_ok());
+        assert!(check_operator(&graph, &node("Transpose", 1, vec![ints("perm", &[1, 1])]), 0, 13).unwrap_err().to_string().contains("permutation"));
+    }
+
+    #[test]
+    fn imports_metadata_and_modes_are_checked() {
+        use crate::onnx::proto::{OperatorSetIdProto, StringStringEntryProto};
+        let import = |domain: &str, version| OperatorSetIdProto { domain: Some(domain.into()), version: Some(version) };
+        let model = |imports: Vec<OperatorSetIdProto>, keys: &[&str]| ModelProto {
+            opset_import: imports,
+            metadata_props: keys.iter().map(|k| StringStringEntryProto { key: Some(k.to_string()), value: Some("v".into()) }).collect(),
+            ..Default::default()
+        };
+        let check = |m: ModelProto| check_imports_and_metadata(&m).map_err(|e| e.to_string());
+        assert!(check(model(vec![import("", 13), import("com.microsoft", 1)], &["a", "b"])).is_ok());
+        assert!(check(model(vec![import("", 13), import("ai.onnx", 13)], &[])).unwrap_err().contains("imported more than once"));
+        assert!(check(model(vec![import("", 13), import("x", -1)], &[])).unwrap_err().contains("'x' has version -1"));
+        assert!(check(model(vec![import("", 13)], &["a", "a"])).unwrap_err().contains("'a' is given more than once"));
+        let string = |name: &str, value: &str| AttributeProto {
+            name: Some(name.into()),
+            r#type: Some(AttributeType::String as i32),
+            s: Some(value.as_bytes().to_vec()),
+            ..Default::default()
+        };
+        let pad = |mode: &str| NodeProto { op_type: Some("Pad".into()), attribute: vec![string("mode", mode)], ..Default::default() };
+        assert!(check_modes(&pad("reflect"), 0, 13).is_ok());
+        assert!(check_modes(&pad("wrap"), 0, 13).unwrap_err().to_string().contains("Pad takes constant, reflect, edge"));
+        assert!(check_modes(&pad("wrap"), 0, 19).is_ok());
+        let (_, conv) = conv(vec![string("auto_pad", "SAME")], &["x", "w"]);
+        assert!(check_modes(&conv, 0, 13).unwrap_err().to_string().contains("'auto_pad' is \"SAME\""));
     }
 
     #[test]

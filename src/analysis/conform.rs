@@ -1,0 +1,332 @@
+//! Type and shape consistency of the main graph, as `onnx.checker`'s full check (strict type and
+//! shape inference) demands it: a model that fails these is refused rather than patched, since
+//! its patched file would fail the checker too.
+//!
+//! On the facts of [`Facts`] (derived from the graph inputs and the weights, never from the
+//! file's declarations), three kinds of checks:
+//! - element types: every input of a default-domain node of a type its schema allows, and inputs
+//!   that share a type parameter of one type;
+//! - the ranks and axes the operators the tool meets need (convolutions and pools, Gemm, MatMul,
+//!   Transpose, Flatten, Squeeze, Unsqueeze, Concat, Gather, Slice, the reductions, the softmaxes,
+//!   BatchNormalization, broadcasting);
+//! - the declared types and shapes of value_info and graph outputs against the derived ones.
+//!
+//! Only what is derived for certain is compared: an unknown dimension, and any element type that
+//! flows from an operator without a rule of its own, are left alone.
+
+use super::facts::{Dim, Fact, Facts};
+use crate::error::{Error, Result};
+use crate::onnx::graph::{attr_int, attr_ints, attribute, node_label, GraphIndex};
+use crate::onnx::proto::tensor_proto::DataType;
+use crate::onnx::proto::{type_proto, ModelProto, NodeProto, ValueInfoProto};
+use crate::onnx::schema::{self, Presence};
+
+/// Checks `model`'s main graph (see the module documentation).
+pub fn check(model: &ModelProto) -> Result<()> {
+    let Some(graph) = model.graph.as_ref() else { return Ok(()) };
+    let opset = crate::onnx::default_opset(model);
+    let index = GraphIndex::new(graph)?;
+    let facts = Facts::infer(graph, &index, opset);
+    for &position in index.topological_order() {
+        let node = &graph.node[position];
+        if node.domain.as_deref().is_some_and(|d| !d.is_empty() && d != "ai.onnx") {
+            continue;
+        }
+        let fail = |message: String| Error::Unsupported { node: node_label(node, position), op_type: node.op_type.clone().unwrap_or_default(), message };
+        check_types(node, opset, &facts).map_err(fail)?;
+        check_shapes(node, &facts).map_err(fail)?;
+    }
+    for declared in graph.value_info.iter().chain(&graph.output) {
+        check_declared(declared, &facts)?;
+    }
+    Ok(())
+}
+
+/// The name of an element type code.
+fn type_name(code: i32) -> String {
+    DataType::try_from(code).map_or_else(|_| code.to_string(), |t| format!("{t:?}").to_lowercase())
+}
+
+/// The fact of value `name` when its element type is derived for certain.
+fn typed<'f>(facts: &'f Facts, name: &str) -> Option<&'f Fact> {
+    facts.get(name).filter(|f| f.dtype != 0 && !f.guessed)
+}
+
+fn check_types(node: &NodeProto, opset: i64, facts: &Facts) -> std::result::Result<(), String> {
+    let op = node.op_type.as_deref().unwrap_or("");
+    let Some(schema) = schema::lookup(op, opset) else { return Ok(()) };
+    // Per type constraint: the first input seen with it, and its element type.
+    let mut seen: Vec<(usize, &str, i32)> = Vec::new();
+    for (i, name) in node.input.iter().enumerate() {
+        let (Some(formal), Some(fact)) = (schema.formal_input(i), typed(facts, name)) else { continue };
+        if formal.allowed == 0 {
+            continue;
+        }
+        if formal.allowed & (1u64 << (fact.dtype & 63)) == 0 || !(0..64).contains(&fact.dtype) {
+            let allowed: Vec<String> = (0..64).filter(|k| formal.allowed & (1u64 << k) != 0).map(type_name).collect();
+            return Err(format!("input {i} '{name}' has element type {}; {op} takes {}", type_name(fact.dtype), allowed.join(", ")));
+        }
+        let homogeneous = formal.presence != Presence::Variadic || formal.homogeneous;
+        match seen.iter().find(|(constraint, ..)| *constraint == formal.constraint) {
+            Some((_, first, dtype)) if homogeneous && *dtype != fact.dtype => {
+                return Err(format!(
+                    "inputs '{first}' ({}) and '{name}' ({}) must have one element type",
+                    type_name(*dtype),
+                    type_name(fact.dtype)
+                ))
+            }
+            Some(_) => {}
+            None => seen.push((formal.constraint, name, fact.dtype)),
+        }
+    }
+    Ok(())
+}
+
+/// The shape of input `i` when derived.
+fn shape<'f>(node: &NodeProto, facts: &'f Facts, i: usize) -> Option<&'f [Dim]> {
+    facts.get(node.input.get(i).filter(|n| !n.is_empty())?)?.shape.as_deref()
+}
+
+/// Whether `axis` is within `[-rank, rank)` (`[-rank, rank]` when `inclusive`).
+fn axis_fits(axis: i64, rank: usize, inclusive: bool) -> bool {
+    let rank = rank as i64;
+    axis >= -rank && (axis < rank || (inclusive && axis == rank))
+}
+
+fn check_shapes(node: &NodeProto, facts: &Facts) -> std::result::Result<(), String> {
+    let op = node.op_type.as_deref().unwrap_or("");
+    let rank = |i: usize| shape(node, facts, i).map(<[Dim]>::len);
+    match op {
+        "Conv" | "ConvTranspose" | "MaxPool" | "AveragePool" | "LpPool" => {
+            if let Some(r) = rank(0) {
+                if r < 3 {
+                    return Err(format!("input '{}' has rank {r}; {op} needs [N, C, spatial…] (rank 3 or more)", node.input[0]));
+                }
+                let kernel = attr_ints(node, "kernel_shape");
+                if !kernel.is_empty() && kernel.len() + 2 != r {
+                    return Err(format!("attribute 'kernel_shape' {kernel:?} does not fit input '{}' of rank {r}", node.input[0]));
+                }
+                if let Some(w) = rank(1).filter(|&w| op.starts_with("Conv") && w != r) {
+                    return Err(format!("weight '{}' has rank {w}, input '{}' rank {r}: they must agree", node.input[1], node.input[0]));
+                }
+                // Conv: the input's channels are the weight's channels per group times the groups.
+                let channel = |i: usize| shape(node, facts, i).and_then(|s| s.get(1)?.value());
+                if let (true, Some(c), Some(per_group)) = (op == "Conv", channel(0), channel(1)) {
+                    let group = attr_int(node, "group", 1);
+                    if per_group.checked_mul(group) != Some(c) {
+                        return Err(format!("input '{}' has {c} channels, weight '{}' takes {per_group} per group in {group} groups", node.input[0], node.input[1]));
+                    }
+                }
+            }
+        }
+        "Gemm" => {
+            for i in 0..2 {
+                if let Some(r) = rank(i).filter(|&r| r != 2) {
+                    return Err(format!("input {i} '{}' has rank {r}; Gemm takes matrices (rank 2)", node.input[i]));
+                }
+            }
+            // The inner dimension: A's columns (rows when transposed) against B's rows.
+            let inner = |i: usize, transposed: bool| shape(node, facts, i).and_then(|s| s.get(usize::from(transposed != (i == 0)))?.value());
+            if let (Some(a), Some(b)) = (inner(0, attr_int(node, "transA", 0) != 0), inner(1, attr_int(node, "transB", 0) != 0)) {
+                if a != b {
+                    return Err(format!("inner dimensions {a} of '{}' and {b} of '{}' differ", node.input[0], node.input[1]));
+                }
+            }
+        }
+        "BatchNormalization" | "InstanceNormalization" => {
+            let channels = shape(node, facts, 0).and_then(|s| s.get(1)?.value());
+            for i in 1..node.input.len() {
+                let Some(dims) = shape(node, facts, i) else { continue };
+                match (dims, channels) {
+                    ([d], Some(c)) if d.value().is_some_and(|d| d != c) => {
+                        return Err(format!("input {i} '{}' holds {} values for {c} channels", node.input[i], d.value().unwrap_or_default()))
+                    }
+                    ([_], _) => {}
+                    _ => return Err(format!("input {i} '{}' has rank {}; one value per channel (rank 1) is needed", node.input[i], dims.len())),
+                }
+            }
+        }
+        "MatMul" => {
+            if let (Some(a), Some(b)) = (shape(node, facts, 0), shape(node, facts, 1)) {
+                if a.is_empty() || b.is_empty() {
+                    return Err("MatMul takes inputs of rank 1 or more".into());
+                }
+                let k_a = &a[a.len() - 1];
+                let k_b = &b[if b.len() == 1 { 0 } else { b.len() - 2 }];
+                if let (Some(x), Some(y)) = (k_a.value(), k_b.value()) {
+                    if x != y {
+                        return Err(format!("inner dimensions {x} and {y} of '{}' and '{}' differ", node.input[0], node.input[1]));
+                    }
+                }
+            }
+        }
+        "Transpose" => {
+            if let (Some(perm), Some(r)) = (attribute(node, "perm").map(|a| a.ints.len()), rank(0)) {
+                if perm != r {
+                    return Err(format!("attribute 'perm' has {perm} axes, input '{}' rank {r}", node.input[0]));
+                }
+            }
+        }
+        "Flatten" => {
+            if let Some(r) = rank(0) {
+                let axis = attr_int(node, "axis", 1);
+                if !axis_fits(axis, r, true) {
+                    return Err(format!("attribute 'axis' {axis} is outside [-{r}, {r}] for input '{}'", node.input[0]));
+                }
+            }
+        }
+        "Squeeze" | "Unsqueeze" => {
+            let axes = facts.axes(node).unwrap_or_default();
+            if let Some(dims) = shape(node, facts, 0) {
+                let r = if op == "Unsqueeze" { dims.len() + axes.len() } else { dims.len() };
+                for &axis in &axes {
+                    if !axis_fits(axis, r, false) {
+                        return Err(format!("axis {axis} is outside [-{r}, {r}) for input '{}'", node.input[0]));
+                    }
+                    let at = if axis < 0 { axis + r as i64 } else { axis } as usize;
+                    match dims.get(at).and_then(Dim::value) {
+                        Some(d) if op == "Squeeze" && d != 1 => return Err(format!("axis {axis} of input '{}' has size {d}, not 1", node.input[0])),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        "Concat" => {
+            let shapes: Vec<&[Dim]> = (0..node.input.len()).filter_map(|i| shape(node, facts, i)).collect();
+            if let Some(first) = shapes.first() {
+                if let Some(other) = shapes.iter().find(|s| s.len() != first.len()) {
+                    return Err(format!("its inputs have ranks {} and {}", first.len(), other.len()));
+                }
+                let axis = attr_int(node, "axis", 0);
+                if !axis_fits(axis, first.len(), false) {
+                    return Err(format!("attribute 'axis' {axis} is outside [-{0}, {0})", first.len()));
+                }
+            }
+        }
+        "Slice" | "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2" | "ReduceLogSum"
+        | "ReduceLogSumExp" | "ReduceSumSquare" => {
+            let axes = if op == "Slice" {
+                match node.input.get(3).filter(|a| !a.is_empty()) {
+                    Some(name) => facts.get(name).and_then(Fact::ints).unwrap_or_default(),
+                    None => Vec::new(),
+                }
+            } else {
+                facts.axes(node).unwrap_or_default()
+            };
+            if let Some(r) = rank(0) {
+                if let Some(axis) = axes.iter().find(|&&a| !axis_fits(a, r, false)) {
+                    return Err(format!("axis {axis} is outside [-{r}, {r}) for input '{}'", node.input[0]));
+                }
+                let normalized: std::collections::HashSet<i64> = axes.iter().map(|&a| if a < 0 { a + r as i64 } else { a }).collect();
+                if normalized.len() != axes.len() {
+                    return Err(format!("axes {axes:?} name an axis twice"));
+                }
+            }
+        }
+        "Gather" | "Softmax" | "LogSoftmax" | "Hardmax" => {
+            if let Some(r) = rank(0) {
+                let default = if op == "Gather" { 0 } else { -1 };
+                let axis = attr_int(node, "axis", default);
+                if !axis_fits(axis, r, false) {
+                    return Err(format!("attribute 'axis' {axis} is outside [-{r}, {r}) for input '{}'", node.input[0]));
+                }
+            }
+        }
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Sum" | "Max" | "Min" | "Mean" | "Where" | "Equal" | "Less" | "Greater" | "LessOrEqual"
+        | "GreaterOrEqual" | "And" | "Or" | "Xor" | "PRelu" => {
+            let shapes: Vec<&[Dim]> = (0..node.input.len()).filter_map(|i| shape(node, facts, i)).collect();
+            let longest = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
+            for back in 1..=longest {
+                let sizes: Vec<i64> = shapes.iter().filter_map(|s| s.len().checked_sub(back).and_then(|a| s[a].value())).filter(|&d| d != 1).collect();
+                if sizes.windows(2).any(|w| w[0] != w[1]) {
+                    return Err(format!("its inputs do not broadcast: sizes {sizes:?} meet on axis -{back}"));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A declared value_info or graph output against the derived fact.
+fn check_declared(declared: &ValueInfoProto, facts: &Facts) -> Result<()> {
+    let name = declared.name.as_deref().unwrap_or("");
+    let Some(type_proto::Value::TensorType(tensor)) = declared.r#type.as_ref().and_then(|t| t.value.as_ref()) else { return Ok(()) };
+    let Some(fact) = facts.get(name) else { return Ok(()) };
+    let fail = |message: String| Err(Error::InvalidGraph(format!("value '{name}': {message}")));
+    let dtype = tensor.elem_type.unwrap_or(0);
+    if dtype != 0 && fact.dtype != 0 && !fact.guessed && dtype != fact.dtype {
+        return fail(format!("declared element type {} but computed as {}", type_name(dtype), type_name(fact.dtype)));
+    }
+    let (Some(shape), Some(derived)) = (tensor.shape.as_ref(), fact.shape.as_ref()) else { return Ok(()) };
+    if shape.dim.len() != derived.len() {
+        return fail(format!("declared with rank {} but computed with rank {}", shape.dim.len(), derived.len()));
+    }
+    use crate::onnx::proto::tensor_shape_proto::dimension::Value;
+    for (axis, (dim, computed)) in shape.dim.iter().zip(derived).enumerate() {
+        if let (Some(Value::DimValue(d)), Some(c)) = (dim.value.as_ref(), computed.value()) {
+            if *d != c {
+                return fail(format!("axis {axis} declared {d} but computed {c}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::builder;
+
+    fn fixture(name: &str) -> ModelProto {
+        crate::onnx::load_model(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models").join(name)).unwrap()
+    }
+
+    #[test]
+    fn the_bundled_models_conform() {
+        for name in ["resnet20_cifar10.onnx", "tiny_dw_cifar10.onnx", "branchy_cnn.onnx", "legacy_opset8.onnx", "decision_dynamic.onnx"] {
+            check(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    /// The error for the tiny CNN after `edit`.
+    fn edited(edit: impl FnOnce(&mut crate::onnx::proto::GraphProto)) -> String {
+        let mut model = fixture("tiny_cnn_cifar10.onnx");
+        edit(model.graph.as_mut().unwrap());
+        check(&model).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn types_ranks_and_declarations_are_checked() {
+        // A Conv weight of another element type than its input.
+        let message = edited(|g| {
+            let conv = g.node.iter().position(|n| n.op_type() == "Conv").unwrap();
+            let weight = g.node[conv].input[1].clone();
+            let cast = NodeProto {
+                op_type: Some("Cast".into()),
+                input: vec![weight],
+                output: vec!["w16".into()],
+                attribute: vec![builder::int("to", DataType::Float16 as i64)],
+                ..Default::default()
+            };
+            g.node.insert(conv, cast);
+            g.node[conv + 1].input[1] = "w16".into();
+        });
+        assert!(message.contains("must have one element type"), "{message}");
+        // A Gemm fed a rank-1 value.
+        let message = edited(|g| {
+            let gemm = g.node.iter().position(|n| n.op_type() == "Gemm").unwrap();
+            let bias = g.node[gemm].input[2].clone();
+            g.node[gemm].input[0] = bias;
+        });
+        assert!(message.contains("Gemm takes matrices"), "{message}");
+        // A declared output whose rank differs from the computed one.
+        let message = edited(|g| {
+            let logits = g.output[0].r#type.as_mut().and_then(|t| t.value.as_mut());
+            if let Some(type_proto::Value::TensorType(t)) = logits {
+                t.shape.as_mut().unwrap().dim.pop();
+            }
+        });
+        assert!(message.contains("declared with rank 1 but computed with rank 2"), "{message}");
+    }
+}
