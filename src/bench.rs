@@ -429,7 +429,7 @@ fn load_average() -> Option<[f64; 3]> {
 pub struct ValidationCost {
     pub rounds: usize,
     /// Fastest round of each, in milliseconds: reading and decoding the file, validating it
-    /// ([`crate::onnx::validate::check_model`]), and `patch` as the command runs it (load with
+    /// ([`crate::onnx::validate::check_model`] and [`crate::analysis::conform::check`]), and `patch` as the command runs it (load with
     /// validation, random spec, γ rewrite, encoding).
     pub decode_ms: f64,
     pub validate_ms: f64,
@@ -452,6 +452,7 @@ pub fn validation_cost(model_path: &std::path::Path, rounds: usize) -> Result<Va
 
         let started = Instant::now();
         crate::onnx::validate::check_model(&model)?;
+        crate::analysis::conform::check(&model)?;
         validate = validate.min(started.elapsed().as_secs_f64());
 
         let started = Instant::now();
