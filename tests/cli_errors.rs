@@ -173,7 +173,7 @@ fn structurally_invalid_models_are_refused_with_exit_3() {
             }),
             "kernel_shape",
         ),
-        ("BatchNormalization with one input", Box::new(|m| node_of(graph(m), "BatchNormalization").input.truncate(1)), "BatchNormalization takes 5"),
+        ("BatchNormalization with one input", Box::new(|m| node_of(graph(m), "BatchNormalization").input.truncate(1)), "BatchNormalization-9 takes 5 to 5"),
         (
             "group of zero",
             Box::new(|m| {
@@ -236,11 +236,25 @@ fn inputs_the_rewrite_cannot_route_are_refused() {
     assert_eq!(code, 3, "{message}");
     assert!(message.contains("2 runtime inputs"), "{message}");
 
+    // A valid unbatched model: [3, 32, 32] in, Unsqueeze to [1, 3, 32, 32] before the first Conv.
     let unbatched = mutant(dir.path(), |m| {
         use onnx_deeppatch::onnx::proto::type_proto::Value;
-        let input = &mut graph(m).input[0];
+        let g = graph(m);
+        let input = &mut g.input[0];
+        let name = input.name.clone().unwrap();
         let Some(Value::TensorType(tensor)) = input.r#type.as_mut().unwrap().value.as_mut() else { panic!("tensor input") };
         tensor.shape.as_mut().unwrap().dim.remove(0);
+        for node in &mut g.node {
+            node.input.iter_mut().filter(|i| **i == name).for_each(|i| *i = "batched".into());
+        }
+        g.initializer.push(onnx_deeppatch::onnx::tensor::from_i64("unsqueeze_axes", &[1], &[0]));
+        let unsqueeze = NodeProto {
+            op_type: Some("Unsqueeze".into()),
+            input: vec![name, "unsqueeze_axes".into()],
+            output: vec!["batched".into()],
+            ..Default::default()
+        };
+        g.node.insert(0, unsqueeze);
     });
     let (code, message) = fails(os_args!["patch", unbatched, dir.path().join("b.onnx"), "--random-spec"]);
     assert_eq!(code, 3, "{message}");

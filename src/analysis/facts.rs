@@ -320,6 +320,21 @@ impl Facts {
                 None => Fact::of(INT64, Some(Vec::new())),
             },
             "Gather" => self.gather(node, inputs),
+            // The output shape needs only the indices' shape: their leading axes, then the data
+            // axes after the batch axes and the k indexed ones (k: the indices' last axis).
+            "GatherND" => {
+                let batch = usize::try_from(attr_int(node, "batch_dims", 0)).ok();
+                let shape = match (shape_of(0), shape_of(1), batch) {
+                    (Some(data), Some(indices), Some(batch)) => indices.split_last().and_then(|(k, leading)| {
+                        let k = usize::try_from(k.value()?).ok()?;
+                        let rest = data.get(batch.checked_add(k)?..)?;
+                        Some([leading, rest].concat())
+                    }),
+                    _ => None,
+                };
+                Fact::of(dtype_of(0), shape)
+            }
+            "GatherElements" => Fact::of(dtype_of(0), shape_of(1)),
             "Unsqueeze" | "Squeeze" => self.squeeze(node, op == "Unsqueeze", inputs),
             "Concat" => self.concat(node, inputs),
             "Reshape" => self.reshape(node, inputs),
@@ -408,12 +423,9 @@ impl Facts {
             }
             "Tile" => {
                 let shape = match (shape_of(0), fact_of(1).and_then(Fact::ints)) {
-                    (Some(shape), Some(repeats)) if repeats.len() == shape.len() => shape
-                        .iter()
-                        .zip(repeats)
-                        .map(|(d, r)| d.mul(&Dim::known(r)).unwrap_or_default())
-                        .collect::<Vec<_>>()
-                        .into(),
+                    (Some(shape), Some(repeats)) if repeats.len() == shape.len() => {
+                        shape.iter().zip(repeats).map(|(d, r)| d.mul(&Dim::known(r))).collect::<Option<Vec<_>>>()
+                    }
                     _ => None,
                 };
                 Fact::of(dtype_of(0), shape)
@@ -430,7 +442,13 @@ impl Facts {
                     Some(shape) if shape.len() >= 2 => {
                         let spatial: Option<Vec<i64>> = shape[2..].iter().map(Dim::value).collect();
                         let window = spatial.zip(kernel).and_then(|(s, k)| Window::new(node, &s, &k).ok());
-                        let mut dims = vec![shape[0].clone(), channels.unwrap_or_else(|| shape[1].clone())];
+                        // A pool keeps the channels; a Conv has one per filter, unknown without its weight.
+                        let channels = match channels {
+                            Some(filters) => filters,
+                            None if op == "Conv" => self.fresh(),
+                            None => shape[1].clone(),
+                        };
+                        let mut dims = vec![shape[0].clone(), channels];
                         for axis in 0..shape.len() - 2 {
                             dims.push(window.as_ref().map_or_else(|| self.fresh(), |w| Dim::known(w.output[axis])));
                         }
@@ -959,6 +977,15 @@ mod tests {
         // A node of another domain is no Reshape.
         let foreign = NodeProto { domain: Some("fuzz.custom".into()), ..node("Reshape", &["data", "x"], vec![]) };
         assert!(fact_of(&[("data", &[1, 2])], &[3], foreign).shape.is_none());
+    }
+
+    #[test]
+    fn gather_nd_keeps_the_axes_it_does_not_index() {
+        let dims = |fact: Fact| fact.shape.map(|s| s.iter().map(|d| d.value()).collect::<Vec<_>>());
+        let gathered = fact_of(&[("index", &[0, 1])], &[2, 3, 4, 5], node("GatherND", &["x", "index"], vec![]));
+        assert_eq!(dims(gathered), Some(vec![Some(4), Some(5)]));
+        let too_deep = fact_of(&[("index", &[0, 1, 2, 3])], &[2, 3], node("GatherND", &["x", "index"], vec![]));
+        assert_eq!(dims(too_deep), None);
     }
 
     #[test]
