@@ -89,16 +89,22 @@ impl<'g> GraphIndex<'g> {
     }
 
     /// The constant tensor behind `value`: an initializer that is not a graph input (which a caller
-    /// could override), or the output of a `Constant` node with a `value` attribute.
+    /// could override), the output of a `Constant` node with a `value` attribute, or an `Identity`
+    /// of either.
     pub fn constant(&self, value: &str) -> Option<&'g TensorProto> {
         let overridable = self.graph.input.iter().any(|i| i.name.as_deref() == Some(value));
         if let Some(t) = self.initializer(value).filter(|_| !overridable) {
             return Some(t);
         }
         let (_, node) = self.producer(value)?;
-        (node.op_type.as_deref() == Some("Constant"))
-            .then(|| node.attribute.iter().find(|a| a.name.as_deref() == Some("value"))?.t.as_ref())
-            .flatten()
+        let default_domain = node.domain.as_deref().is_none_or(|d| d.is_empty() || d == "ai.onnx");
+        match node.op_type.as_deref().filter(|_| default_domain)? {
+            "Constant" => node.attribute.iter().find(|a| a.name.as_deref() == Some("value"))?.t.as_ref(),
+            // Exporters that de-duplicate equal parameters put the shared one behind Identity
+            // nodes (the graph is acyclic, so the chain ends).
+            "Identity" => self.constant(node.input.first()?),
+            _ => None,
+        }
     }
 
     /// Whether `value` is an input of the graph that has no default initializer.
@@ -303,6 +309,19 @@ mod tests {
         assert_eq!(index.topological_order(), &[1, 0]);
         assert_eq!(index.producer("t").map(|(p, _)| p), Some(1));
         assert_eq!(index.consumers("t").map(|(p, _)| p).collect::<Vec<_>>(), vec![0]);
+    }
+
+    #[test]
+    fn constants_are_found_behind_identity_chains() {
+        let graph = GraphProto {
+            node: vec![node("i1", "Identity", &["w"], &["w1"]), node("i2", "Identity", &["w1"], &["w2"]), node("r", "Relu", &["x"], &["y"])],
+            input: vec![value("x")],
+            initializer: vec![crate::onnx::tensor::from_i64("w", &[2], &[4, 5])],
+            ..Default::default()
+        };
+        let index = GraphIndex::new(&graph).unwrap();
+        assert_eq!(index.constant("w2").and_then(|t| t.name.as_deref()), Some("w"));
+        assert!(index.constant("y").is_none());
     }
 
     #[test]
