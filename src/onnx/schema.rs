@@ -85,6 +85,14 @@ pub fn check_node(node: &NodeProto, position: usize, opset: i64) -> Result<()> {
             return Err(fail(format!("has {count} {what}; {op}-{} takes {least} to {}", schema.since, bound(most))));
         }
     }
+    // A count the schema's range allows but its operator does not: BatchNormalization gives Y
+    // alone or all its statistics.
+    if op == "BatchNormalization" {
+        let allowed = if schema.since < 14 { [1, 5] } else { [1, 3] };
+        if !allowed.contains(&node.output.len()) {
+            return Err(fail(format!("has {} outputs; {op}-{} gives {} or {}", node.output.len(), schema.since, allowed[0], allowed[1])));
+        }
+    }
     for (i, input) in node.input.iter().enumerate() {
         if input.is_empty() && schema.formal_input(i).is_some_and(|f| f.presence != Presence::Optional) {
             return Err(fail(format!("input {i} is left empty, which {op}-{} does not allow", schema.since)));

@@ -149,6 +149,10 @@ pub fn check_model(model: &ModelProto) -> Result<()> {
     check_finite(graph)
 }
 
+/// Operator domains besides the default one whose newest version runtimes know (onnxruntime refuses
+/// a model importing a newer one).
+const KNOWN_DOMAINS: [(&str, i64); 3] = [("ai.onnx.ml", 5), ("com.microsoft", 1), ("ai.onnx.preview.training", 1)];
+
 /// Each domain imported once, at a real version ('ai.onnx' and '' are one domain); each metadata
 /// key once.
 fn check_imports_and_metadata(model: &ModelProto) -> Result<()> {
@@ -158,6 +162,9 @@ fn check_imports_and_metadata(model: &ModelProto) -> Result<()> {
         let version = import.version.unwrap_or(0);
         if version < 1 {
             return Err(Error::InvalidGraph(format!("opset import of domain '{domain}' has version {version}")));
+        }
+        if let Some((_, newest)) = KNOWN_DOMAINS.iter().find(|(d, _)| *d == domain).filter(|(_, newest)| version > *newest) {
+            return Err(Error::InvalidGraph(format!("domain '{domain}' is imported at version {version}, newer than runtimes know ({newest})")));
         }
         if !domains.insert(if domain == "ai.onnx" { "" } else { domain }) {
             return Err(Error::InvalidGraph(format!("domain '{domain}' is imported more than once")));
@@ -383,6 +390,7 @@ fn check_operator(constants: &Constants, node: &NodeProto, position: usize, opse
     check_required(node, position)?;
     check_subgraphs(node, position)?;
     check_modes(node, position, opset)?;
+    check_flags(node, position)?;
     match op {
         "Conv" | "ConvTranspose" | "MaxPool" | "AveragePool" | "LpPool" | "ConvInteger" | "QLinearConv" => {
             check_window(node, position)?;
@@ -398,6 +406,11 @@ fn check_operator(constants: &Constants, node: &NodeProto, position: usize, opse
             let known: Vec<u64> = lengths.iter().flatten().copied().collect();
             if known.windows(2).any(|w| w[0] != w[1]) {
                 return Err(fail(format!("its scale, B, mean and var have different lengths {lengths:?}")));
+            }
+        }
+        "ConstantOfShape" => {
+            if let Some(value) = attribute(node, "value").and_then(|a| a.t.as_ref()).filter(|t| t.dims != [1]) {
+                return Err(fail(format!("attribute 'value' has dimensions {:?}; ConstantOfShape takes one value ([1])", value.dims)));
             }
         }
         "Slice" => {
@@ -440,6 +453,18 @@ fn check_modes(node: &NodeProto, position: usize, opset: i64) -> Result<()> {
         return Ok(());
     }
     Err(unsupported(node, position, format!("attribute '{name}' is \"{}\"; {op} takes {}", String::from_utf8_lossy(value), allowed.join(", "))))
+}
+
+/// Integer attributes that are switches: 0 or 1 (runtimes disagree on what other values mean, some
+/// reading only the low 32 bits).
+fn check_flags(node: &NodeProto, position: usize) -> Result<()> {
+    const FLAGS: [&str; 9] = ["transA", "transB", "keepdims", "noop_with_empty_axes", "training_mode", "ceil_mode", "count_include_pad", "select_last_index", "allowzero"];
+    for name in FLAGS {
+        if let Some(value) = int_attribute(node, position, name)?.filter(|v| !(0..=1).contains(v)) {
+            return Err(unsupported(node, position, format!("attribute '{name}' is {value}; it takes 0 or 1")));
+        }
+    }
+    Ok(())
 }
 
 /// Sliding-window attributes: positive kernels, strides and dilations, non-negative pads, all of
@@ -646,6 +671,7 @@ mod tests {
         assert!(check(model(vec![import("", 13), import("com.microsoft", 1)], &["a", "b"])).is_ok());
         assert!(check(model(vec![import("", 13), import("ai.onnx", 13)], &[])).unwrap_err().contains("imported more than once"));
         assert!(check(model(vec![import("", 13), import("x", -1)], &[])).unwrap_err().contains("'x' has version -1"));
+        assert!(check(model(vec![import("", 13), import("com.microsoft", 99)], &[])).unwrap_err().contains("newer than runtimes know (1)"));
         assert!(check(model(vec![import("", 13)], &["a", "a"])).unwrap_err().contains("'a' is given more than once"));
         let string = |name: &str, value: &str| AttributeProto {
             name: Some(name.into()),
