@@ -1,4 +1,4 @@
-//! Filter assessment (BRIEF §2.1): the fast implementation gives exactly the naive oracle's counts
+//! Filter assessment (docs/specification.md §3.1): the fast implementation gives exactly the naive oracle's counts
 //! of correct predictions, and the `assess` command writes the artifact the later stages read.
 
 mod common;

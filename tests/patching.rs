@@ -1,4 +1,4 @@
-//! The γ-patched model's contract (BRIEF §2 "Inference semantics", §3) on every shared model, with
+//! The γ-patched model's contract (docs/specification.md §4) on every bundled model, with
 //! random replacement filters at κ = 0.25: checked by an independent onnxruntime script, against a
 //! plain Rust computation of the Corrective Rate (and of the probe rule's logit), across backends,
 //! and through `strip`.

@@ -1,5 +1,5 @@
 //! Where a convolution's activations are: the BatchNormalization that directly follows it, the
-//! activation function after that, and the value the Corrective Rate reads (BRIEF §2.4).
+//! activation function after that, and the value the Corrective Rate reads (docs/specification.md §3.4).
 
 use crate::onnx::graph::GraphIndex;
 use crate::onnx::proto::{GraphProto, NodeProto};

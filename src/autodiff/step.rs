@@ -20,7 +20,7 @@ pub struct StepOptions {
 }
 
 impl Default for StepOptions {
-    /// DeepPatch's retraining defaults (BRIEF §2.3): momentum 0.9, weight decay 5e-4.
+    /// DeepPatch's retraining defaults (docs/specification.md §3.3): momentum 0.9, weight decay 5e-4.
     fn default() -> Self {
         StepOptions { momentum: 0.9, weight_decay: 5e-4, logits: None }
     }
