@@ -78,10 +78,9 @@ mod tests {
     use super::*;
     use crate::onnx::load_model;
     use crate::onnx::proto::ValueInfoProto;
-    use std::path::Path;
 
     fn first_site(name: &str) -> (Site, Vec<String>) {
-        let model = load_model(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models").join(name)).unwrap();
+        let model = load_model(&crate::test_support::fixture("models").join(name)).unwrap();
         let graph = model.graph.as_ref().unwrap();
         let index = GraphIndex::new(graph).unwrap();
         let first = crate::analysis::convolutions(&model).unwrap()[0].position;
