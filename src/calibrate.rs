@@ -1,4 +1,4 @@
-//! Calibration of the γ decision (BRIEF §2.4, issue 6.1): fits the per-sample rule on T_val (clean)
+//! Calibration of the γ decision (docs/specification.md §3.4, issue 6.1): fits the per-sample rule on T_val (clean)
 //! and T_val* (six blurred copies) and reports three rules side by side on T_val° = both.
 //!
 //! One pass of a measuring model over T_val° gives, per sample, the CR, the probe's raw features

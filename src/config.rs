@@ -9,7 +9,7 @@ use crate::backend::{BackendKind, Device};
 use crate::data::{DataFormat, Layout};
 use crate::error::{Error, Result};
 
-/// The σ values of the blur augmentor (BRIEF §2).
+/// The σ values of the blur augmentor (docs/specification.md §2).
 pub const SIGMAS: [f32; 6] = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0];
 
 /// Bounds of the numeric settings that size work: beyond them a backend aborts or memory runs out.
@@ -122,7 +122,7 @@ impl Default for EvalConfig {
     }
 }
 
-/// Retraining of the replacement filters (BRIEF §2.3); the defaults are the authors' code's.
+/// Retraining of the replacement filters (docs/specification.md §3.3); the defaults are the authors' code's.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {

@@ -1,5 +1,5 @@
 //! The library's error type. Every variant names the file, node or field at fault, and maps to one
-//! of the exit codes of the command line (BRIEF §6).
+//! of the exit codes of the command line (docs/specification.md §7).
 
 use std::path::{Path, PathBuf};
 

@@ -24,5 +24,8 @@ pub mod tensor;
 pub mod train;
 pub mod units;
 
+#[cfg(test)]
+mod test_support;
+
 pub use error::{Error, Result};
 pub use tensor::Tensor;

@@ -1,4 +1,4 @@
-//! Filter assessment (BRIEF §2.1): the fast implementation gives exactly the naive oracle's counts
+//! Filter assessment (docs/specification.md §3.1): the fast implementation gives exactly the naive oracle's counts
 //! of correct predictions, and the `assess` command writes the artifact the later stages read.
 
 mod common;
@@ -10,10 +10,10 @@ use onnx_deeppatch::backend::{BackendKind, BackendOptions};
 use onnx_deeppatch::config::Config;
 use onnx_deeppatch::eval::ModelIo;
 
-/// The shared CIFAR-10 JPEG data with the models' preprocessing and `val` validation images.
+/// The bundled CIFAR-10 subset with the models' preprocessing and `val` validation images.
 fn config(val: usize, backend: BackendKind) -> Config {
     let mut config = Config::default();
-    config.data.root = Some(common::shared().join("data/cifar10-jpg"));
+    config.data.root = Some(common::fixture("cifar10-mini"));
     config.data.val_size = Some(val);
     config.preprocess.mean = vec![0.485, 0.456, 0.406];
     config.preprocess.std = vec![0.229, 0.224, 0.225];
@@ -25,7 +25,7 @@ fn config(val: usize, backend: BackendKind) -> Config {
 /// seconds each took.
 fn fast_equals_naive(model: &str, val: usize, backend: BackendKind, layers: Option<&[usize]>) -> (Counts, f64, f64) {
     let config = config(val, backend);
-    let proto = onnx_deeppatch::onnx::load_model(&common::shared_model(model)).unwrap();
+    let proto = onnx_deeppatch::onnx::load_model(&common::fixture_model(model)).unwrap();
     let io = ModelIo::resolve(&proto, &config.preprocess).unwrap();
     let data = assess::load_val_star(&config).unwrap();
     assert_eq!(data.images, val);
@@ -69,7 +69,7 @@ fn resnet20_fast_equals_naive_on_residual_and_downsampling_layers() {
     assert_eq!(counts.layers[1].name, "/layer1/layer1.0/conv2/Conv");
 }
 
-/// What assessing single layers of a shared model needs: the model, its T_val* and its original
+/// What assessing single layers of a bundled model needs: the model, its T_val* and its original
 /// predictions on one backend.
 struct Layers {
     proto: onnx_deeppatch::onnx::proto::ModelProto,
@@ -83,7 +83,7 @@ struct Layers {
 impl Layers {
     fn open(model: &str, val: usize, backend: BackendKind) -> Layers {
         let config = config(val, backend);
-        let proto = onnx_deeppatch::onnx::load_model(&common::shared_model(model)).unwrap();
+        let proto = onnx_deeppatch::onnx::load_model(&common::fixture_model(model)).unwrap();
         let io = ModelIo::resolve(&proto, &config.preprocess).unwrap();
         let data = assess::load_val_star(&config).unwrap();
         let options = BackendOptions { kind: backend, ..Default::default() };
@@ -127,8 +127,8 @@ fn resnet20_fast_equals_naive_on_tract() {
 fn assess_command_writes_the_artifact() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("assessment.json");
-    let data = common::shared().join("data/cifar10-jpg");
-    let model = common::shared_model("tiny_cnn_cifar10");
+    let data = common::fixture("cifar10-mini");
+    let model = common::fixture_model("tiny_cnn_cifar10");
     let output = common::cli(os_args![
         "assess", model, "--data", data, "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225",
         "--backend", "ort", "--val-size", "20", "--kappa", "0.5", "--out", out
@@ -169,9 +169,9 @@ fn assess_command_writes_the_artifact() {
 fn assess_args(out: &std::path::Path, extra: &[&str]) -> Vec<std::ffi::OsString> {
     let mut args: Vec<std::ffi::OsString> = vec![
         "assess".into(),
-        common::shared_model("tiny_cnn_cifar10").into(),
+        common::fixture_model("tiny_cnn_cifar10").into(),
         "--data".into(),
-        common::shared().join("data/cifar10-jpg").into(),
+        common::fixture("cifar10-mini").into(),
         "--mean".into(),
         "0.485,0.456,0.406".into(),
         "--std".into(),
@@ -265,7 +265,7 @@ fn merged_shards_equal_an_unsharded_run() {
 #[test]
 fn bench_assess_reports_both_methods_per_layer() {
     let output = common::cli(os_args![
-        "--quiet", "bench", "assess", common::shared_model("tiny_cnn_cifar10"), "--data", common::shared().join("data/cifar10-jpg"),
+        "--quiet", "bench", "assess", common::fixture_model("tiny_cnn_cifar10"), "--data", common::fixture("cifar10-mini"),
         "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--backend", "ort", "--val-size", "10", "--layers", "0,2"
     ]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));

@@ -1,5 +1,5 @@
 //! The training-step graph through the public API: one step on tiny_cnn against an independent
-//! ndarray computation, every shared model on both runtimes, the ONNX checker, naming and errors.
+//! ndarray computation, every bundled model on both runtimes, the ONNX checker, naming and errors.
 //! (Test names start with `autodiff_` so that `cargo test autodiff` selects them.)
 
 mod common;
@@ -21,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 
 /// Preprocessed CIFAR-10 test images (every 39th of the sorted test set) and their labels.
 fn batch(count: usize) -> (ArrayD<f32>, Vec<i64>) {
-    let array = onnx_deeppatch::data::npy::read_npy(&common::shared().join("reference/cifar10_test256_nchw.npy")).unwrap();
+    let array = onnx_deeppatch::data::npy::read_npy(&common::fixture("reference/cifar10_test64_nchw.npy")).unwrap();
     let onnx_deeppatch::data::npy::NpyData::F32(all) = array.data else { panic!("float32 expected") };
     let values = all[..count * 3 * 32 * 32].to_vec();
     let labels = (0..count as i64).map(|i| i * 39 / 1000).collect();
@@ -90,7 +90,7 @@ fn max_gap(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
 
 #[test]
 fn autodiff_tiny_cnn_step_matches_an_independent_sgd_step() {
-    let model = load_model(&common::shared_model("tiny_cnn_cifar10")).unwrap();
+    let model = load_model(&common::fixture_model("tiny_cnn_cifar10")).unwrap();
     let (images, labels) = batch(24);
     let options = StepOptions::default();
     let (lr, momentum, decay) = (0.05f32, options.momentum as f32, options.weight_decay as f32);
@@ -159,7 +159,7 @@ fn autodiff_tiny_cnn_step_matches_an_independent_sgd_step() {
 fn autodiff_sgd_composition_on_a_convolution_weight() {
     // Without momentum, decay or learning rate the new buffer is the gradient; the full step must
     // then be p − lr · (μ · buf + g + wd · p) with that gradient.
-    let model = load_model(&common::shared_model("tiny_cnn_cifar10")).unwrap();
+    let model = load_model(&common::fixture_model("tiny_cnn_cifar10")).unwrap();
     let (images, labels) = batch(8);
     let plain = StepOptions { momentum: 0.0, weight_decay: 0.0, logits: None };
     let gradient_step = training_step(&model, &["f.2.0.weight"], &plain).unwrap();
@@ -180,9 +180,9 @@ fn autodiff_sgd_composition_on_a_convolution_weight() {
 }
 
 #[test]
-fn autodiff_every_shared_model_steps_alike_on_both_runtimes() {
+fn autodiff_every_bundled_model_steps_alike_on_both_runtimes() {
     for name in common::MODELS {
-        let model = load_model(&common::shared_model(name)).unwrap();
+        let model = load_model(&common::fixture_model(name)).unwrap();
         let graph = model.graph.as_ref().unwrap();
         let convs: Vec<&NodeProto> = graph.node.iter().filter(|n| n.op_type() == "Conv").collect();
         // The first and the last convolution (bias included where there is one): every backward

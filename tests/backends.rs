@@ -1,5 +1,7 @@
 //! Both backends on real models and on a hand-built graph with a defaulted input: they must agree
-//! (BRIEF §5) and honour the `Session` contract (defaults, element types, names).
+//! (docs/specification.md §6) and honour the `Session` contract (defaults, element types, names).
+
+mod common;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -13,16 +15,9 @@ use onnx_deeppatch::backend::{open_session, BackendKind, BackendOptions, Device,
 use onnx_deeppatch::onnx::proto::{self, tensor_proto::DataType, tensor_shape_proto, type_proto};
 use onnx_deeppatch::Tensor;
 
-fn shared_models() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models");
-    let mut models: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "onnx"))
-        .collect();
-    models.sort();
-    assert!(!models.is_empty(), "no models in {}", dir.display());
-    models
+/// The four CIFAR-10 classifiers of `fixtures/models`.
+fn models() -> Vec<PathBuf> {
+    common::MODELS.iter().map(|name| common::fixture_model(name)).collect()
 }
 
 fn open(model: &[u8], kind: BackendKind) -> Box<dyn Session> {
@@ -48,8 +43,8 @@ fn argmax(row: ndarray::ArrayViewD<f32>) -> usize {
 }
 
 #[test]
-fn backends_agree_on_shared_models() {
-    for path in shared_models() {
+fn backends_agree_on_bundled_models() {
+    for path in models() {
         let model = std::fs::read(&path).unwrap();
         let mut tract = open(&model, BackendKind::Tract);
         let mut ort = open(&model, BackendKind::Ort);
@@ -198,7 +193,7 @@ fn backends_name_unknown_and_missing_inputs() {
 
 #[test]
 fn backends_ort_cuda_works_or_fails_clearly() {
-    let model = std::fs::read(&shared_models()[0]).unwrap();
+    let model = std::fs::read(&models()[0]).unwrap();
     let options = BackendOptions { kind: BackendKind::Ort, device: Device::Cuda(0), threads: None };
     match open_session(&model, &options) {
         Ok(mut cuda) => {
@@ -220,7 +215,7 @@ fn backends_ort_cuda_works_or_fails_clearly() {
 #[test]
 #[ignore = "a measurement; run alone"]
 fn backends_throughput_resnet20_batch256() {
-    let path = shared_models().into_iter().find(|p| p.ends_with("resnet20_cifar10.onnx")).unwrap();
+    let path = models().into_iter().find(|p| p.ends_with("resnet20_cifar10.onnx")).unwrap();
     let model = std::fs::read(path).unwrap();
     let input = images(256, 4);
     for kind in [BackendKind::Ort, BackendKind::Tract] {

@@ -22,7 +22,7 @@ fn fails(args: &[&std::ffi::OsStr]) -> (i32, String) {
 }
 
 fn tiny_model_bytes() -> Vec<u8> {
-    fs::read(common::shared_model("tiny_dw_cifar10")).unwrap()
+    fs::read(common::fixture_model("tiny_dw_cifar10")).unwrap()
 }
 
 #[test]
@@ -109,7 +109,7 @@ fn config_naming_an_input_the_model_lacks() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("deeppatch.yaml");
     fs::write(&config, "preprocess:\n  input: pixels\n  mean: [0.485, 0.456, 0.406]\n  std: [0.229, 0.224, 0.225]\n").unwrap();
-    let model = common::shared_model("tiny_cnn_cifar10");
+    let model = common::fixture_model("tiny_cnn_cifar10");
     let data = common::fixture("cifar10-mini");
     let (code, message) = fails(os_args!["eval", model, "--config", config, "--data", data]);
     assert_eq!(code, 2);
@@ -123,7 +123,7 @@ fn image_folder_without_images() {
         fs::create_dir_all(dir.path().join("test").join(class)).unwrap();
     }
     fs::write(dir.path().join("test/cat/notes.txt"), "not an image").unwrap();
-    let model = common::shared_model("tiny_cnn_cifar10");
+    let model = common::fixture_model("tiny_cnn_cifar10");
     let (code, message) = fails(os_args!["eval", model, "--data", dir.path(), "--format", "folder"]);
     assert_eq!(code, 4);
     assert!(message.contains("no images"), "{message}");

@@ -1,4 +1,4 @@
-//! Model I/O against independent references: the proto covers the whole ONNX IR, and every shared
+//! Model I/O against independent references: the proto covers the whole ONNX IR, and every bundled
 //! model survives load → save with nothing dropped and identical onnxruntime outputs.
 
 mod common;
@@ -13,10 +13,10 @@ fn proto_declares_every_field_of_the_onnx_package() {
 }
 
 #[test]
-fn every_shared_model_survives_load_and_save() {
+fn every_bundled_model_survives_load_and_save() {
     let out = tempfile::tempdir().unwrap();
     for name in common::MODELS {
-        let source = common::shared_model(name);
+        let source = common::fixture_model(name);
         let model = load_model(&source).unwrap();
         let saved = out.path().join(format!("{name}.onnx"));
         save_model(&model, &saved, &SaveOptions { protect: Some(source.clone()), ..Default::default() }).unwrap();

@@ -1,4 +1,4 @@
-//! The γ-patched model's contract (BRIEF §2 "Inference semantics", §3) on every shared model, with
+//! The γ-patched model's contract (docs/specification.md §4) on every bundled model, with
 //! random replacement filters at κ = 0.25: checked by an independent onnxruntime script, against a
 //! plain Rust computation of the Corrective Rate (and of the probe rule's logit), across backends,
 //! and through `strip`.
@@ -17,9 +17,9 @@ use onnx_deeppatch::onnx::load_model;
 use onnx_deeppatch::units::{beta_model, Decision, PatchSpec};
 use onnx_deeppatch::Tensor;
 
-/// The first `n` images of the shared preprocessed test batch.
+/// The first `n` images of the preprocessed reference batch.
 fn images(n: usize) -> Tensor {
-    let array = read_npy(&common::shared().join("reference/cifar10_test256_nchw.npy")).unwrap();
+    let array = read_npy(&common::fixture("reference/cifar10_test64_nchw.npy")).unwrap();
     let NpyData::F32(values) = array.data else { panic!("float32 expected") };
     let full = ArrayD::from_shape_vec(IxDyn(&array.shape), values).unwrap();
     Tensor::F32(full.slice_axis(Axis(0), Slice::from(0..n)).to_owned())
@@ -203,7 +203,7 @@ fn check_model(name: &str, source: PathBuf) {
         assert!((f64::from(got) - want).abs() <= 1e-5 * scale.max(1.0), "{name} sample {n}: probe logit {got} vs {want} (scale {scale})");
     }
 
-    let reference = common::shared().join("reference/cifar10_test256_nchw.npy");
+    let reference = common::fixture("reference/cifar10_test64_nchw.npy");
     let text = common::run_python(
         "check_patched.py",
         os_args![source, path("all.onnx"), path("none.onnx"), spec_path, reference, path("mixed.onnx"), path("probe.onnx")],
@@ -233,17 +233,17 @@ fn check_model(name: &str, source: PathBuf) {
 
 #[test]
 fn resnet20() {
-    check_model("resnet20", common::shared_model("resnet20_cifar10"));
+    check_model("resnet20", common::fixture_model("resnet20_cifar10"));
 }
 
 #[test]
 fn tiny_cnn() {
-    check_model("tiny_cnn", common::shared_model("tiny_cnn_cifar10"));
+    check_model("tiny_cnn", common::fixture_model("tiny_cnn_cifar10"));
 }
 
 #[test]
 fn tiny_dw() {
-    check_model("tiny_dw", common::shared_model("tiny_dw_cifar10"));
+    check_model("tiny_dw", common::fixture_model("tiny_dw_cifar10"));
 }
 
 #[test]

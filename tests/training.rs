@@ -1,4 +1,4 @@
-//! Retraining (BRIEF §2.3) end to end on tiny_cnn and the bundled CIFAR-10 subset: resuming from a
+//! Retraining (docs/specification.md §3.3) end to end on tiny_cnn and the bundled CIFAR-10 subset: resuming from a
 //! checkpoint gives the uninterrupted run's weights bit for bit, the trained spec patches into the
 //! model whose T_val° accuracy training reported, both backends train alike, a loss blow-up is
 //! recovered from, and a run that keeps diverging stops with an error.

@@ -1,16 +1,16 @@
-//! Real exporter output of torchvision families (`../shared/models/zoo`: legacy and dynamo
+//! Real exporter output of torchvision families (`models/zoo` of the shared material: legacy and dynamo
 //! exporters, external data): each loads by a bare file name, patches into a file that passes
 //! onnx.checker's full check, and evaluates on both backends, plain and patched, with the
-//! fallback equal to the original on every prediction. Skipped when the zoo is not beside the
-//! checkout.
+//! fallback equal to the original on every prediction. Needs the shared material (skipped
+//! without it).
 
 mod common;
 
 use std::path::PathBuf;
 
 fn zoo_models() -> Option<Vec<PathBuf>> {
-    let folder = common::shared().join("models/zoo");
-    let mut models: Vec<PathBuf> = std::fs::read_dir(&folder).ok()?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "onnx")).collect();
+    let folder = common::shared_or_skip("models/zoo")?;
+    let mut models: Vec<PathBuf> = std::fs::read_dir(&folder).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "onnx")).collect();
     models.sort();
     Some(models)
 }
@@ -29,10 +29,7 @@ fn succeeds(args: &[&std::ffi::OsStr], cwd: Option<&std::path::Path>) -> String 
 
 #[test]
 fn every_zoo_model_patches_into_a_valid_file_that_both_backends_run() {
-    let Some(models) = zoo_models() else {
-        eprintln!("skipped: ../shared/models/zoo is not beside the checkout");
-        return;
-    };
+    let Some(models) = zoo_models() else { return };
     let config = common::fixture("cifar10.yaml");
     for model in models {
         let (folder, name) = (model.parent().unwrap(), model.file_name().unwrap());

@@ -1019,7 +1019,7 @@ mod tests {
 
     #[test]
     fn infers_resnet20_shapes_with_a_dynamic_batch() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/resnet20_cifar10.onnx");
+        let path = crate::test_support::fixture_model("resnet20_cifar10");
         let model = crate::onnx::load_model(&path).unwrap();
         let graph = model.graph.as_ref().unwrap();
         let index = GraphIndex::new(graph).unwrap();

@@ -134,15 +134,14 @@ pub fn parameter_count(model: &ModelProto) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
-    fn shared(name: &str) -> ModelProto {
-        crate::onnx::load_model(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models").join(name)).unwrap()
+    fn fixture(name: &str) -> ModelProto {
+        crate::onnx::load_model(&crate::test_support::fixture("models").join(name)).unwrap()
     }
 
     #[test]
     fn resnet20_has_19_convolutions_with_688_filters() {
-        let model = shared("resnet20_cifar10.onnx");
+        let model = fixture("resnet20_cifar10.onnx");
         let convs = convolutions(&model).unwrap();
         assert_eq!(convs.len(), 19);
         assert_eq!(convs.iter().map(|c| c.filters).sum::<usize>(), 688);
@@ -151,7 +150,7 @@ mod tests {
 
     #[test]
     fn depthwise_groups_are_read() {
-        let model = shared("tiny_dw_cifar10.onnx");
+        let model = fixture("tiny_dw_cifar10.onnx");
         let convs = convolutions(&model).unwrap();
         assert_eq!(convs.len(), 5);
         assert_eq!(convs.iter().map(|c| c.filters).sum::<usize>(), 160);

@@ -1,5 +1,5 @@
 //! Where a convolution's activations are: the BatchNormalization that directly follows it, the
-//! activation function after that, and the value the Corrective Rate reads (BRIEF §2.4).
+//! activation function after that, and the value the Corrective Rate reads (docs/specification.md §3.4).
 
 use crate::onnx::graph::GraphIndex;
 use crate::onnx::proto::{GraphProto, NodeProto};
@@ -78,10 +78,9 @@ mod tests {
     use super::*;
     use crate::onnx::load_model;
     use crate::onnx::proto::ValueInfoProto;
-    use std::path::Path;
 
     fn first_site(name: &str) -> (Site, Vec<String>) {
-        let model = load_model(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models").join(name)).unwrap();
+        let model = load_model(&crate::test_support::fixture("models").join(name)).unwrap();
         let graph = model.graph.as_ref().unwrap();
         let index = GraphIndex::new(graph).unwrap();
         let first = crate::analysis::convolutions(&model).unwrap()[0].position;

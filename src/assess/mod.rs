@@ -1,4 +1,4 @@
-//! Filter assessment (BRIEF §2.1): for every convolution with constant weights and every output
+//! Filter assessment (docs/specification.md §3.1): for every convolution with constant weights and every output
 //! channel j, the number of T_val* images classified correctly when channel j is zeroed (an α unit),
 //! against the original model's count.
 //!

@@ -1,5 +1,5 @@
 //! Reverse-mode differentiation of ONNX graphs, emitted as ONNX: ONNX Runtime's training API is not
-//! available in maintained builds (BRIEF §4), so the tool writes the backward pass itself and any
+//! available in maintained builds (docs/specification.md §5), so the tool writes the backward pass itself and any
 //! backend runs it. [`training_step`] builds the graph of one SGD step (forward, mean softmax
 //! cross-entropy, gradients, `torch.optim.SGD` update); [`vjp`] exposes the underlying
 //! vector-Jacobian product for any value.

@@ -20,7 +20,7 @@ pub struct StepOptions {
 }
 
 impl Default for StepOptions {
-    /// DeepPatch's retraining defaults (BRIEF §2.3): momentum 0.9, weight decay 5e-4.
+    /// DeepPatch's retraining defaults (docs/specification.md §3.3): momentum 0.9, weight decay 5e-4.
     fn default() -> Self {
         StepOptions { momentum: 0.9, weight_decay: 5e-4, logits: None }
     }
@@ -217,7 +217,6 @@ fn sgd(
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::path::{Path, PathBuf};
 
     use ndarray::{ArrayD, Axis, IxDyn};
     use prost::Message;
@@ -229,14 +228,11 @@ mod tests {
     use crate::backend::{open_session, BackendKind, BackendOptions};
     use crate::onnx::tensor::to_f32;
     use crate::tensor::Tensor;
-
-    fn shared(relative: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared").join(relative)
-    }
+    use crate::test_support::fixture;
 
     /// The first `count` images of the preprocessed CIFAR-10 reference batch.
     fn images(count: usize) -> ArrayD<f32> {
-        let array = crate::data::npy::read_npy(&shared("reference/cifar10_test256_nchw.npy")).unwrap();
+        let array = crate::data::npy::read_npy(&fixture("reference/cifar10_test64_nchw.npy")).unwrap();
         let crate::data::npy::NpyData::F32(all) = array.data else { panic!("float32 expected") };
         let values = all[..count * 3 * 32 * 32].to_vec();
         ArrayD::from_shape_vec(IxDyn(&[count, 3, 32, 32]), values).unwrap()
@@ -259,7 +255,7 @@ mod tests {
     #[test]
     fn resnet20_gradients_match_finite_differences() {
         // ResNet20's β model as retraining sees it: κ = 0.25, fresh replacement filters.
-        let original = crate::onnx::load_model(&shared("models/resnet20_cifar10.onnx")).unwrap();
+        let original = crate::onnx::load_model(&fixture("models/resnet20_cifar10.onnx")).unwrap();
         let spec = crate::units::spec::random_spec(&original, 0.25, 7, crate::units::Decision::adapt_all()).unwrap();
         let (model, params) = crate::units::beta_model(&original, &spec).unwrap();
         let kernels: Vec<String> = params.iter().map(|p| p.replacement_weight.clone()).collect();

@@ -200,8 +200,7 @@ mod tests {
 
     #[test]
     fn matches_torchvision_on_the_reference_images() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/blur_reference.npz");
-        let arrays = read_npz(&path).unwrap();
+        let arrays = read_npz(&crate::test_support::fixture("reference/blur_reference.npz")).unwrap();
         let NpyData::U8(clean) = &arrays["clean"].data else { panic!("clean dtype") };
         let per_image = 32 * 32 * 3;
         let mut report = Vec::new();

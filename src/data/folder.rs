@@ -190,32 +190,48 @@ mod tests {
     use crate::data::npy::{read_npz, NpyData};
     use crate::data::{load_split, DataFormat, ImageRef};
 
-    fn shared() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
-    }
-
     fn write_png(path: &Path, w: u32, h: u32, value: u8) {
         image::RgbImage::from_pixel(w, h, image::Rgb([value, value / 2, 255 - value])).save(path).unwrap();
     }
 
+    /// Our decoding of the blur reference's clean images (PIL's decoding of the sorted CIFAR-10
+    /// test set at positions `index`) where `position` places them in `data`; returns how many were
+    /// compared.
+    fn assert_decoded_as_pil(data: &Dataset, position: impl Fn(usize) -> Option<usize>) -> usize {
+        let reference = read_npz(&crate::test_support::fixture("reference/blur_reference.npz")).unwrap();
+        let (NpyData::I64(index), NpyData::U8(clean)) = (&reference["index"].data, &reference["clean"].data) else {
+            panic!("reference dtypes")
+        };
+        let mut compared = 0;
+        for (k, &i) in index.iter().enumerate() {
+            let Some(at) = position(i as usize) else { continue };
+            let ImageRef::U8Hwc(ours) = data.images.image(at) else { panic!("layout") };
+            assert!(ours == &clean[k * 3072..(k + 1) * 3072], "image {i} differs from PIL's decoding");
+            compared += 1;
+        }
+        compared
+    }
+
     #[test]
     fn decodes_the_test_set_exactly_as_pil() {
+        let Some(root) = crate::test_support::shared_or_skip("data/cifar10-jpg") else { return };
         let started = std::time::Instant::now();
-        let data = load_split(&shared().join("data/cifar10-jpg"), Split::Test, DataFormat::Auto).unwrap();
+        let data = load_split(&root, Split::Test, DataFormat::Auto).unwrap();
         eprintln!("loaded {} test images in {:?}", data.len(), started.elapsed());
         assert_eq!((data.len(), data.images.height(), data.images.width(), data.images.channels()), (10_000, 32, 32, 3));
         assert_eq!(data.classes.first().map(String::as_str), Some("airplane"));
         assert_eq!(data.classes.last().map(String::as_str), Some("truck"));
         assert!((0..10).all(|c| data.labels.iter().filter(|&&l| l == c).count() == 1000));
+        assert_eq!(assert_decoded_as_pil(&data, Some), 50);
+    }
 
-        let reference = read_npz(&shared().join("reference/blur_reference.npz")).unwrap();
-        let (NpyData::I64(index), NpyData::U8(clean)) = (&reference["index"].data, &reference["clean"].data) else {
-            panic!("reference dtypes")
-        };
-        for (k, &i) in index.iter().enumerate() {
-            let ImageRef::U8Hwc(ours) = data.images.image(i as usize) else { panic!("layout") };
-            assert!(ours == &clean[k * 3072..(k + 1) * 3072], "image {i} differs from PIL's decoding");
-        }
+    /// The bundled subset holds the first 50 test images of each class: the reference images
+    /// among them (the first of each class) decode as PIL decodes them.
+    #[test]
+    fn decodes_the_bundled_test_images_exactly_as_pil() {
+        let data = load_split(&crate::test_support::fixture("cifar10-mini"), Split::Test, DataFormat::Auto).unwrap();
+        assert_eq!(data.len(), 500);
+        assert_eq!(assert_decoded_as_pil(&data, crate::test_support::mini_test_position), 10);
     }
 
     #[test]
@@ -255,7 +271,7 @@ mod tests {
 
         std::fs::remove_file(dir.join("1.png")).unwrap();
         std::fs::remove_file(dir.join("2.png")).unwrap();
-        let jpeg = std::fs::read(shared().join("data/cifar10-jpg/test/cat/0000.jpg")).unwrap();
+        let jpeg = std::fs::read(crate::test_support::fixture("cifar10-mini/test/cat/0000.jpg")).unwrap();
         std::fs::write(dir.join("3.jpg"), &jpeg[..jpeg.len() - 100]).unwrap();
         let truncated = load_split(root.path(), Split::Test, DataFormat::Folder).unwrap_err().to_string();
         assert!(truncated.contains("3.jpg") && truncated.contains("truncated"), "{truncated}");
@@ -271,7 +287,7 @@ mod tests {
 
     #[test]
     fn jpeg_size_is_checked_before_decoding() {
-        let jpeg = std::fs::read(shared().join("data/cifar10-jpg/test/cat/0000.jpg")).unwrap();
+        let jpeg = std::fs::read(crate::test_support::fixture("cifar10-mini/test/cat/0000.jpg")).unwrap();
         let refuse = |h: usize, w: usize| -> std::result::Result<(), String> { Err(format!("refused {w}×{h}")) };
         assert_eq!(decode_jpeg(&jpeg, &refuse).unwrap_err(), "refused 32×32");
         let (h, w, pixels) = decode_jpeg(&jpeg, &|_, _| Ok(())).unwrap();

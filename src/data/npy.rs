@@ -368,7 +368,7 @@ mod tests {
     use super::*;
 
     fn reference() -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference")
+        crate::test_support::fixture("reference")
     }
 
     #[test]
@@ -402,8 +402,8 @@ mod tests {
 
     #[test]
     fn reads_a_numpy_written_file() {
-        let array = read_npy(&reference().join("cifar10_test256_nchw.npy")).unwrap();
-        assert_eq!(array.shape, vec![256, 3, 32, 32]);
+        let array = read_npy(&reference().join("cifar10_test64_nchw.npy")).unwrap();
+        assert_eq!(array.shape, vec![64, 3, 32, 32]);
         let NpyData::F32(values) = &array.data else { panic!("dtype {}", array.data.descr()) };
         // First values of the reference batch, as numpy prints them.
         assert_eq!(&values[..4], &[0.2966864, 0.60493195, 0.7590547, 1.0844251]);

@@ -269,17 +269,39 @@ mod tests {
         Preprocess { scale: 1.0 / 255.0, mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225], layout }
     }
 
+    /// Our preprocessing of the test images that the reference batch's rows hold (row r: image 39·r
+    /// of the sorted test set), found in `data` at `position`, against those rows, bit for bit;
+    /// returns how many rows were compared.
+    fn assert_reproduces_reference_rows(data: &Dataset, reference: &Path, position: impl Fn(usize) -> Option<usize>) -> usize {
+        let reference = read_npy(reference).unwrap();
+        let NpyData::F32(expected) = &reference.data else { panic!("dtype") };
+        let rows: Vec<(usize, usize)> = (0..reference.shape[0]).filter_map(|r| Some((r, position(r * 39)?))).collect();
+        let indices: Vec<usize> = rows.iter().map(|&(_, at)| at).collect();
+        let batch = make_batch(data, &indices, &Corruption::Clean, &imagenet(Layout::Nchw)).unwrap();
+        assert_eq!(batch.shape()[1..], reference.shape[1..]);
+        let size: usize = reference.shape[1..].iter().product();
+        for (ours, &(r, _)) in batch.as_slice().unwrap().chunks_exact(size).zip(&rows) {
+            let differing = ours.iter().zip(&expected[r * size..(r + 1) * size]).filter(|(a, b)| a != b).count();
+            assert_eq!(differing, 0, "values of row {r} differing from the reference batch");
+        }
+        rows.len()
+    }
+
     #[test]
     fn reproduces_the_reference_batch_bit_for_bit() {
-        let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
-        let test = load_split(&shared.join("data/cifar10-jpg"), Split::Test, DataFormat::Folder).unwrap();
-        let indices: Vec<usize> = (0..256).map(|i| i * 39).collect();
-        let batch = make_batch(&test, &indices, &Corruption::Clean, &imagenet(Layout::Nchw)).unwrap();
-        let reference = read_npy(&shared.join("reference/cifar10_test256_nchw.npy")).unwrap();
-        assert_eq!(batch.shape(), reference.shape.as_slice());
-        let NpyData::F32(expected) = &reference.data else { panic!("dtype") };
-        let differing = batch.iter().zip(expected).filter(|(a, b)| a != b).count();
-        assert_eq!(differing, 0, "values differing from the reference batch");
+        let Some(root) = crate::test_support::shared_or_skip("data/cifar10-jpg") else { return };
+        let Some(reference) = crate::test_support::shared_or_skip("reference/cifar10_test256_nchw.npy") else { return };
+        let test = load_split(&root, Split::Test, DataFormat::Folder).unwrap();
+        assert_eq!(assert_reproduces_reference_rows(&test, &reference, Some), 256);
+    }
+
+    /// The bundled reference rows (the batch's first 64) whose images are in the bundled test
+    /// subset: 4 of them.
+    #[test]
+    fn reproduces_the_bundled_reference_rows_bit_for_bit() {
+        let test = load_split(&crate::test_support::fixture("cifar10-mini"), Split::Test, DataFormat::Folder).unwrap();
+        let reference = crate::test_support::fixture("reference/cifar10_test64_nchw.npy");
+        assert_eq!(assert_reproduces_reference_rows(&test, &reference, crate::test_support::mini_test_position), 4);
     }
 
     #[test]

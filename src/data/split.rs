@@ -1,4 +1,4 @@
-//! The deterministic stratified split of the training data into T_train and T_val (BRIEF §2):
+//! The deterministic stratified split of the training data into T_train and T_val (docs/specification.md §2):
 //! every class keeps its share, and the same seed gives the same split on every platform
 //! (ChaCha8 is specified bit for bit, unlike the standard library's or the OS's generators).
 

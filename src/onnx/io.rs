@@ -347,14 +347,11 @@ fn externalise(tensor: &mut TensorProto, data_name: &str, blob: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn shared_model(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models").join(name)
-    }
+    use crate::test_support::fixture_model;
 
     #[test]
     fn round_trip_keeps_every_byte() {
-        let path = shared_model("tiny_cnn_cifar10.onnx");
+        let path = fixture_model("tiny_cnn_cifar10");
         let original = fs::read(&path).unwrap();
         let model = load_model(&path).unwrap();
         assert_eq!(model.encode_to_vec(), original);
@@ -363,7 +360,7 @@ mod tests {
     #[test]
     fn external_data_round_trip_and_confinement() {
         let dir = tempfile::tempdir().unwrap();
-        let model = load_model(&shared_model("tiny_cnn_cifar10.onnx")).unwrap();
+        let model = load_model(&fixture_model("tiny_cnn_cifar10")).unwrap();
         let out = dir.path().join("m.onnx");
         save_model(&model, &out, &SaveOptions { external_data: Some(true), ..Default::default() }).unwrap();
         assert!(dir.path().join("m.onnx.data").exists());
@@ -386,7 +383,7 @@ mod tests {
     fn refuses_to_overwrite_the_input() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.onnx");
-        fs::copy(shared_model("tiny_dw_cifar10.onnx"), &path).unwrap();
+        fs::copy(fixture_model("tiny_dw_cifar10"), &path).unwrap();
         let model = load_model(&path).unwrap();
         let err = save_model(&model, &path, &SaveOptions { protect: Some(path.clone()), ..Default::default() });
         assert!(matches!(err, Err(Error::Config(_))));
@@ -442,7 +439,7 @@ mod tests {
 
     #[test]
     fn truncated_and_random_bytes_are_errors() {
-        let bytes = fs::read(shared_model("tiny_dw_cifar10.onnx")).unwrap();
+        let bytes = fs::read(fixture_model("tiny_dw_cifar10")).unwrap();
         for cut in [1, 100, bytes.len() / 2, bytes.len() - 1] {
             assert!(decode_model(&bytes[..cut], Path::new("cut.onnx")).is_err(), "cut at {cut}");
         }

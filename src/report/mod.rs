@@ -1,6 +1,6 @@
 //! Reports of accuracy under corruption: a terminal table, JSON, Markdown and an SVG chart.
 //!
-//! Definitions (BRIEF §6): std = accuracy on the clean test set; blurσ = accuracy on its σ-blurred
+//! Definitions (docs/specification.md §7): std = accuracy on the clean test set; blurσ = accuracy on its σ-blurred
 //! copy; nRob = accuracy over the clean set and every blurred copy together; joint = std + nRob.
 //! A γ-patched model adds the share of samples routed to the replacement filters per condition.
 //! The file forms are described in docs/reports.md.

@@ -1,4 +1,4 @@
-//! `bn_adapt` (BRIEF §2.3): after training, the BatchNormalization statistics of the replacement
+//! `bn_adapt` (docs/specification.md §3.3): after training, the BatchNormalization statistics of the replacement
 //! channels are re-estimated on T_train° and stored as the replacement path's own parameters
 //! (`LayerPatch::batchnorm`); the original channels keep theirs.
 //!

@@ -1,4 +1,4 @@
-//! T_train° (BRIEF §2): every epoch the training images are shuffled and each one is kept clean
+//! T_train° (docs/specification.md §2): every epoch the training images are shuffled and each one is kept clean
 //! with probability 0.5, else blurred with σ drawn uniformly from Σ.
 
 use rand::seq::SliceRandom;

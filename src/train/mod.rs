@@ -1,4 +1,4 @@
-//! Stage 3 of DeepPatch (BRIEF §2.3): retrain the replacement filters of the β model, every
+//! Stage 3 of DeepPatch (docs/specification.md §3.3): retrain the replacement filters of the β model, every
 //! original weight frozen, on T_train° (drawn afresh each epoch), SGD with momentum and weight decay
 //! on a cosine schedule; the epoch with the best accuracy on T_val° is kept.
 //!

@@ -1,4 +1,4 @@
-//! α units: a convolution's chosen output channels forced to zero (filter assessment, BRIEF §2.1).
+//! α units: a convolution's chosen output channels forced to zero (filter assessment, docs/specification.md §3.1).
 
 use ndarray::{ArrayD, IxDyn};
 

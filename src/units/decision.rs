@@ -1,4 +1,4 @@
-//! The γ decision subgraph, fed by the first patched layer (BRIEF §2.4): the Corrective Rate
+//! The γ decision subgraph, fed by the first patched layer (docs/specification.md §3.4): the Corrective Rate
 //! (always computed, the `deeppatch_cr` monitoring output), the rule's score (CR itself, or the
 //! probe's logit) and the per-sample adaptation flags derived from it.
 //!

@@ -1,4 +1,4 @@
-//! The γ-patched model: the deliverable (BRIEF §2 "Inference semantics").
+//! The γ-patched model: the deliverable (docs/specification.md §4).
 //!
 //! Main graph, in order:
 //! 1. the original nodes, untouched except that graph outputs are renamed `deeppatch/original/…`;

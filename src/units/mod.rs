@@ -1,4 +1,4 @@
-//! The patching units as ONNX rewrites (BRIEF §2, §3).
+//! The patching units as ONNX rewrites (docs/specification.md §3, §4).
 //!
 //! - α: zero chosen output channels of one convolution (filter assessment).
 //! - β: every patched convolution runs its replacement filters (training, DP-β).

@@ -47,8 +47,8 @@ pub enum Direction {
     Above,
 }
 
-/// The per-sample γ decision: a rule fed by the first patched layer (BRIEF §2.4, "the γ decision
-/// is pluggable").
+/// The per-sample γ decision: a rule fed by the first patched layer (docs/specification.md
+/// §3.4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "rule", rename_all = "kebab-case")]
 pub enum Decision {

@@ -1,26 +1,18 @@
-//! Helpers shared by the end-to-end tests: paths of the shared material, the binary and the Python
+//! Helpers shared by the end-to-end tests: paths of the fixtures and of the optional shared
+//! material (`src/test_support.rs`, the unit tests' helpers too), the binary and the Python
 //! reference interpreter.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The project's shared material (models, data, reference arrays), beside the checkout.
-pub fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
-}
+#[path = "../../src/test_support.rs"]
+mod test_support;
 
-/// A file under `fixtures/`.
-pub fn fixture(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(relative)
-}
+pub use test_support::{fixture, fixture_model, shared_or_skip};
 
-/// The models every test runs on.
+/// The models every test runs on (`fixtures/models/NAME.onnx`).
 pub const MODELS: [&str; 4] = ["resnet20_cifar10", "tiny_cnn_cifar10", "tiny_dw_cifar10", "tiny_vgg_cifar10"];
-
-pub fn shared_model(name: &str) -> PathBuf {
-    shared().join("models").join(format!("{name}.onnx"))
-}
 
 /// The Python interpreter with onnxruntime and onnx (scripts/test.sh sets DEEPPATCH_PYTHON).
 pub fn python() -> PathBuf {
