@@ -7,7 +7,7 @@
 //! - element types: every input of a default-domain node of a type its schema allows, and inputs
 //!   that share a type parameter of one type;
 //! - the ranks and axes the operators the tool meets need (convolutions and pools, Gemm, MatMul,
-//!   Transpose, Flatten, Squeeze, Unsqueeze, Concat, Gather, Slice, the reductions, the softmaxes,
+//!   Transpose, Flatten, Reshape, Squeeze, Unsqueeze, Concat, Gather, Slice, the reductions, the softmaxes,
 //!   BatchNormalization, broadcasting);
 //! - the declared types and shapes of value_info and graph outputs against the derived ones.
 //!
@@ -221,6 +221,12 @@ fn check_shapes(node: &NodeProto, facts: &Facts) -> std::result::Result<(), Stri
                 if normalized.len() != axes.len() {
                     return Err(format!("axes {axes:?} name an axis twice"));
                 }
+            }
+        }
+        "Reshape" => {
+            let target = node.input.get(1).and_then(|t| facts.get(t)).and_then(Fact::ints).unwrap_or_default();
+            if target.iter().filter(|&&d| d == -1).count() > 1 || target.iter().any(|&d| d < -1) {
+                return Err(format!("target shape {target:?}: at most one -1 and no other negative size"));
             }
         }
         "Gather" | "Softmax" | "LogSoftmax" | "Hardmax" => {
