@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::backend::{open_session, BackendOptions};
+use crate::backend::{open_session, BackendOptions, Pool};
 use crate::config::Config;
 use crate::data::{make_batch, Corruption};
 use crate::error::Result;
@@ -37,7 +37,7 @@ pub fn eval_throughput(model_path: &std::path::Path, config: &Config, rounds: us
     let indices: Vec<usize> = (0..count).collect();
     let data = Arc::new(data);
     let options = BackendOptions { kind: config.backend.kind, device: config.backend.device, threads: config.backend.threads };
-    let mut session = open_session(&prost::Message::encode_to_vec(&model), &options)?;
+    let mut pool = Pool::open(&prost::Message::encode_to_vec(&model), &options)?;
     let batch_size = config.eval.batch_size;
 
     let corruptions: Vec<Corruption> =
@@ -52,12 +52,10 @@ pub fn eval_throughput(model_path: &std::path::Path, config: &Config, rounds: us
     let (mut best_eval, mut best_inference) = (0.0f64, 0.0f64);
     for _ in 0..rounds.max(1) {
         let start = Instant::now();
-        for input in &prepared {
-            session.run(&[(io.input.as_str(), input)])?;
-        }
+        pool.map(&prepared, |session, input| session.run(&[(io.input.as_str(), input)]))?;
         best_inference = best_inference.max(samples as f64 / start.elapsed().as_secs_f64());
         let start = Instant::now();
-        evaluate(session.as_mut(), &io, data.clone(), &indices, &config.eval.sigmas, &preprocess, batch_size)?;
+        evaluate(&mut pool, &io, data.clone(), &indices, &config.eval.sigmas, &preprocess, batch_size)?;
         best_eval = best_eval.max(samples as f64 / start.elapsed().as_secs_f64());
     }
     Ok(EvalThroughput {

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{open_session, BackendOptions, Session};
+use crate::backend::{BackendOptions, Pool};
 use crate::config::{Config, SIGMAS};
 use crate::data::split::{stratified_split, ValSize};
 use crate::data::{load_split, make_batch, Corruption, Split};
@@ -222,20 +222,23 @@ fn load_val_set(config: &Config) -> Result<ValSet> {
     Ok(ValSet { batches, labels, star, images: val.len(), fingerprint: train.subset(&val).fingerprint() })
 }
 
-/// Runs `session` over every batch and returns the named outputs, concatenated per output.
-fn run_all(session: &mut dyn Session, input: &str, data: &ValSet, outputs: &[&str], label: &str) -> Result<Vec<Vec<Tensor>>> {
+/// Runs the model of `pool` over every batch (as many side by side as the pool has workers) and
+/// returns the named outputs, concatenated per output.
+fn run_all(pool: &mut Pool, input: &str, data: &ValSet, outputs: &[&str], label: &str) -> Result<Vec<Vec<Tensor>>> {
     let positions: Vec<usize> = outputs
         .iter()
-        .map(|name| session.output_names().iter().position(|n| n == name).ok_or_else(|| Error::Internal(format!("the {label} model has no output '{name}'"))))
+        .map(|name| pool.output_names().iter().position(|n| n == name).ok_or_else(|| Error::Internal(format!("the {label} model has no output '{name}'"))))
         .collect::<Result<_>>()?;
     let mut collected = vec![Vec::new(); outputs.len()];
     let mut progress = Progress::new(label, data.labels.len());
-    for (_, batch) in &data.batches {
-        let mut results = session.run(&[(input, batch)])?;
-        for (slot, &position) in positions.iter().enumerate() {
-            collected[slot].push(std::mem::replace(&mut results[position], Tensor::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[0])))));
+    let batches: Vec<&Tensor> = data.batches.iter().map(|(_, batch)| batch).collect();
+    for group in batches.chunks(pool.workers()) {
+        for mut results in pool.map(group, |session, batch| session.run(&[(input, batch)]))? {
+            for (slot, &position) in positions.iter().enumerate() {
+                collected[slot].push(std::mem::replace(&mut results[position], Tensor::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[0])))));
+            }
         }
-        progress.advance(batch.shape()[0]);
+        progress.advance(group.iter().map(|batch| batch.shape()[0]).sum());
     }
     progress.finish();
     Ok(collected)
@@ -270,10 +273,10 @@ pub fn calibrate(model: &ModelProto, spec: &PatchSpec, config: &Config, options:
     // features while the original path answers.
     let mut measuring = spec.clone();
     measuring.decision = Decision::Probe { mean: vec![0.0; 3 * channels], std: vec![1.0; 3 * channels], weights: vec![0.0; 3 * channels], bias: -1.0 };
-    let mut session = open_session(&encode(&exposing_features(gamma_model(model, &measuring)?)), &backend)?;
-    let measured = run_all(session.as_mut(), &io.input, &data, &[io.output.as_str(), CR_OUTPUT, PROBE_FEATURES], "measuring")?;
-    let mut session = open_session(&encode(&beta_model(model, spec)?.0), &backend)?;
-    let beta = run_all(session.as_mut(), &io.input, &data, &[io.output.as_str()], "β path")?;
+    let mut pool = Pool::open(&encode(&exposing_features(gamma_model(model, &measuring)?)), &backend)?;
+    let measured = run_all(&mut pool, &io.input, &data, &[io.output.as_str(), CR_OUTPUT, PROBE_FEATURES], "measuring")?;
+    let mut pool = Pool::open(&encode(&beta_model(model, spec)?.0), &backend)?;
+    let beta = run_all(&mut pool, &io.input, &data, &[io.output.as_str()], "β path")?;
 
     let mut samples = Samples { star: data.star.clone(), labels: data.labels.clone(), ..Default::default() };
     samples.original = predictions(&measured[0])?;
@@ -332,8 +335,8 @@ pub fn calibrate(model: &ModelProto, spec: &PatchSpec, config: &Config, options:
     // The chosen rule as served: its γ model over T_val°.
     let mut served_spec = spec.clone();
     served_spec.decision = chosen.decision.clone();
-    let mut session = open_session(&encode(&gamma_model(model, &served_spec)?), &backend)?;
-    let served = run_all(session.as_mut(), &io.input, &data, &[io.output.as_str(), ADAPTED_OUTPUT], "serving")?;
+    let mut pool = Pool::open(&encode(&gamma_model(model, &served_spec)?), &backend)?;
+    let served = run_all(&mut pool, &io.input, &data, &[io.output.as_str(), ADAPTED_OUTPUT], "serving")?;
     let mut adapted = Vec::new();
     for tensor in &served[1] {
         adapted.extend(tensor.as_bool()?.iter().copied());

@@ -101,7 +101,8 @@ impl Default for PreprocessConfig {
 pub struct BackendConfig {
     pub kind: BackendKind,
     pub device: Device,
-    /// Intra-op threads (default: the engine's choice, all cores).
+    /// ort: intra-op threads; tract: independent runs side by side (default: all cores; see
+    /// `BackendOptions::threads`).
     pub threads: Option<usize>,
 }
 
@@ -355,7 +356,7 @@ pub struct Overrides {
     /// Device: cpu, cuda or cuda:N (backend.device) [default: cpu].
     #[arg(long)]
     pub device: Option<Device>,
-    /// Intra-op threads, 1 to 1024 (backend.threads) [default: the engine's choice, all cores].
+    /// Threads, 1 to 1024: ort's intra-op threads, or tract's independent runs side by side (backend.threads) [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
     /// Evaluation batch size (eval.batch_size) [default: 256].

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use onnx_deeppatch::backend::{open_session, BackendKind, BackendOptions};
+use onnx_deeppatch::backend::{BackendKind, BackendOptions, Pool};
 use onnx_deeppatch::config::{PreprocessConfig, SIGMAS};
 use onnx_deeppatch::data::{load_split, split, DataFormat, Split};
 use onnx_deeppatch::eval::{evaluate, preprocess_for, ModelIo};
@@ -84,8 +84,8 @@ fn tract_predicts_like_ort() {
         let bytes = prost::Message::encode_to_vec(&proto);
         let mut predictions = Vec::new();
         for kind in [BackendKind::Ort, BackendKind::Tract] {
-            let mut session = open_session(&bytes, &BackendOptions { kind, ..Default::default() }).unwrap();
-            let result = evaluate(session.as_mut(), &io, data.clone(), &subset, &SIGMAS, &preprocess, 250).unwrap();
+            let mut pool = Pool::open(&bytes, &BackendOptions { kind, ..Default::default() }).unwrap();
+            let result = evaluate(&mut pool, &io, data.clone(), &subset, &SIGMAS, &preprocess, 250).unwrap();
             let all: Vec<i64> = std::iter::once(&result.clean).chain(result.blurred.iter().map(|(_, r)| r)).flat_map(|r| r.predictions.clone()).collect();
             predictions.push(all);
         }

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
-use onnx_deeppatch::backend::{open_session, BackendKind, BackendOptions};
+use onnx_deeppatch::backend::{open_session, BackendKind, BackendOptions, Pool};
 use onnx_deeppatch::config::{Config, LearningRate, AUTO_LEARNING_RATES, SIGMAS};
 use onnx_deeppatch::eval::{evaluate, ModelIo};
 use onnx_deeppatch::train::{self, TrainData};
@@ -112,8 +112,8 @@ fn the_trained_spec_patches_into_the_model_training_validated() {
     let data = TrainData::load(&model, &config).unwrap();
     let io = ModelIo::resolve(&model, &config.preprocess).unwrap();
     let options = BackendOptions { kind: BackendKind::Ort, ..Default::default() };
-    let mut session = open_session(&model.encode_to_vec(), &options).unwrap();
-    let evaluation = evaluate(session.as_mut(), &io, data.images.clone(), &data.val, &SIGMAS, &data.preprocess, 256).unwrap();
+    let mut pool = Pool::open(&model.encode_to_vec(), &options).unwrap();
+    let evaluation = evaluate(&mut pool, &io, data.images.clone(), &data.val, &SIGMAS, &data.preprocess, 256).unwrap();
     let correct = evaluation.clean.correct + evaluation.blurred.iter().map(|(_, r)| r.correct).sum::<usize>();
     let total = data.val.len() * 7;
     assert_eq!(trained.summary.val_images, total);

@@ -17,7 +17,7 @@ use super::correct::{decided, Consumer, Correction};
 use super::cut::{cut, downstream_model, upstream_model, Cut};
 use super::{correct_rows, encode, output_position, Original, ValStar};
 use crate::analysis::ConvInfo;
-use crate::backend::{open_session, BackendOptions, Session};
+use crate::backend::{open_session, BackendOptions, Pool, Session};
 use crate::error::{Error, Result};
 use crate::eval::ModelIo;
 use crate::onnx::graph::GraphIndex;
@@ -73,7 +73,7 @@ pub(super) fn layer(model: &ModelProto, conv: &ConvInfo, io: &ModelIo, data: &Va
         None => upstream_model(model, &names, &kept)?,
     };
     let mut upstream = open_session(&encode(&upstream), options)?;
-    let order: Vec<usize> = names.iter().map(|f| output_position(upstream.as_ref(), f)).collect::<Result<_>>()?;
+    let order: Vec<usize> = names.iter().map(|f| output_position(upstream.output_names(), f)).collect::<Result<_>>()?;
     // Per input of the upstream part: the image, or the position of a kept value.
     let inputs: Vec<(String, Option<usize>)> = upstream
         .input_names()
@@ -168,9 +168,9 @@ fn integers_ignore_the_batch(outputs: &[Tensor], first_image: impl FnOnce() -> R
     Ok(integers(&first_image()?) == whole)
 }
 
-/// A downstream session and the position of the logits among its outputs.
+/// The sessions of a downstream part and the position of the logits among its outputs.
 struct Open {
-    session: Box<dyn Session>,
+    pool: Pool,
     logits: usize,
 }
 
@@ -306,10 +306,14 @@ impl Layer<'_> {
                 let examples: Vec<Tensor> = cut.frontier.iter().map(|f| value(outputs, names, f).cloned()).collect::<Result<_>>()?;
                 downstream_model(model, &cut.downstream, &cut.frontier, &examples, logits, constant_integers)
             })?;
-            for chunk in rerun.chunks(if stackable { VARIANT_ROWS } else { n.max(1) }) {
-                let logits = call(open, &exact, chunk)?;
+            let chunks: Vec<&[Variant]> = rerun.chunks(if stackable { VARIANT_ROWS } else { n.max(1) }).collect();
+            let at = open.logits;
+            let results = open.pool.map(&chunks, |session, chunk| {
                 let row_labels: Vec<i64> = chunk.iter().map(|&(_, i)| labels[i]).collect();
-                for (&(j, _), ok) in chunk.iter().zip(correct_rows(&logits, &row_labels)?) {
+                correct_rows(&call(session, at, &exact, chunk)?, &row_labels)
+            })?;
+            for (chunk, results) in chunks.iter().zip(results) {
+                for (&(j, _), ok) in chunk.iter().zip(results) {
                     correct[j] += usize::from(ok);
                 }
             }
@@ -360,16 +364,20 @@ impl Layer<'_> {
                 .collect::<Result<_>>()?;
             correction.downstream(model, &examples, logits, constant_integers)
         })?;
+        // A call holds variants of one channel (it is fed that channel's weights).
+        let chunks: Vec<&[Variant]> = rows.chunk_by(|a, b| a.0 == b.0).flat_map(|channel| channel.chunks(VARIANT_ROWS)).collect();
+        let at = open.logits;
+        let results = open.pool.map(&chunks, |session, chunk| {
+            let logits = call(session, at, &fed, chunk)?;
+            let decisions = chunk.iter().zip(logits.as_f32()?.axis_iter(Axis(0))).map(|(&(_, i), row)| decided(&row.iter().copied().collect::<Vec<f32>>(), labels[i]));
+            Ok(decisions.collect::<Vec<_>>())
+        })?;
         let mut rerun = Vec::new();
-        for channel in rows.chunk_by(|a, b| a.0 == b.0) {
-            for chunk in channel.chunks(VARIANT_ROWS) {
-                let logits = call(open, &fed, chunk)?;
-                for (&(j, i), row) in chunk.iter().zip(logits.as_f32()?.axis_iter(Axis(0))) {
-                    let row: Vec<f32> = row.iter().copied().collect();
-                    match decided(&row, labels[i]) {
-                        (ok, true) => correct[j] += usize::from(ok),
-                        (_, false) => rerun.push((j, i)),
-                    }
+        for (chunk, decisions) in chunks.iter().zip(results) {
+            for (&(j, i), decision) in chunk.iter().zip(decisions) {
+                match decision {
+                    (ok, true) => correct[j] += usize::from(ok),
+                    (_, false) => rerun.push((j, i)),
                 }
             }
         }
@@ -379,25 +387,25 @@ impl Layer<'_> {
     }
 }
 
-/// The downstream session in `slot`, opened on first use from the model `build` makes.
+/// The downstream sessions in `slot`, opened on first use from the model `build` makes.
 fn open<'s>(slot: &'s mut Option<Open>, options: &BackendOptions, logits: &str, build: impl FnOnce() -> Result<ModelProto>) -> Result<&'s mut Open> {
     if let Some(open) = slot {
         return Ok(open);
     }
-    let session = open_session(&encode(&build()?), options)?;
-    let logits = output_position(session.as_ref(), logits)?;
-    Ok(slot.insert(Open { session, logits }))
+    let pool = Pool::open(&encode(&build()?), options)?;
+    let logits = output_position(pool.output_names(), logits)?;
+    Ok(slot.insert(Open { pool, logits }))
 }
 
-/// The logits of the variants `rows`, their inputs built by `feeds`.
-fn call(open: &mut Open, feeds: &[(&str, Feed)], rows: &[Variant]) -> Result<Tensor> {
+/// The logits (output `logits` of `session`) of the variants `rows`, their inputs built by `feeds`.
+fn call(session: &mut dyn Session, logits: usize, feeds: &[(&str, Feed)], rows: &[Variant]) -> Result<Tensor> {
     let tensors: Vec<Cow<Tensor>> = feeds.iter().map(|(_, feed)| feed.rows(rows)).collect::<Result<_>>()?;
     let fed: Vec<(&str, &Tensor)> = feeds.iter().map(|(name, _)| *name).zip(tensors.iter().map(|t| t.as_ref())).collect();
-    let mut outputs = open.session.run(&fed)?;
-    if open.logits >= outputs.len() {
+    let mut outputs = session.run(&fed)?;
+    if logits >= outputs.len() {
         return Err(Error::Internal("the downstream part lost its logits".into()));
     }
-    Ok(outputs.swap_remove(open.logits))
+    Ok(outputs.swap_remove(logits))
 }
 
 /// What the α model computes at the cut for a zeroed channel, per channel (`[C, …]`): the

@@ -35,7 +35,7 @@ pub use self::artifact::{blamed, load, merge, partial_path, ranking, save, Asses
 use self::artifact::{read_partial, PartialHeader, PartialWriter};
 pub use self::cut::{cut, downstream_model, upstream_model, Cut};
 use crate::analysis::{convolutions, ConvInfo};
-use crate::backend::{open_session, BackendOptions, Session};
+use crate::backend::{BackendOptions, Pool};
 use crate::config::{Config, SIGMAS};
 use crate::data::split::{stratified_split, ValSize};
 use crate::data::{make_batch, load_split, Corruption, Split};
@@ -138,9 +138,9 @@ fn encode(model: &ModelProto) -> Vec<u8> {
     prost::Message::encode_to_vec(model)
 }
 
-/// Position of `name` among the session's outputs.
-fn output_position(session: &dyn Session, name: &str) -> Result<usize> {
-    session.output_names().iter().position(|n| n == name).ok_or_else(|| Error::Internal(format!("backend lost output '{name}'")))
+/// Position of `name` among a session's outputs `names`.
+fn output_position(names: &[String], name: &str) -> Result<usize> {
+    names.iter().position(|n| n == name).ok_or_else(|| Error::Internal(format!("backend lost output '{name}'")))
 }
 
 /// Whether each row of `logits` predicts its label.
@@ -155,13 +155,10 @@ fn correct_rows(logits: &Tensor, labels: &[i64]) -> Result<Vec<bool>> {
 
 /// Per image of T_val*, batch by batch, whether `model` classifies it correctly.
 fn correct_images(model: &ModelProto, io: &ModelIo, data: &ValStar, options: &BackendOptions) -> Result<Vec<Vec<bool>>> {
-    let mut session = open_session(&encode(model), options)?;
-    let position = output_position(session.as_ref(), &io.output)?;
-    data.batches
-        .iter()
-        .zip(&data.labels)
-        .map(|(batch, labels)| correct_rows(&session.run(&[(io.input.as_str(), batch)])?[position], labels))
-        .collect()
+    let mut pool = Pool::open(&encode(model), options)?;
+    let position = output_position(pool.output_names(), &io.output)?;
+    let batches: Vec<(&Tensor, &Vec<i64>)> = data.batches.iter().zip(&data.labels).collect();
+    pool.map(&batches, |session, (batch, labels)| correct_rows(&session.run(&[(io.input.as_str(), batch)])?[position], labels))
 }
 
 /// The original model's predictions on T_val*: acc₀, and the answer for every image whose
@@ -350,4 +347,51 @@ pub fn assess_model(model_path: &Path, config: &Config, options: &AssessOptions)
         std::fs::remove_file(&partial).map_err(|e| Error::io(&partial, e))?;
     }
     Ok(assessment)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendKind;
+
+    /// The bundled CIFAR-10 subset with the demo's preprocessing, `val` validation images.
+    fn fixtures(val: usize) -> (Config, std::path::PathBuf) {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        let mut config = Config::from_file(&fixtures.join("demo.yaml")).unwrap();
+        config.data.val_size = Some(val);
+        (config, fixtures.join("models"))
+    }
+
+    fn tract(threads: usize) -> BackendOptions {
+        BackendOptions { kind: BackendKind::Tract, threads: Some(threads), ..BackendOptions::default() }
+    }
+
+    /// Sessions side by side (the masked images' chunks, T_val*'s batches) count exactly what one
+    /// session counts: tiny_cnn's every filter (corrected and exact paths, several chunks per
+    /// batch) and two ResNet20 layers (a residual block's first convolution, the last one).
+    #[test]
+    fn assess_counts_on_parallel_tract_sessions_equal_sequential() {
+        let (config, models) = fixtures(10);
+        let data = load_val_star(&config).unwrap();
+        for (model, layers) in [("tiny_cnn_cifar10", None), ("resnet20_cifar10", Some(&[1, 18][..]))] {
+            let model = crate::onnx::load_model(&models.join(format!("{model}.onnx"))).unwrap();
+            let io = ModelIo::resolve(&model, &config.preprocess).unwrap();
+            let sequential = fast(&model, &io, &data, &tract(1), layers).unwrap();
+            assert!(sequential.layers.iter().any(|l| l.correct.iter().any(|&c| c != sequential.correct0)));
+            for threads in [2, 3] {
+                assert_eq!(fast(&model, &io, &data, &tract(threads), layers).unwrap(), sequential, "{threads} threads");
+            }
+        }
+    }
+
+    #[test]
+    fn assess_naive_on_parallel_tract_sessions_equals_sequential() {
+        let (config, models) = fixtures(10);
+        let data = load_val_star(&config).unwrap();
+        let model = crate::onnx::load_model(&models.join("tiny_cnn_cifar10.onnx")).unwrap();
+        let io = ModelIo::resolve(&model, &config.preprocess).unwrap();
+        let sequential = naive(&model, &io, &data, &tract(1), Some(&[0])).unwrap();
+        assert_eq!(naive(&model, &io, &data, &tract(2), Some(&[0])).unwrap(), sequential);
+        assert_eq!(fast(&model, &io, &data, &tract(2), Some(&[0])).unwrap(), sequential);
+    }
 }

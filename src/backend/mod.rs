@@ -3,6 +3,7 @@
 //! provider). Evaluation, assessment and the generated training-step graphs run on either.
 
 mod ort;
+mod pool;
 pub mod stepping;
 mod tract;
 
@@ -16,6 +17,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::{Error, Result};
 use crate::onnx::proto;
 use crate::tensor::Tensor;
+
+pub use self::pool::{workers, Pool};
 
 /// Which runtime executes the graphs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -117,8 +120,10 @@ impl<'de> Deserialize<'de> for Device {
 pub struct BackendOptions {
     pub kind: BackendKind,
     pub device: Device,
-    /// Threads inside one operator (ONNX Runtime's intra-op pool); `None` lets the runtime decide.
-    /// tract runs single-threaded in this build and ignores it.
+    /// ort: threads inside one operator (ONNX Runtime's intra-op pool); `None` lets the runtime
+    /// decide. tract: one run uses one thread, so this is how many independent runs (batches,
+    /// chunks of masked images) a [`Pool`] makes side by side, each on its own session; `None`: one
+    /// per core.
     pub threads: Option<usize>,
 }
 

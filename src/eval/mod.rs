@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use ndarray::Axis;
 
-use crate::backend::Session;
+use crate::backend::Pool;
 use crate::config::PreprocessConfig;
-use crate::data::{BatchStream, Corruption, Dataset, Preprocess};
+use crate::data::{Batch, BatchStream, Corruption, Dataset, Preprocess};
 use crate::error::{Error, Result};
 use crate::onnx::proto::ModelProto;
 use crate::progress::Progress;
@@ -127,7 +127,7 @@ pub struct TestSet<'a> {
 /// One model to run over a test set, with what a patched model is fed and read besides the images
 /// and the logits.
 pub struct Run<'s> {
-    pub session: &'s mut dyn Session,
+    pub pool: &'s mut Pool,
     /// A value for the `deeppatch_decision` input; `None` leaves the model's default (as served).
     pub decision: Option<bool>,
     /// Read the per-sample `deeppatch_adapted` flags.
@@ -136,15 +136,15 @@ pub struct Run<'s> {
 
 impl<'s> Run<'s> {
     /// A model run as it is, logits only.
-    pub fn plain(session: &'s mut dyn Session) -> Self {
-        Run { session, decision: None, read_adapted: false }
+    pub fn plain(pool: &'s mut Pool) -> Self {
+        Run { pool, decision: None, read_adapted: false }
     }
 }
 
-/// Runs `session` on `indices` of `data`, clean and blurred at every σ, batches prepared in the
-/// background while the backend computes.
+/// Runs the model of `pool` on `indices` of `data`, clean and blurred at every σ, batches prepared
+/// in the background while the backend computes.
 pub fn evaluate(
-    session: &mut dyn Session,
+    pool: &mut Pool,
     io: &ModelIo,
     data: Arc<Dataset>,
     indices: &[usize],
@@ -153,12 +153,13 @@ pub fn evaluate(
     batch_size: usize,
 ) -> Result<Evaluation> {
     let set = TestSet { data, indices, sigmas, preprocess, batch_size };
-    let mut evaluations = evaluate_runs(&mut [Run::plain(session)], io, &set, "evaluating")?;
+    let mut evaluations = evaluate_runs(&mut [Run::plain(pool)], io, &set, "evaluating")?;
     evaluations.pop().ok_or_else(|| Error::Internal("no evaluation".into()))
 }
 
 /// Runs every model of `runs` on each batch of `set` (every image is blurred and preprocessed once,
 /// whatever the number of models), one [`Evaluation`] per run; progress is reported as `task`.
+/// Each model runs as many batches side by side as its pool has workers.
 pub fn evaluate_runs(runs: &mut [Run], io: &ModelIo, set: &TestSet, task: &str) -> Result<Vec<Evaluation>> {
     let corruptions: Vec<Corruption> =
         std::iter::once(Corruption::Clean).chain(set.sigmas.iter().map(|&s| Corruption::Blur(s))).collect();
@@ -168,29 +169,37 @@ pub fn evaluate_runs(runs: &mut [Run], io: &ModelIo, set: &TestSet, task: &str) 
     let positions = runs.iter().map(|run| output_positions(run, io)).collect::<Result<Vec<_>>>()?;
     let switches: Vec<Option<Tensor>> = runs.iter().map(|run| run.decision.map(|d| Tensor::Bool(ndarray::arr0(d).into_dyn()))).collect();
     let mut progress = Progress::new(task, set.indices.len() * corruptions.len());
-    let stream = BatchStream::new(set.data.clone(), set.indices.to_vec(), corruptions, set.preprocess.clone(), set.batch_size);
-    for batch in stream {
-        let batch = batch?;
-        let input = Tensor::F32(batch.input);
+    let workers = runs.iter().map(|run| run.pool.workers()).max().unwrap_or(1);
+    let mut stream = BatchStream::new(set.data.clone(), set.indices.to_vec(), corruptions, set.preprocess.clone(), set.batch_size);
+    loop {
+        let mut group: Vec<Batch> = stream.by_ref().take(workers).collect::<Result<_>>()?;
+        if group.is_empty() {
+            break;
+        }
+        let inputs: Vec<Tensor> = group.iter_mut().map(|batch| Tensor::F32(std::mem::take(&mut batch.input))).collect();
         for (((run, (logits_at, adapted_at)), switch), results) in runs.iter_mut().zip(&positions).zip(&switches).zip(&mut results) {
-            let mut inputs = vec![(io.input.as_str(), &input)];
-            inputs.extend(switch.as_ref().map(|s| (DECISION_INPUT, s)));
-            let outputs = run.session.run(&inputs)?;
-            let result = &mut results[batch.corruption];
-            for (row, label) in outputs[*logits_at].as_f32()?.axis_iter(Axis(0)).zip(&batch.labels) {
-                let predicted = argmax(row.iter().copied());
-                result.correct += usize::from(predicted == *label);
-                result.predictions.push(predicted);
-            }
-            if let Some(at) = adapted_at {
-                let flags = outputs[*at].as_bool()?;
-                if flags.len() != batch.labels.len() {
-                    return Err(Error::InvalidGraph(format!("'{ADAPTED_OUTPUT}' holds {} flags for a batch of {}", flags.len(), batch.labels.len())));
+            let outputs = run.pool.map(&inputs, |session, input| {
+                let mut inputs = vec![(io.input.as_str(), input)];
+                inputs.extend(switch.as_ref().map(|s| (DECISION_INPUT, s)));
+                session.run(&inputs)
+            })?;
+            for (outputs, batch) in outputs.iter().zip(&group) {
+                let result = &mut results[batch.corruption];
+                for (row, label) in outputs[*logits_at].as_f32()?.axis_iter(Axis(0)).zip(&batch.labels) {
+                    let predicted = argmax(row.iter().copied());
+                    result.correct += usize::from(predicted == *label);
+                    result.predictions.push(predicted);
                 }
-                result.adapted.extend(flags.iter().copied());
+                if let Some(at) = adapted_at {
+                    let flags = outputs[*at].as_bool()?;
+                    if flags.len() != batch.labels.len() {
+                        return Err(Error::InvalidGraph(format!("'{ADAPTED_OUTPUT}' holds {} flags for a batch of {}", flags.len(), batch.labels.len())));
+                    }
+                    result.adapted.extend(flags.iter().copied());
+                }
             }
         }
-        progress.advance(batch.labels.len());
+        progress.advance(group.iter().map(|batch| batch.labels.len()).sum());
     }
     progress.finish();
     results
@@ -206,7 +215,7 @@ pub fn evaluate_runs(runs: &mut [Run], io: &ModelIo, set: &TestSet, task: &str) 
 
 /// Where a run's logits and (when it reads them) adaptation flags are among its session's outputs.
 fn output_positions(run: &Run, io: &ModelIo) -> Result<(usize, Option<usize>)> {
-    let names = run.session.output_names();
+    let names = run.pool.output_names();
     let find = |name: &str| names.iter().position(|n| n == name);
     let logits = find(&io.output).ok_or_else(|| Error::Internal(format!("backend lost output '{}'", io.output)))?;
     let adapted = run
@@ -267,8 +276,8 @@ pub fn evaluate_model(model_path: &std::path::Path, config: &crate::config::Conf
         report.patch = Some(evaluation.context());
         Evaluations::Patched(Box::new(evaluation))
     } else {
-        let mut session = crate::backend::open_session(&prost::Message::encode_to_vec(&model), &options)?;
-        let evaluation = evaluate(session.as_mut(), &io, set.data.clone(), &indices, set.sigmas, &preprocess, set.batch_size)?;
+        let mut pool = Pool::open(&prost::Message::encode_to_vec(&model), &options)?;
+        let evaluation = evaluate(&mut pool, &io, set.data.clone(), &indices, set.sigmas, &preprocess, set.batch_size)?;
         report.rows = vec![evaluation.row(&model_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()))];
         Evaluations::Plain(evaluation)
     };
@@ -296,6 +305,29 @@ mod tests {
         assert_eq!(argmax([1.0, 3.0, 3.0, 2.0].into_iter()), 1);
         assert_eq!(argmax([f32::NAN, -1.0].into_iter()), 1);
         assert_eq!(argmax([-5.0].into_iter()), 0);
+    }
+
+    /// Batches on parallel tract sessions give the predictions of one session, in order; the
+    /// batches do not divide evenly among the workers.
+    #[test]
+    fn evaluate_on_parallel_tract_sessions_equals_sequential() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        let data = Arc::new(crate::data::load_split(&fixtures.join("cifar10-mini"), crate::data::Split::Test, crate::data::DataFormat::Folder).unwrap());
+        let model = crate::onnx::load_model(&fixtures.join("models/tiny_cnn_cifar10.onnx")).unwrap();
+        let config = PreprocessConfig { mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225], ..Default::default() };
+        let (io, preprocess) = (ModelIo::resolve(&model, &config).unwrap(), preprocess_for(&config, &data).unwrap());
+        let indices: Vec<usize> = (0..150).map(|i| i * 3).collect();
+        let run = |threads: usize| {
+            let options = crate::backend::BackendOptions { threads: Some(threads), ..Default::default() };
+            let mut pool = Pool::open(&prost::Message::encode_to_vec(&model), &options).unwrap();
+            let evaluation = evaluate(&mut pool, &io, data.clone(), &indices, &[1.0, 2.0], &preprocess, 64).unwrap();
+            evaluation.conditions().cloned().collect::<Vec<_>>()
+        };
+        let sequential = run(1);
+        assert_eq!(sequential.iter().map(|c| c.predictions.len()).collect::<Vec<_>>(), [150; 3]);
+        assert!(sequential[0].correct > 50, "{}", sequential[0].correct);
+        assert_eq!(run(2), sequential);
+        assert_eq!(run(4), sequential);
     }
 }
 

@@ -9,7 +9,7 @@
 use serde_json::Value;
 
 use super::{evaluate_runs, ConditionResult, Evaluation, ModelIo, Run, TestSet};
-use crate::backend::{open_session, BackendOptions};
+use crate::backend::{BackendOptions, Pool};
 use crate::error::{Error, Result};
 use crate::onnx::metadata;
 use crate::onnx::proto::ModelProto;
@@ -50,13 +50,13 @@ pub struct PatchedEvaluation {
 pub fn evaluate(patched: &ModelProto, io: &ModelIo, set: &TestSet, options: &BackendOptions) -> Result<PatchedEvaluation> {
     let original = strip::strip(patched)?;
     let (beta, _) = beta_model(&original, &strip::beta_spec(patched)?)?;
-    let open = |model: &ModelProto| open_session(&prost::Message::encode_to_vec(model), options);
+    let open = |model: &ModelProto| Pool::open(&prost::Message::encode_to_vec(model), options);
     let (mut pt, mut dp_beta, mut served, mut fallback) = (open(&original)?, open(&beta)?, open(patched)?, open(patched)?);
     let mut runs = [
-        Run::plain(pt.as_mut()),
-        Run::plain(dp_beta.as_mut()),
-        Run { session: served.as_mut(), decision: None, read_adapted: true },
-        Run { session: fallback.as_mut(), decision: Some(false), read_adapted: true },
+        Run::plain(&mut pt),
+        Run::plain(&mut dp_beta),
+        Run { pool: &mut served, decision: None, read_adapted: true },
+        Run { pool: &mut fallback, decision: Some(false), read_adapted: true },
     ];
     let task = format!("evaluating {PT}, {DP_BETA}, {DP_GAMMA}, {DP_FALLBACK}");
     let [original, beta, served, fallback]: [Evaluation; 4] = evaluate_runs(&mut runs, io, set, &task)?

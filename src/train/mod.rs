@@ -28,7 +28,7 @@ pub use schedule::cosine;
 use crate::assess::{self, Assessment};
 use crate::autodiff::{training_step, StepOptions, TrainingStep};
 use crate::backend::stepping::{open_stepping_session, Carried, SteppingSession};
-use crate::backend::{open_session, BackendOptions};
+use crate::backend::{BackendOptions, Pool};
 use crate::config::{Config, LearningRate, ReplacementInit, AUTO_LEARNING_RATES, SIGMAS};
 use crate::data::split::{stratified_split, ValSize};
 use crate::data::{load_split, BatchStream, Dataset, Preprocess, Split};
@@ -595,8 +595,8 @@ fn run_epoch(
 
 /// Correct predictions of `model` on T_val° (T_val clean and at every σ).
 fn val_correct(model: &ModelProto, data: &TrainData, config: &Config, io: &ModelIo, options: &BackendOptions) -> Result<usize> {
-    let mut session = open_session(&model.encode_to_vec(), options)?;
-    let evaluation = evaluate(session.as_mut(), io, data.images.clone(), &data.val, &SIGMAS, &data.preprocess, config.eval.batch_size)?;
+    let mut pool = Pool::open(&model.encode_to_vec(), options)?;
+    let evaluation = evaluate(&mut pool, io, data.images.clone(), &data.val, &SIGMAS, &data.preprocess, config.eval.batch_size)?;
     Ok(evaluation.clean.correct + evaluation.blurred.iter().map(|(_, r)| r.correct).sum::<usize>())
 }
 
