@@ -233,7 +233,7 @@ fn run_all(pool: &mut Pool, input: &str, data: &ValSet, outputs: &[&str], label:
     let mut progress = Progress::new(label, data.labels.len());
     let batches: Vec<&Tensor> = data.batches.iter().map(|(_, batch)| batch).collect();
     for group in batches.chunks(pool.workers()) {
-        for mut results in pool.map(group, |session, batch| session.run(&[(input, batch)]))? {
+        for mut results in pool.map(group, |session, batch| session.run_samples(&[(input, batch)], &[input]))? {
             for (slot, &position) in positions.iter().enumerate() {
                 collected[slot].push(std::mem::replace(&mut results[position], Tensor::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[0])))));
             }

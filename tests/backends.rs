@@ -68,6 +68,45 @@ fn backends_agree_on_bundled_models() {
     }
 }
 
+#[test]
+fn backends_run_samples_equals_the_batched_run() {
+    // tract runs the rows one by one (its lazy patch gathering); ort runs them together. Either
+    // way the rows come back in order and agree with the batched run.
+    for path in models() {
+        let model = std::fs::read(&path).unwrap();
+        for kind in [BackendKind::Tract, BackendKind::Ort] {
+            let mut session = open(&model, kind);
+            let input = images(5, 3);
+            let batched = logits(session.as_mut(), &input);
+            let mut outputs = session.run_samples(&[("input", &input)], &["input"]).unwrap();
+            let rows = outputs.remove(0).into_f32().unwrap();
+            assert_eq!(rows.shape(), batched.shape(), "{} on {kind}", path.display());
+            for (x, y) in rows.iter().zip(batched.iter()) {
+                assert!((x - y).abs() <= 1e-5 + 1e-5 * y.abs(), "{} on {kind}: {x} vs {y}", path.display());
+            }
+            let one = images(1, 4);
+            assert_eq!(session.run_samples(&[("input", &one)], &["input"]).unwrap()[0].as_f32().unwrap(), &logits(session.as_mut(), &one));
+        }
+    }
+}
+
+#[test]
+fn backends_run_samples_runs_together_what_is_not_per_sample() {
+    // The switch is shared by every row, and three outputs (a shape, a sum of `k`, the negated
+    // switch) have no row per sample: the result is the batched run's.
+    let model = defaulted_flag_model();
+    for kind in [BackendKind::Tract, BackendKind::Ort] {
+        let mut session = open(&model, kind);
+        let x = Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[3, 4]), (0..12).map(|v| v as f32).collect()).unwrap());
+        let flag = Tensor::Bool(ndarray::arr0(true).into_dyn());
+        let k = Tensor::I64(ndarray::arr1(&[2, 5]).into_dyn());
+        let inputs = [("x", &x), ("flag", &flag), ("k", &k)];
+        let outputs = session.run_samples(&inputs, &["x"]).unwrap();
+        assert_eq!(outputs, session.run(&inputs).unwrap(), "{kind}");
+        assert_eq!(outputs[1], Tensor::I64(ndarray::arr1(&[3, 4]).into_dyn()), "{kind}");
+    }
+}
+
 fn value_info(name: &str, elem_type: DataType, dims: &[Option<i64>]) -> proto::ValueInfoProto {
     let dim = dims
         .iter()

@@ -209,6 +209,11 @@ enum Feed<'a> {
 }
 
 impl Feed<'_> {
+    /// Whether the fed value holds one row per variant.
+    fn per_sample(&self) -> bool {
+        matches!(self, Feed::Masked(..) | Feed::Channel(_) | Feed::Gathered(_))
+    }
+
     fn rows(&self, rows: &[Variant]) -> Result<Cow<'_, Tensor>> {
         Ok(match self {
             Feed::Masked(value, replacement) => Cow::Owned(Tensor::F32(masked(value, replacement, rows)?)),
@@ -401,7 +406,13 @@ fn open<'s>(slot: &'s mut Option<Open>, options: &BackendOptions, logits: &str, 
 fn call(session: &mut dyn Session, logits: usize, feeds: &[(&str, Feed)], rows: &[Variant]) -> Result<Tensor> {
     let tensors: Vec<Cow<Tensor>> = feeds.iter().map(|(_, feed)| feed.rows(rows)).collect::<Result<_>>()?;
     let fed: Vec<(&str, &Tensor)> = feeds.iter().map(|(name, _)| *name).zip(tensors.iter().map(|t| t.as_ref())).collect();
-    let mut outputs = session.run(&fed)?;
+    // A value without the batch axis may still hold the batch size (a shape): then the rows run together.
+    let mut outputs = if feeds.iter().any(|(_, feed)| matches!(feed, Feed::Whole(_))) {
+        session.run(&fed)?
+    } else {
+        let per_sample: Vec<&str> = feeds.iter().filter(|(_, feed)| feed.per_sample()).map(|(name, _)| *name).collect();
+        session.run_samples(&fed, &per_sample)?
+    };
     if logits >= outputs.len() {
         return Err(Error::Internal("the downstream part lost its logits".into()));
     }

@@ -158,7 +158,7 @@ fn correct_images(model: &ModelProto, io: &ModelIo, data: &ValStar, options: &Ba
     let mut pool = Pool::open(&encode(model), options)?;
     let position = output_position(pool.output_names(), &io.output)?;
     let batches: Vec<(&Tensor, &Vec<i64>)> = data.batches.iter().zip(&data.labels).collect();
-    pool.map(&batches, |session, (batch, labels)| correct_rows(&session.run(&[(io.input.as_str(), batch)])?[position], labels))
+    pool.map(&batches, |session, (batch, labels)| correct_rows(&session.run_samples(&[(io.input.as_str(), batch)], &[io.input.as_str()])?[position], labels))
 }
 
 /// The original model's predictions on T_val*: acc₀, and the answer for every image whose

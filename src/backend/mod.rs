@@ -139,6 +139,15 @@ pub trait Session: Send {
     /// Runs the graph on named inputs. Inputs with a default may be left out; every other input
     /// must be given, and a name the graph does not have is an error.
     fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<Vec<Tensor>>;
+
+    /// [`Session::run`] on a graph that computes each sample on its own: the inputs named in
+    /// `per_sample` hold one sample per row of their first axis, the others are shared, and every
+    /// output holds one row per sample. A backend may group the rows as it runs fastest; the
+    /// default runs them together.
+    fn run_samples(&mut self, inputs: &[(&str, &Tensor)], per_sample: &[&str]) -> Result<Vec<Tensor>> {
+        let _ = per_sample;
+        self.run(inputs)
+    }
 }
 
 /// Opens `model` (an encoded `ModelProto` with all its data inline) on the backend and device of

@@ -181,7 +181,7 @@ pub fn evaluate_runs(runs: &mut [Run], io: &ModelIo, set: &TestSet, task: &str) 
             let outputs = run.pool.map(&inputs, |session, input| {
                 let mut inputs = vec![(io.input.as_str(), input)];
                 inputs.extend(switch.as_ref().map(|s| (DECISION_INPUT, s)));
-                session.run(&inputs)
+                session.run_samples(&inputs, &[io.input.as_str()])
             })?;
             for (outputs, batch) in outputs.iter().zip(&group) {
                 let result = &mut results[batch.corruption];

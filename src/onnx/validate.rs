@@ -561,10 +561,8 @@ fn check_finite(graph: &GraphProto) -> Result<()> {
         if added || tensor.data_type != Some(DataType::Float as i32) || tensor.data_location == Some(DataLocation::External as i32) {
             continue;
         }
-        // On the stored bits, without decoding: all-ones exponent means NaN or infinity.
-        const EXPONENT: u32 = 0x7f80_0000;
         let bad = match &tensor.raw_data {
-            Some(raw) => raw.chunks_exact(4).filter(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & EXPONENT == EXPONENT).count(),
+            Some(raw) => nonfinite_in_raw(raw),
             None => tensor.float_data.iter().filter(|v| !v.is_finite()).count(),
         };
         if bad == 0 {
@@ -577,6 +575,21 @@ fn check_finite(graph: &GraphProto) -> Result<()> {
         crate::progress::info(&format!("warning: {message}"));
     }
     Ok(())
+}
+
+/// Non-finite values among little-endian f32 bits, without decoding them: an all-ones exponent
+/// means NaN or infinity. A first pass only asks whether any is there, in a form the compiler
+/// vectorises (this runs over every weight of every model loaded); the count is for the message.
+fn nonfinite_in_raw(raw: &[u8]) -> usize {
+    const EXPONENT: u32 = 0x7f80_0000;
+    let is_bad = |c: &[u8]| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & EXPONENT == EXPONENT;
+    let any = raw.chunks_exact(64).any(|block| block.chunks_exact(4).fold(false, |seen, c| seen | is_bad(c)))
+        || raw.chunks_exact(64).remainder().chunks_exact(4).any(is_bad);
+    if any {
+        raw.chunks_exact(4).filter(|c| is_bad(c)).count()
+    } else {
+        0
+    }
 }
 
 #[cfg(test)]
@@ -694,5 +707,19 @@ mod tests {
         let graph = GraphProto { initializer: vec![from_f32("w", &values.view())], ..Default::default() };
         let message = check_finite(&graph).unwrap_err().to_string();
         assert!(message.contains("'w' holds 1 non-finite") && message.contains("--allow-nonfinite"), "{message}");
+    }
+
+    #[test]
+    fn nonfinite_values_are_counted_in_whole_blocks_and_in_the_tail() {
+        let raw = |values: &[f32]| values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        let mut values = vec![1.0f32; 37];
+        assert_eq!(nonfinite_in_raw(&raw(&values)), 0);
+        values[3] = f32::INFINITY;
+        values[20] = f32::NEG_INFINITY;
+        values[36] = f32::NAN;
+        assert_eq!(nonfinite_in_raw(&raw(&values)), 3);
+        values[3] = f32::MAX;
+        values[20] = f32::MIN_POSITIVE / 2.0;
+        assert_eq!(nonfinite_in_raw(&raw(&values)), 1);
     }
 }
