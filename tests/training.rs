@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
 use onnx_deeppatch::backend::{open_session, BackendKind, BackendOptions, Pool};
-use onnx_deeppatch::config::{Config, LearningRate, AUTO_LEARNING_RATES, SIGMAS};
+use onnx_deeppatch::config::{Config, LearningRate, AUTO_LEARNING_RATES};
 use onnx_deeppatch::eval::{evaluate, ModelIo};
 use onnx_deeppatch::train::{self, TrainData};
 use onnx_deeppatch::units::PatchSpec;
