@@ -55,7 +55,8 @@ pub fn eval_throughput(model_path: &std::path::Path, config: &Config, rounds: us
         pool.map(&prepared, |session, input| session.run_samples(&[(io.input.as_str(), input)], &[io.input.as_str()]))?;
         best_inference = best_inference.max(samples as f64 / start.elapsed().as_secs_f64());
         let start = Instant::now();
-        evaluate(&mut pool, &io, data.clone(), &indices, &config.eval.sigmas, &preprocess, batch_size)?;
+        let groups = [crate::data::corruption::blur_group(&indices, &config.eval.sigmas)];
+        evaluate(&mut pool, &io, &crate::eval::TestSet { data: data.clone(), indices: &indices, groups: &groups, preprocess: &preprocess, batch_size })?;
         best_eval = best_eval.max(samples as f64 / start.elapsed().as_secs_f64());
     }
     Ok(EvalThroughput {

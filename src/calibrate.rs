@@ -23,11 +23,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{BackendOptions, Pool};
-use crate::config::{Config, SIGMAS};
-use crate::data::split::{stratified_split, ValSize};
-use crate::data::{load_split, make_batch, Corruption, Split};
+use crate::config::Config;
+use crate::data::{make_mixed_batch, Corruption};
 use crate::error::{Error, Result};
-use crate::eval::{argmax, preprocess_for, ModelIo};
+use crate::eval::{argmax, ModelIo};
 use crate::onnx::builder::{tensor_info, FLOAT};
 use crate::onnx::proto::ModelProto;
 use crate::progress::Progress;
@@ -194,7 +193,7 @@ pub fn histogram_paths(dir: &Path) -> [PathBuf; 2] {
     [dir.join("cr.svg"), dir.join("probe_logit.svg")]
 }
 
-/// T_val° as preprocessed batches: T_val clean, then T_val blurred at every σ of the augmentor.
+/// T_val° as preprocessed batches: T_val clean, then every level of the corruptions (T_val*).
 struct ValSet {
     batches: Vec<(bool, Tensor)>,
     labels: Vec<i64>,
@@ -203,23 +202,20 @@ struct ValSet {
     fingerprint: String,
 }
 
-/// The split `assess` uses (stratified, seeded), clean and blurred.
+/// The split `assess` uses (stratified, seeded), clean and under every level of the corruptions.
 fn load_val_set(config: &Config) -> Result<ValSet> {
-    let train = load_split(config.data_root()?, Split::Train, config.data.format)?;
-    let size = config.data.val_size.map_or(ValSize::Fraction(config.data.val_fraction), ValSize::Count);
-    let (_, val) = stratified_split(&train.labels, size, config.data.seed)?;
-    let preprocess = preprocess_for(&config.preprocess, &train)?;
-    let corruptions = std::iter::once(Corruption::Clean).chain(SIGMAS.iter().map(|&s| Corruption::Blur(s)));
+    let data = crate::train::TrainData::load_data(config)?;
+    let clean: Vec<(usize, Corruption)> = data.val.iter().map(|&i| (i, Corruption::Clean)).collect();
+    let levels = std::iter::once((false, clean.as_slice())).chain(data.corrupted.val.iter().flat_map(|g| &g.levels).map(|l| (true, l.items.as_slice())));
     let (mut batches, mut labels, mut star) = (Vec::new(), Vec::new(), Vec::new());
-    for corruption in corruptions {
-        let blurred = corruption != Corruption::Clean;
-        for chunk in val.chunks(config.eval.batch_size.max(1)) {
-            batches.push((blurred, Tensor::F32(make_batch(&train, chunk, &corruption, &preprocess)?)));
-            labels.extend(chunk.iter().map(|&i| train.labels[i]));
-            star.extend(std::iter::repeat_n(blurred, chunk.len()));
+    for (corrupted, items) in levels {
+        for chunk in items.chunks(config.eval.batch_size.max(1)) {
+            batches.push((corrupted, Tensor::F32(make_mixed_batch(&data.images, chunk, &data.preprocess)?)));
+            labels.extend(chunk.iter().map(|&(i, _)| data.images.labels[i]));
+            star.extend(std::iter::repeat_n(corrupted, chunk.len()));
         }
     }
-    Ok(ValSet { batches, labels, star, images: val.len(), fingerprint: train.subset(&val).fingerprint() })
+    Ok(ValSet { batches, labels, star, images: data.val.len(), fingerprint: data.fingerprint })
 }
 
 /// Runs the model of `pool` over every batch (as many side by side as the pool has workers) and

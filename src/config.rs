@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{BackendKind, Device};
-use crate::data::{DataFormat, Layout};
+use crate::data::{CorruptionKind, Corruptions, DataFormat, Layout};
 use crate::error::{Error, Result};
 
 /// The σ values of the blur augmentor (docs/specification.md §2).
@@ -58,11 +58,13 @@ pub struct DataConfig {
     pub val_size: Option<usize>,
     /// Seed of the split and of every random draw.
     pub seed: u64,
+    /// The corruptions every stage uses: blur, spatial, folder=DIR (see `crate::data::corruption`).
+    pub corruption: Corruptions,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
-        DataConfig { root: None, format: DataFormat::Auto, val_fraction: 0.02, val_size: None, seed: 2022 }
+        DataConfig { root: None, format: DataFormat::Auto, val_fraction: 0.02, val_size: None, seed: 2022, corruption: Corruptions::default() }
     }
 }
 
@@ -140,7 +142,24 @@ pub struct TrainConfig {
     pub bn_adapt: bool,
     /// How the replacement filters start.
     pub init: ReplacementInit,
+    /// Which spatial variant of a T_train° image is trained on.
+    pub selection: Selection,
 }
+
+/// How a training image's spatial variant is chosen each epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Selection {
+    /// One variant drawn at random (GenRobust's augmentation; the default).
+    #[default]
+    Random,
+    /// SENSEI's selection: [`SENSEI_CANDIDATES`] variants drawn, the one with the highest loss
+    /// under the current β model trained on (the DP+SS pipeline).
+    Sensei,
+}
+
+/// The population of SENSEI's selection, as in the paper.
+pub const SENSEI_CANDIDATES: usize = 10;
 
 /// The starting point of the replacement filters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -215,7 +234,7 @@ impl<'de> Deserialize<'de> for LearningRate {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { kappa: 0.25, epochs: 20, batch_size: 256, learning_rate: LearningRate::Auto, momentum: 0.9, weight_decay: 5e-4, t_max: 200, bn_adapt: false, init: ReplacementInit::Original }
+        TrainConfig { kappa: 0.25, epochs: 20, batch_size: 256, learning_rate: LearningRate::Auto, momentum: 0.9, weight_decay: 5e-4, t_max: 200, bn_adapt: false, init: ReplacementInit::Original, selection: Selection::Random }
     }
 }
 
@@ -234,6 +253,9 @@ impl Config {
                 *root = folder.join(&*root);
             }
         }
+        if let Some(folder) = path.parent() {
+            config.data.corruption.resolve(folder);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -247,6 +269,12 @@ impl Config {
         }
         if d.val_size == Some(0) {
             return fail("data.val_size", "must be at least 1".into());
+        }
+        if let Err(message) = d.corruption.validate() {
+            return fail("data.corruption", message);
+        }
+        if self.train.selection == Selection::Sensei && !d.corruption.0.contains(&CorruptionKind::Spatial) {
+            return fail("train.selection", "sensei selects among spatial variants; add spatial to data.corruption".into());
         }
         let p = &self.preprocess;
         if !(p.scale.is_finite() && p.scale > 0.0) {
@@ -332,6 +360,9 @@ pub struct Overrides {
     /// Seed of the split and random draws (data.seed) [default: 2022].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Corruptions, comma separated: blur, spatial, folder=DIR (data.corruption) [default: blur].
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub corruption: Option<Vec<CorruptionKind>>,
     /// Scale of 8-bit values (preprocess.scale) [default: 1/255].
     #[arg(long)]
     pub scale: Option<f32>,
@@ -393,6 +424,9 @@ pub struct Overrides {
     /// Start of the replacement filters: original (copies of the blamed filters) or kaiming (the paper's fresh filters) (train.init) [default: original].
     #[arg(long, value_enum)]
     pub init: Option<ReplacementInit>,
+    /// Spatial variant trained on: random, or sensei (the worst of 10 under the current model) (train.selection) [default: random].
+    #[arg(long, value_enum)]
+    pub selection: Option<Selection>,
     /// Points the lower bound on a rule's clean-accuracy change may fall below 0 (calibrate.clean_tolerance) [default: 0.3].
     #[arg(long)]
     pub clean_tolerance: Option<f64>,
@@ -419,6 +453,9 @@ impl Overrides {
             c.data.val_size = self.val_size;
         }
         set(&mut c.data.seed, &self.seed);
+        if let Some(kinds) = &self.corruption {
+            c.data.corruption = Corruptions(kinds.clone());
+        }
         set(&mut c.preprocess.scale, &self.scale);
         set(&mut c.preprocess.mean, &self.mean);
         set(&mut c.preprocess.std, &self.std);
@@ -447,6 +484,7 @@ impl Overrides {
         set(&mut c.train.t_max, &self.t_max);
         c.train.bn_adapt |= self.bn_adapt;
         set(&mut c.train.init, &self.init);
+        set(&mut c.train.selection, &self.selection);
         set(&mut c.calibrate.clean_tolerance, &self.clean_tolerance);
         set(&mut c.calibrate.confidence, &self.confidence);
         config.validate()?;
@@ -500,6 +538,17 @@ mod tests {
         assert!(threads.contains("backend.threads") && threads.contains("1024"), "{threads}");
         assert!(parse("train:\n  batch_size: 1000000\n").is_err());
         assert!(parse("calibrate:\n  confidence: 1.0\n").is_err());
+    }
+
+    #[test]
+    fn corruptions_and_selection() {
+        let config = parse("data:\n  corruption: [spatial, blur]\ntrain:\n  selection: sensei\n").unwrap();
+        assert_eq!(config.data.corruption.0, vec![CorruptionKind::Spatial, CorruptionKind::Blur]);
+        let sensei = parse("train:\n  selection: sensei\n").unwrap_err().to_string();
+        assert!(sensei.contains("train.selection") && sensei.contains("add spatial"), "{sensei}");
+        assert!(parse("data:\n  corruption: []\n").unwrap_err().to_string().contains("data.corruption"));
+        let flags = Overrides { corruption: Some(vec![CorruptionKind::Folder("field".into())]), ..Default::default() };
+        assert_eq!(flags.apply(Config::default()).unwrap().data.corruption.0, vec![CorruptionKind::Folder("field".into())]);
     }
 
     #[test]

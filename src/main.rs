@@ -48,7 +48,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Accuracy on the clean test set and its blurred copies: std, blurσ, nRob, joint. A γ-patched
+    /// Accuracy on the clean test set and each level of each corruption (--corruption): std, blurσ,
+    /// nRob, joint by default; spat1/5 … spat5/5 and sRob for spatial. A γ-patched
     /// model is reported as PT, DP-β, DP-γ (with adapted shares), DP-γ batch-256, DP-fb and oracle.
     Eval {
         /// The ONNX model to evaluate (an original or a γ-patched model).

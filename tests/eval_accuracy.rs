@@ -9,7 +9,8 @@ use std::sync::Arc;
 use onnx_deeppatch::backend::{BackendKind, BackendOptions, Pool};
 use onnx_deeppatch::config::{PreprocessConfig, SIGMAS};
 use onnx_deeppatch::data::{load_split, split, DataFormat, Split};
-use onnx_deeppatch::eval::{evaluate, preprocess_for, ModelIo};
+use onnx_deeppatch::data::corruption::blur_group;
+use onnx_deeppatch::eval::{evaluate, preprocess_for, ModelIo, TestSet};
 
 const MEAN: &str = "0.485,0.456,0.406";
 const STD: &str = "0.229,0.224,0.225";
@@ -85,8 +86,10 @@ fn tract_predicts_like_ort() {
         let mut predictions = Vec::new();
         for kind in [BackendKind::Ort, BackendKind::Tract] {
             let mut pool = Pool::open(&bytes, &BackendOptions { kind, ..Default::default() }).unwrap();
-            let result = evaluate(&mut pool, &io, data.clone(), &subset, &SIGMAS, &preprocess, 250).unwrap();
-            let all: Vec<i64> = std::iter::once(&result.clean).chain(result.blurred.iter().map(|(_, r)| r)).flat_map(|r| r.predictions.clone()).collect();
+            let groups = [blur_group(&subset, &SIGMAS)];
+            let set = TestSet { data: data.clone(), indices: &subset, groups: &groups, preprocess: &preprocess, batch_size: 250 };
+            let result = evaluate(&mut pool, &io, &set).unwrap();
+            let all: Vec<i64> = result.conditions().flat_map(|r| r.predictions.clone()).collect();
             predictions.push(all);
         }
         let differing = predictions[0].iter().zip(&predictions[1]).filter(|(a, b)| a != b).count();

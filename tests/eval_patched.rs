@@ -56,12 +56,17 @@ fn mixed_model(dir: &Path) -> std::path::PathBuf {
 }
 
 fn conditions(e: &Evaluation) -> Vec<&ConditionResult> {
-    std::iter::once(&e.clean).chain(e.blurred.iter().map(|(_, r)| r)).collect()
+    e.conditions().collect()
 }
 
 /// The row's figures per condition (std, then each σ) as counts of correct images.
 fn counts(row: &AccuracyRow) -> Vec<usize> {
-    std::iter::once(row.std).chain(row.blur.iter().map(|(_, a)| *a)).map(|a| (a * IMAGES as f64 / 100.0).round() as usize).collect()
+    std::iter::once(row.std).chain(blur(row).iter().map(|(_, a)| *a)).map(|a| (a * IMAGES as f64 / 100.0).round() as usize).collect()
+}
+
+/// The row's blur levels: (σ key, accuracy).
+fn blur(row: &AccuracyRow) -> &[(String, f64)] {
+    &row.groups[0].accuracy.levels
 }
 
 fn correct(predictions: &[i64], labels: &[i64]) -> usize {
@@ -90,7 +95,7 @@ fn every_row_follows_from_the_predictions_and_flags() {
         assert_eq!(fb.adapted, vec![false; IMAGES]);
     }
     let (pt_row, fb_row) = (row(rows, PT), row(rows, DP_FALLBACK));
-    assert_eq!((pt_row.std, &pt_row.blur, pt_row.nrob, pt_row.joint), (fb_row.std, &fb_row.blur, fb_row.nrob, fb_row.joint));
+    assert_eq!((pt_row.std, &pt_row.groups, pt_row.joint), (fb_row.std, &fb_row.groups, fb_row.joint));
     assert_eq!(fb_row.adapted.as_ref().unwrap().all, 0.0);
 
     // DP-γ per sample: PT's prediction where not adapted (exactly), β's where adapted (up to a
@@ -108,7 +113,7 @@ fn every_row_follows_from_the_predictions_and_flags() {
         differing += here;
         assert!(correct(&selected, truth).abs_diff(counts(gamma)[i]) <= here);
         let adapted = g.adapted.iter().filter(|&&a| a).count();
-        let share = if i == 0 { shares.std } else { shares.blur[i - 1].1 };
+        let share = if i == 0 { shares.std } else { shares.groups[0].levels[i - 1].1 };
         assert_eq!(share, 100.0 * adapted as f64 / IMAGES as f64, "condition {i}");
     }
     assert!(shares.std > 0.0 && shares.std < 100.0, "the median boundary must adapt some clean images: {}", shares.std);
@@ -133,7 +138,7 @@ fn every_row_follows_from_the_predictions_and_flags() {
     // Oracle: PT on clean images, β on blurred ones.
     let oracle = row(rows, ORACLE);
     assert_eq!(oracle.std, pt_row.std);
-    assert_eq!(oracle.blur, row(rows, DP_BETA).blur);
+    assert_eq!(blur(oracle), blur(row(rows, DP_BETA)));
 
     // JSON: the served row's figures at the top level, every row with its label and shares.
     let json = report::json(&outcome.report);

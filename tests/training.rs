@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
 use onnx_deeppatch::backend::{open_session, BackendKind, BackendOptions, Pool};
-use onnx_deeppatch::config::{Config, LearningRate, AUTO_LEARNING_RATES, SIGMAS};
+use onnx_deeppatch::config::{Config, LearningRate, AUTO_LEARNING_RATES};
 use onnx_deeppatch::eval::{evaluate, ModelIo};
 use onnx_deeppatch::train::{self, TrainData};
 use onnx_deeppatch::units::PatchSpec;
@@ -113,8 +113,7 @@ fn the_trained_spec_patches_into_the_model_training_validated() {
     let io = ModelIo::resolve(&model, &config.preprocess).unwrap();
     let options = BackendOptions { kind: BackendKind::Ort, ..Default::default() };
     let mut pool = Pool::open(&model.encode_to_vec(), &options).unwrap();
-    let evaluation = evaluate(&mut pool, &io, data.images.clone(), &data.val, &SIGMAS, &data.preprocess, 256).unwrap();
-    let correct = evaluation.clean.correct + evaluation.blurred.iter().map(|(_, r)| r.correct).sum::<usize>();
+    let correct = evaluate(&mut pool, &io, &data.val_set(256)).unwrap().total_correct();
     let total = data.val.len() * 7;
     assert_eq!(trained.summary.val_images, total);
     let reported = (trained.summary.best_val_accuracy * total as f64 / 100.0).round() as usize;
@@ -189,7 +188,7 @@ fn bn_adapt_stores_the_replacement_channels_statistics_on_t_train() {
     let conv_output = model.graph.as_ref().unwrap().node[params[0].position].output[0].clone();
     beta.graph.as_mut().unwrap().output.push(onnx_deeppatch::onnx::proto::ValueInfoProto { name: Some(conv_output.clone()), ..Default::default() });
     let data = TrainData::load(&model, &config).unwrap();
-    let draw = train::epoch_draw(&data.train, config.data.seed, 1);
+    let draw = data.epoch_draw(config.data.seed, 1);
     let input = onnx_deeppatch::data::make_mixed_batch(&data.images, &draw, &data.preprocess).unwrap();
     let options = BackendOptions { kind: BackendKind::Ort, ..Default::default() };
     let mut session = open_session(&beta.encode_to_vec(), &options).unwrap();

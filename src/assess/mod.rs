@@ -36,11 +36,10 @@ use self::artifact::{read_partial, PartialHeader, PartialWriter};
 pub use self::cut::{cut, downstream_model, upstream_model, Cut};
 use crate::analysis::{convolutions, ConvInfo};
 use crate::backend::{BackendOptions, Pool};
-use crate::config::{Config, SIGMAS};
-use crate::data::split::{stratified_split, ValSize};
-use crate::data::{make_batch, load_split, Corruption, Split};
+use crate::config::Config;
+use crate::data::make_mixed_batch;
 use crate::error::{Error, Result};
-use crate::eval::{argmax, preprocess_for, ModelIo};
+use crate::eval::{argmax, ModelIo};
 use crate::onnx::proto::ModelProto;
 use crate::progress::Progress;
 use crate::tensor::Tensor;
@@ -49,7 +48,8 @@ use crate::units::alpha_model;
 /// Default blamed ratio κ.
 pub const DEFAULT_KAPPA: f64 = 0.25;
 
-/// T_val*: the validation images blurred at every σ, preprocessed into batches once.
+/// T_val*: the validation images under every level of the chosen corruptions (blurred at every σ
+/// by default), preprocessed into batches once.
 pub struct ValStar {
     /// Input batches (the model's image input).
     pub batches: Vec<Tensor>,
@@ -62,7 +62,7 @@ pub struct ValStar {
 }
 
 impl ValStar {
-    /// Number of images of T_val* (six per validation image).
+    /// Number of images of T_val* (six per validation image for blur).
     pub fn len(&self) -> usize {
         self.labels.iter().map(Vec::len).sum()
     }
@@ -73,23 +73,20 @@ impl ValStar {
     }
 }
 
-/// Loads the training split named by `config`, draws T_val (stratified, seeded) and builds T_val*.
+/// Loads the training split named by `config`, draws T_val (stratified, seeded) and builds T_val*:
+/// every level of every chosen corruption (blur: T_val at each σ of Σ).
 pub fn load_val_star(config: &Config) -> Result<ValStar> {
-    let root = config.data_root()?;
-    let train = load_split(root, Split::Train, config.data.format)?;
-    let size = config.data.val_size.map_or(ValSize::Fraction(config.data.val_fraction), ValSize::Count);
-    let (_, val) = stratified_split(&train.labels, size, config.data.seed)?;
-    let preprocess = preprocess_for(&config.preprocess, &train)?;
+    let data = crate::train::TrainData::load_data(config)?;
     let batch_size = config.eval.batch_size.max(1);
     let mut batches = Vec::new();
     let mut labels = Vec::new();
-    for &sigma in &SIGMAS {
-        for chunk in val.chunks(batch_size) {
-            batches.push(Tensor::F32(make_batch(&train, chunk, &Corruption::Blur(sigma), &preprocess)?));
-            labels.push(chunk.iter().map(|&i| train.labels[i]).collect());
+    for level in data.corrupted.val.iter().flat_map(|g| &g.levels) {
+        for chunk in level.items.chunks(batch_size) {
+            batches.push(Tensor::F32(make_mixed_batch(&data.images, chunk, &data.preprocess)?));
+            labels.push(chunk.iter().map(|&(i, _)| data.images.labels[i]).collect());
         }
     }
-    Ok(ValStar { batches, labels, images: val.len(), fingerprint: train.subset(&val).fingerprint() })
+    Ok(ValStar { batches, labels, images: data.val.len(), fingerprint: data.fingerprint })
 }
 
 /// Correct predictions per channel of one convolution.

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use ndarray::ArrayD;
 
-use super::preprocess::{make_batch, make_mixed_batch, Corruption, Preprocess};
+use super::preprocess::{make_mixed_batch, Corruption, Preprocess};
 use super::Dataset;
 use crate::error::{Error, Result};
 
@@ -21,14 +21,14 @@ pub struct Batch {
     pub labels: Vec<i64>,
     /// Positions of the images in the data set.
     pub indices: Vec<usize>,
-    /// Position of the batch's corruption in the list given to [`BatchStream::new`] (0 for
+    /// Position of the batch's level in the list given to [`BatchStream::new`] (0 for
     /// [`BatchStream::mixed`] batches).
     pub corruption: usize,
 }
 
-/// Walks `indices` in batches once per corruption (all batches of the first corruption, then the
-/// second, ...). Iterating yields the batches in that order; an error ends the stream after it is
-/// yielded. Dropping the stream stops the producer.
+/// Walks levels in batches, each level's images in turn (all batches of the first level, then the
+/// second, ...), each image with its own corruption. Iterating yields the batches in that order; an
+/// error ends the stream after it is yielded. Dropping the stream stops the producer.
 pub struct BatchStream {
     receiver: Option<Receiver<Result<Batch>>>,
     producer: Option<JoinHandle<()>>,
@@ -37,16 +37,16 @@ pub struct BatchStream {
 }
 
 impl BatchStream {
-    /// Starts producing batches of `batch_size` images of `indices` of `data` for each of
-    /// `corruptions`.
-    pub fn new(data: Arc<Dataset>, indices: Vec<usize>, corruptions: Vec<Corruption>, preprocess: Preprocess, batch_size: usize) -> BatchStream {
+    /// Starts producing batches of `batch_size` of each level of `levels`, (image index, corruption)
+    /// pairs; `Batch::corruption` is the level's position. A batch never spans two levels.
+    pub fn new(data: Arc<Dataset>, levels: Vec<Vec<(usize, Corruption)>>, preprocess: Preprocess, batch_size: usize) -> BatchStream {
         BatchStream::spawn(batch_size, move |sender| {
-            for (position, corruption) in corruptions.iter().enumerate() {
-                for chunk in indices.chunks(batch_size) {
-                    let batch = make_batch(&data, chunk, corruption, &preprocess).map(|input| Batch {
+            for (position, items) in levels.iter().enumerate() {
+                for chunk in items.chunks(batch_size) {
+                    let batch = make_mixed_batch(&data, chunk, &preprocess).map(|input| Batch {
                         input,
-                        labels: chunk.iter().map(|&i| data.labels[i]).collect(),
-                        indices: chunk.to_vec(),
+                        labels: chunk.iter().map(|&(i, _)| data.labels[i]).collect(),
+                        indices: chunk.iter().map(|&(i, _)| i).collect(),
                         corruption: position,
                     });
                     if !deliver(sender, batch) {
@@ -57,22 +57,9 @@ impl BatchStream {
         })
     }
 
-    /// Starts producing batches of `batch_size` of `items`, (image index, corruption) pairs each
-    /// with its own corruption (a training epoch's draw); `Batch::corruption` is 0.
+    /// One level: the batches of `items` (a training epoch's draw); `Batch::corruption` is 0.
     pub fn mixed(data: Arc<Dataset>, items: Vec<(usize, Corruption)>, preprocess: Preprocess, batch_size: usize) -> BatchStream {
-        BatchStream::spawn(batch_size, move |sender| {
-            for chunk in items.chunks(batch_size) {
-                let batch = make_mixed_batch(&data, chunk, &preprocess).map(|input| Batch {
-                    input,
-                    labels: chunk.iter().map(|&(i, _)| data.labels[i]).collect(),
-                    indices: chunk.iter().map(|&(i, _)| i).collect(),
-                    corruption: 0,
-                });
-                if !deliver(sender, batch) {
-                    return;
-                }
-            }
-        })
+        BatchStream::new(data, vec![items], preprocess, batch_size)
     }
 
     /// Runs `produce` on the producer thread.
@@ -137,7 +124,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::data::Images;
+    use crate::data::{make_batch, Images};
 
     fn data(n: usize) -> Arc<Dataset> {
         Arc::new(Dataset {
@@ -153,7 +140,8 @@ mod tests {
         let data = data(12);
         let indices: Vec<usize> = (0..10).rev().collect();
         let corruptions = vec![Corruption::Clean, Corruption::Blur(1.0)];
-        let stream = BatchStream::new(data.clone(), indices.clone(), corruptions.clone(), Preprocess::default(), 4);
+        let levels = corruptions.iter().map(|c| indices.iter().map(|&i| (i, c.clone())).collect()).collect();
+        let stream = BatchStream::new(data.clone(), levels, Preprocess::default(), 4);
         let batches: Vec<Batch> = stream.collect::<Result<_>>().unwrap();
         let shape: Vec<(usize, usize)> = batches.iter().map(|b| (b.corruption, b.labels.len())).collect();
         assert_eq!(shape, [(0, 4), (0, 4), (0, 2), (1, 4), (1, 4), (1, 2)]);
@@ -182,10 +170,11 @@ mod tests {
     #[test]
     fn errors_end_the_stream() {
         let wrong = Preprocess { mean: vec![0.0], std: vec![1.0], ..Preprocess::default() };
-        let mut stream = BatchStream::new(data(5), (0..5).collect(), vec![Corruption::Clean], wrong, 2);
+        let clean = || vec![(0..5).map(|i| (i, Corruption::Clean)).collect()];
+        let mut stream = BatchStream::new(data(5), clean(), wrong, 2);
         assert!(matches!(stream.next(), Some(Err(Error::Config(_)))));
         assert!(stream.next().is_none());
-        let mut empty = BatchStream::new(data(5), (0..5).collect(), vec![Corruption::Clean], Preprocess::default(), 0);
+        let mut empty = BatchStream::new(data(5), clean(), Preprocess::default(), 0);
         assert!(matches!(empty.next(), Some(Err(Error::Config(_)))));
         assert!(empty.next().is_none());
     }
@@ -193,7 +182,8 @@ mod tests {
     #[test]
     fn dropping_stops_the_producer() {
         let started = Instant::now();
-        let mut stream = BatchStream::new(data(2000), (0..2000).collect(), vec![Corruption::Blur(3.0); 50], Preprocess::default(), 1);
+        let levels = vec![(0..2000).map(|i| (i, Corruption::Blur(3.0))).collect(); 50];
+        let mut stream = BatchStream::new(data(2000), levels, Preprocess::default(), 1);
         assert!(stream.next().is_some());
         drop(stream);
         assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());

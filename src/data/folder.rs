@@ -77,8 +77,19 @@ fn is_image(path: &Path) -> bool {
 /// among the sorted (visible) folders, empty ones included, and files keep name order.
 pub(super) fn load(root: &Path, split: Split) -> Result<Dataset> {
     let dir = root.join(split.name());
-    let class_dirs: Vec<PathBuf> = visible_entries(&dir)?.into_iter().filter(|p| p.is_dir()).collect();
+    let class_dirs = class_folders(&dir)?;
     check_other_split(root, split, &class_dirs)?;
+    load_classes(&dir, &class_dirs)
+}
+
+/// The visible sub-folders of `dir`, sorted by name.
+pub(super) fn class_folders(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(visible_entries(dir)?.into_iter().filter(|p| p.is_dir()).collect())
+}
+
+/// Loads every image of `dir/<class>/` for the folders `class_dirs` (in that order: a folder's
+/// position is its class index).
+pub(super) fn load_classes(dir: &Path, class_dirs: &[PathBuf]) -> Result<Dataset> {
     let (mut files, mut labels) = (Vec::new(), Vec::new());
     for (label, class_dir) in class_dirs.iter().enumerate() {
         for file in visible_entries(class_dir)?.into_iter().filter(|f| is_image(f) && f.is_file()) {
@@ -87,14 +98,14 @@ pub(super) fn load(root: &Path, split: Split) -> Result<Dataset> {
         }
     }
     let Some(first) = files.first() else {
-        return Err(Error::data(&dir, "no images found under this folder (expected <class>/*.jpg, *.jpeg or *.png)"));
+        return Err(Error::data(dir, "no images found under this folder (expected <class>/*.jpg, *.jpeg or *.png)"));
     };
     let (h, w, first_pixels) = decode_rgb(first, None)?;
     let per_image = first_pixels.len();
     let total = per_image.saturating_mul(files.len());
     let mut data = Vec::new();
     data.try_reserve_exact(total).map_err(|_| {
-        Error::data(&dir, format!("{} images of {w}×{h} pixels are more than this machine can hold", files.len()))
+        Error::data(dir, format!("{} images of {w}×{h} pixels are more than this machine can hold", files.len()))
     })?;
     data.extend_from_slice(&first_pixels);
     data.resize(total, 0);
@@ -104,7 +115,7 @@ pub(super) fn load(root: &Path, split: Split) -> Result<Dataset> {
         Ok::<(), Error>(())
     })?;
     let classes = class_dirs.iter().map(|d| d.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
-    Ok(Dataset { images: Images::U8Hwc { data, n: files.len(), h, w, c: 3 }, labels, classes, source: dir })
+    Ok(Dataset { images: Images::U8Hwc { data, n: files.len(), h, w, c: 3 }, labels, classes, source: dir.to_path_buf() })
 }
 
 /// Decodes `path` to RGB; with `expected` = (h, w, file), an image of another size is an error

@@ -7,6 +7,7 @@
 pub mod batches;
 pub mod blur;
 mod cifar;
+pub mod corruption;
 mod folder;
 pub mod npy;
 pub mod preprocess;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use batches::{Batch, BatchStream};
+pub use corruption::{CorruptionKind, Corruptions};
 pub use preprocess::{make_batch, make_mixed_batch, Corruption, Layout, Preprocess};
 
 use crate::error::{Error, Result};

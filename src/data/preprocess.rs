@@ -106,6 +106,8 @@ pub enum Corruption {
     /// SENSEI spatial transform of test level 1..=5; each image's parameters are drawn from
     /// `seed` and the image's index in the data set, never from its place in a batch.
     Spatial { level: u8, seed: u64 },
+    /// SENSEI spatial transform with these parameters (a training or validation variant).
+    Transform(SpatialParams),
 }
 
 impl fmt::Display for Corruption {
@@ -116,6 +118,7 @@ impl fmt::Display for Corruption {
             Corruption::Blur(sigma) if sigma.fract() == 0.0 => write!(f, "blur{sigma:.1}"),
             Corruption::Blur(sigma) => write!(f, "blur{sigma}"),
             Corruption::Spatial { level, .. } => write!(f, "spatial{level}"),
+            Corruption::Transform(_) => f.write_str("spatial"),
         }
     }
 }
@@ -125,6 +128,7 @@ enum Prepared {
     Clean,
     Blur(GaussianKernel),
     Spatial { level: u8, seed: u64 },
+    Transform(SpatialParams),
 }
 
 impl Prepared {
@@ -138,6 +142,7 @@ impl Prepared {
                 }
                 Prepared::Spatial { level: *level, seed: *seed }
             }
+            Corruption::Transform(params) => Prepared::Transform(*params),
         })
     }
 
@@ -201,6 +206,7 @@ fn fill_batch(ds: &Dataset, jobs: &[(usize, &Prepared)], pre: &Preprocess) -> Re
                     Prepared::Spatial { level, seed } => {
                         Cow::Owned(Prepared::spatial(*level, *seed, i, h, w)?.apply(image, h, w, c))
                     }
+                    Prepared::Transform(params) => Cow::Owned(params.apply(image, h, w, c)),
                 };
                 for (p, px) in corrupted.chunks_exact(c).enumerate() {
                     for (ch, &v) in px.iter().enumerate() {
@@ -224,6 +230,7 @@ fn fill_batch(ds: &Dataset, jobs: &[(usize, &Prepared)], pre: &Preprocess) -> Re
                         Prepared::spatial(*level, *seed, i, h, w)?
                             .apply_normalized(image, c, h, w, pre),
                     ),
+                    Prepared::Transform(params) => Cow::Owned(params.apply_normalized(image, c, h, w, pre)),
                 };
                 match pre.layout {
                     Layout::Nchw => dst.copy_from_slice(&corrupted),

@@ -1,4 +1,4 @@
-//! Evaluation: accuracy of a model on the clean test set and on its blurred copies; a γ-patched
+//! Evaluation: accuracy of a model on the clean test set and on each level of each corruption; a γ-patched
 //! model is evaluated under every routing the paper compares ([`patched`]).
 
 pub mod patched;
@@ -9,11 +9,12 @@ use ndarray::Axis;
 
 use crate::backend::Pool;
 use crate::config::PreprocessConfig;
+use crate::data::corruption::{test_groups, Group, GroupNames};
 use crate::data::{Batch, BatchStream, Corruption, Dataset, Preprocess};
 use crate::error::{Error, Result};
 use crate::onnx::proto::ModelProto;
 use crate::progress::Progress;
-use crate::report::AccuracyRow;
+use crate::report::{AccuracyRow, GroupCounts, Shares};
 use crate::tensor::Tensor;
 use crate::units::{ADAPTED_OUTPUT, DECISION_INPUT};
 
@@ -81,11 +82,12 @@ pub fn preprocess_for(config: &PreprocessConfig, data: &Dataset) -> Result<Prepr
     Ok(Preprocess { scale: config.scale, mean: config.mean.clone(), std: config.std.clone(), layout: config.layout })
 }
 
-/// Predictions of one model on one corruption of the evaluated images.
+/// Predictions of one model on one condition (the clean images or one level of a corruption).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConditionResult {
-    pub corruption: Corruption,
-    /// Predicted class per image, in the order of the evaluated indices.
+    /// True label per image, in evaluation order.
+    pub labels: Vec<i64>,
+    /// Predicted class per image, in the same order.
     pub predictions: Vec<i64>,
     pub correct: usize,
     /// Per image, whether a patched model routed it to the replacement filters (its
@@ -93,33 +95,71 @@ pub struct ConditionResult {
     pub adapted: Vec<bool>,
 }
 
-/// Predictions on the clean images and on each blurred copy.
+/// One corruption's results, level by level.
+#[derive(Debug, Clone)]
+pub struct GroupResult {
+    pub names: GroupNames,
+    /// (level key, result) per level.
+    pub levels: Vec<(String, ConditionResult)>,
+}
+
+/// Predictions on the clean images and on each level of each corruption.
 #[derive(Debug, Clone)]
 pub struct Evaluation {
+    /// Labels of the clean images.
     pub labels: Vec<i64>,
     pub clean: ConditionResult,
-    /// (σ, result) per blur level.
-    pub blurred: Vec<(f32, ConditionResult)>,
+    pub groups: Vec<GroupResult>,
 }
 
 impl Evaluation {
     /// The table row of this evaluation.
     pub fn row(&self, label: &str) -> AccuracyRow {
-        let blurred: Vec<(f32, usize)> = self.blurred.iter().map(|(s, r)| (*s, r.correct)).collect();
-        AccuracyRow::from_counts(label, self.labels.len(), self.clean.correct, &blurred)
+        let counts: Vec<usize> = self.conditions().map(|c| c.correct).collect();
+        self.row_of(label, &counts)
     }
 
-    /// The clean result, then one per σ.
+    /// A row of counts per condition (clean first, then every level in order), each over the
+    /// images of that condition.
+    pub fn row_of(&self, label: &str, counts: &[usize]) -> AccuracyRow {
+        AccuracyRow::from_counts(label, self.labels.len(), counts.first().copied().unwrap_or(0), &self.group_counts(counts))
+    }
+
+    /// Shares of counts per condition, as [`Evaluation::row_of`].
+    pub fn shares_of(&self, counts: &[usize]) -> Shares {
+        Shares::from_counts(self.labels.len(), counts.first().copied().unwrap_or(0), &self.group_counts(counts))
+    }
+
+    /// `counts` (clean first) laid out by corruption and level.
+    fn group_counts(&self, counts: &[usize]) -> Vec<GroupCounts> {
+        let mut rest = counts.iter().skip(1);
+        self.groups
+            .iter()
+            .map(|g| GroupCounts {
+                names: g.names.clone(),
+                levels: g.levels.iter().map(|(key, r)| (key.clone(), rest.next().copied().unwrap_or(0), r.labels.len())).collect(),
+            })
+            .collect()
+    }
+
+    /// The clean result, then every level of every corruption.
     pub fn conditions(&self) -> impl Iterator<Item = &ConditionResult> {
-        std::iter::once(&self.clean).chain(self.blurred.iter().map(|(_, r)| r))
+        std::iter::once(&self.clean).chain(self.groups.iter().flat_map(|g| g.levels.iter().map(|(_, r)| r)))
+    }
+
+    /// Correct predictions over every condition.
+    pub fn total_correct(&self) -> usize {
+        self.conditions().map(|c| c.correct).sum()
     }
 }
 
 /// The evaluated images and how their batches are prepared.
 pub struct TestSet<'a> {
     pub data: Arc<Dataset>,
+    /// The clean images.
     pub indices: &'a [usize],
-    pub sigmas: &'a [f32],
+    /// The corruptions' levels (images of `data`).
+    pub groups: &'a [Group],
     pub preprocess: &'a Preprocess,
     pub batch_size: usize,
 }
@@ -141,36 +181,27 @@ impl<'s> Run<'s> {
     }
 }
 
-/// Runs the model of `pool` on `indices` of `data`, clean and blurred at every σ, batches prepared
-/// in the background while the backend computes.
-pub fn evaluate(
-    pool: &mut Pool,
-    io: &ModelIo,
-    data: Arc<Dataset>,
-    indices: &[usize],
-    sigmas: &[f32],
-    preprocess: &Preprocess,
-    batch_size: usize,
-) -> Result<Evaluation> {
-    let set = TestSet { data, indices, sigmas, preprocess, batch_size };
-    let mut evaluations = evaluate_runs(&mut [Run::plain(pool)], io, &set, "evaluating")?;
+/// Runs the model of `pool` on the clean images `set.indices` and every level of `set.groups`,
+/// batches prepared in the background while the backend computes.
+pub fn evaluate(pool: &mut Pool, io: &ModelIo, set: &TestSet) -> Result<Evaluation> {
+    let mut evaluations = evaluate_runs(&mut [Run::plain(pool)], io, set, "evaluating")?;
     evaluations.pop().ok_or_else(|| Error::Internal("no evaluation".into()))
 }
 
-/// Runs every model of `runs` on each batch of `set` (every image is blurred and preprocessed once,
+/// Runs every model of `runs` on each batch of `set` (every image is corrupted and preprocessed once,
 /// whatever the number of models), one [`Evaluation`] per run; progress is reported as `task`.
 /// Each model runs as many batches side by side as its pool has workers.
 pub fn evaluate_runs(runs: &mut [Run], io: &ModelIo, set: &TestSet, task: &str) -> Result<Vec<Evaluation>> {
-    let corruptions: Vec<Corruption> =
-        std::iter::once(Corruption::Clean).chain(set.sigmas.iter().map(|&s| Corruption::Blur(s))).collect();
-    let labels: Vec<i64> = set.indices.iter().map(|&i| set.data.labels[i]).collect();
-    let empty = |c: &Corruption| ConditionResult { corruption: c.clone(), predictions: Vec::with_capacity(labels.len()), correct: 0, adapted: Vec::new() };
-    let mut results: Vec<Vec<ConditionResult>> = runs.iter().map(|_| corruptions.iter().map(empty).collect()).collect();
+    let clean: Vec<(usize, Corruption)> = set.indices.iter().map(|&i| (i, Corruption::Clean)).collect();
+    let levels: Vec<Vec<(usize, Corruption)>> = std::iter::once(clean).chain(set.groups.iter().flat_map(|g| g.levels.iter().map(|l| l.items.clone()))).collect();
+    let sizes: Vec<usize> = levels.iter().map(Vec::len).collect();
+    let empty = |size: usize| ConditionResult { labels: Vec::with_capacity(size), predictions: Vec::with_capacity(size), correct: 0, adapted: Vec::new() };
+    let mut results: Vec<Vec<ConditionResult>> = runs.iter().map(|_| sizes.iter().map(|&n| empty(n)).collect()).collect();
     let positions = runs.iter().map(|run| output_positions(run, io)).collect::<Result<Vec<_>>>()?;
     let switches: Vec<Option<Tensor>> = runs.iter().map(|run| run.decision.map(|d| Tensor::Bool(ndarray::arr0(d).into_dyn()))).collect();
-    let mut progress = Progress::new(task, set.indices.len() * corruptions.len());
+    let mut progress = Progress::new(task, sizes.iter().sum());
     let workers = runs.iter().map(|run| run.pool.workers()).max().unwrap_or(1);
-    let mut stream = BatchStream::new(set.data.clone(), set.indices.to_vec(), corruptions, set.preprocess.clone(), set.batch_size);
+    let mut stream = BatchStream::new(set.data.clone(), levels, set.preprocess.clone(), set.batch_size);
     loop {
         let mut group: Vec<Batch> = stream.by_ref().take(workers).collect::<Result<_>>()?;
         if group.is_empty() {
@@ -189,6 +220,7 @@ pub fn evaluate_runs(runs: &mut [Run], io: &ModelIo, set: &TestSet, task: &str) 
                     let predicted = argmax(row.iter().copied());
                     result.correct += usize::from(predicted == *label);
                     result.predictions.push(predicted);
+                    result.labels.push(*label);
                 }
                 if let Some(at) = adapted_at {
                     let flags = outputs[*at].as_bool()?;
@@ -202,15 +234,23 @@ pub fn evaluate_runs(runs: &mut [Run], io: &ModelIo, set: &TestSet, task: &str) 
         progress.advance(group.iter().map(|batch| batch.labels.len()).sum());
     }
     progress.finish();
-    results
+    let labels: Vec<i64> = set.indices.iter().map(|&i| set.data.labels[i]).collect();
+    Ok(results
         .into_iter()
         .map(|conditions| {
             let mut conditions = conditions.into_iter();
-            let clean = conditions.next().ok_or_else(|| Error::Internal("no clean results".into()))?;
-            let blurred = set.sigmas.iter().copied().zip(conditions).collect();
-            Ok(Evaluation { labels: labels.clone(), clean, blurred })
+            let clean = conditions.next().unwrap_or_else(|| empty(0));
+            let groups = set
+                .groups
+                .iter()
+                .map(|g| GroupResult {
+                    names: g.kind.names(),
+                    levels: g.levels.iter().map(|l| (l.key.clone(), conditions.next().unwrap_or_else(|| empty(0)))).collect(),
+                })
+                .collect();
+            Evaluation { labels: labels.clone(), clean, groups }
         })
-        .collect()
+        .collect())
 }
 
 /// Where a run's logits and (when it reads them) adaptation flags are among its session's outputs.
@@ -246,7 +286,7 @@ pub fn evaluate_model(model_path: &std::path::Path, config: &crate::config::Conf
     let model = crate::analysis::load(model_path)?;
     let io = ModelIo::resolve(&model, &config.preprocess)?;
     let root = config.data_root()?;
-    let test = crate::data::load_split(root, crate::data::Split::Test, config.data.format)?;
+    let mut test = crate::data::load_split(root, crate::data::Split::Test, config.data.format)?;
     io.check_classes(&model, &test)?;
     let preprocess = preprocess_for(&config.preprocess, &test)?;
     let indices = match config.eval.limit {
@@ -255,12 +295,13 @@ pub fn evaluate_model(model_path: &std::path::Path, config: &crate::config::Conf
         }
         _ => (0..test.len()).collect(),
     };
+    let groups = test_groups(&config.data.corruption, &mut test, &indices, &config.eval.sigmas, config.data.seed)?;
     let options = crate::backend::BackendOptions {
         kind: config.backend.kind,
         device: config.backend.device,
         threads: config.backend.threads,
     };
-    let set = TestSet { data: Arc::new(test), indices: &indices, sigmas: &config.eval.sigmas, preprocess: &preprocess, batch_size: config.eval.batch_size };
+    let set = TestSet { data: Arc::new(test), indices: &indices, groups: &groups, preprocess: &preprocess, batch_size: config.eval.batch_size };
     let mut report = crate::report::Report {
         model: model_path.display().to_string(),
         backend: format!("{} ({})", config.backend.kind, config.backend.device),
@@ -277,7 +318,7 @@ pub fn evaluate_model(model_path: &std::path::Path, config: &crate::config::Conf
         Evaluations::Patched(Box::new(evaluation))
     } else {
         let mut pool = Pool::open(&prost::Message::encode_to_vec(&model), &options)?;
-        let evaluation = evaluate(&mut pool, &io, set.data.clone(), &indices, set.sigmas, &preprocess, set.batch_size)?;
+        let evaluation = evaluate(&mut pool, &io, &set)?;
         report.rows = vec![evaluation.row(&model_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()))];
         Evaluations::Plain(evaluation)
     };
@@ -320,7 +361,9 @@ mod tests {
         let run = |threads: usize| {
             let options = crate::backend::BackendOptions { threads: Some(threads), ..Default::default() };
             let mut pool = Pool::open(&prost::Message::encode_to_vec(&model), &options).unwrap();
-            let evaluation = evaluate(&mut pool, &io, data.clone(), &indices, &[1.0, 2.0], &preprocess, 64).unwrap();
+            let groups = [crate::data::corruption::blur_group(&indices, &[1.0, 2.0])];
+            let set = TestSet { data: data.clone(), indices: &indices, groups: &groups, preprocess: &preprocess, batch_size: 64 };
+            let evaluation = evaluate(&mut pool, &io, &set).unwrap();
             evaluation.conditions().cloned().collect::<Vec<_>>()
         };
         let sequential = run(1);

@@ -13,7 +13,7 @@ use crate::backend::{BackendOptions, Pool};
 use crate::error::{Error, Result};
 use crate::onnx::metadata;
 use crate::onnx::proto::ModelProto;
-use crate::report::{AccuracyRow, PatchContext, Shares};
+use crate::report::{AccuracyRow, PatchContext};
 use crate::units::{beta_model, strip};
 
 /// Images per decision in the authors' semantics (their test batch).
@@ -70,11 +70,9 @@ impl PatchedEvaluation {
     /// The table rows — PT, DP-β, DP-γ (with its adapted shares), DP-γ batch-256, DP-fb, oracle —
     /// and the position of DP-γ, the model as served.
     pub fn rows(&self) -> (Vec<AccuracyRow>, usize) {
-        let images = self.original.labels.len();
-        let sigmas: Vec<f32> = self.original.blurred.iter().map(|(s, _)| *s).collect();
         // Counts per condition (clean first) as a row or as shares.
-        let row = |label: &str, counts: &[usize]| AccuracyRow::from_counts(label, images, counts[0], &sigmas.iter().copied().zip(counts[1..].iter().copied()).collect::<Vec<_>>());
-        let shares = |counts: &[usize]| Shares::from_counts(images, counts[0], &sigmas.iter().copied().zip(counts[1..].iter().copied()).collect::<Vec<_>>());
+        let row = |label: &str, counts: &[usize]| self.original.row_of(label, counts);
+        let shares = |counts: &[usize]| self.original.shares_of(counts);
         let adapted = |e: &Evaluation| e.conditions().map(|c| c.adapted.iter().filter(|&&a| a).count()).collect::<Vec<_>>();
 
         let majority: Vec<Vec<bool>> = self.served.conditions().map(|c| majority_flags(&c.adapted, MAJORITY_BATCH)).collect();
@@ -83,7 +81,7 @@ impl PatchedEvaluation {
             .conditions()
             .zip(self.beta.conditions())
             .zip(&majority)
-            .map(|((pt, beta), flags)| routed_correct(flags, beta, pt, &self.original.labels))
+            .map(|((pt, beta), flags)| routed_correct(flags, beta, pt, &pt.labels))
             .collect();
         let majority_adapted: Vec<usize> = majority.iter().map(|flags| flags.iter().filter(|&&a| a).count()).collect();
         let oracle: Vec<usize> = self.original.conditions().zip(self.beta.conditions()).enumerate().map(|(i, (pt, beta))| if i == 0 { pt.correct } else { beta.correct }).collect();
@@ -147,11 +145,11 @@ pub fn routed_correct(flags: &[bool], adapted: &ConditionResult, original: &Cond
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::Corruption;
+    use crate::eval::GroupResult;
 
     fn result(predictions: Vec<i64>, labels: &[i64], adapted: Vec<bool>) -> ConditionResult {
         let correct = predictions.iter().zip(labels).filter(|(p, l)| p == l).count();
-        ConditionResult { corruption: Corruption::Clean, predictions, correct, adapted }
+        ConditionResult { labels: labels.to_vec(), predictions, correct, adapted }
     }
 
     #[test]
@@ -171,7 +169,7 @@ mod tests {
         let evaluation = |clean: Vec<i64>, blurred: Vec<i64>, flags: [bool; 2]| Evaluation {
             labels: labels.clone(),
             clean: result(clean, &labels, flags.to_vec()),
-            blurred: vec![(1.0, result(blurred, &labels, flags.to_vec()))],
+            groups: vec![GroupResult { names: crate::data::CorruptionKind::Blur.names(), levels: vec![("1.0".into(), result(blurred, &labels, flags.to_vec()))] }],
         };
         let patched = PatchedEvaluation {
             original: evaluation(vec![0, 0], vec![0, 0], [false; 2]),
@@ -184,11 +182,11 @@ mod tests {
         let labels: Vec<&str> = rows.iter().map(|r| r.label.as_str()).collect();
         assert_eq!(labels, [PT, DP_BETA, DP_GAMMA, "DP-γ batch-256", DP_FALLBACK, ORACLE]);
         assert_eq!(primary, 2);
-        assert_eq!((rows[2].std, rows[2].blur[0].1), (100.0, 50.0));
+        assert_eq!((rows[2].std, rows[2].groups[0].accuracy.levels[0].1), (100.0, 50.0));
         assert_eq!(rows[2].adapted.as_ref().map(|a| (a.std, a.all)), Some((50.0, 50.0)));
         // One adapted of two is not a majority: the batch stays on PT.
         assert_eq!((rows[3].std, rows[3].adapted.as_ref().map(|a| a.all)), (50.0, Some(0.0)));
-        assert_eq!((rows[5].std, rows[5].blur[0].1), (50.0, 50.0));
+        assert_eq!((rows[5].std, rows[5].groups[0].accuracy.levels[0].1), (50.0, 50.0));
         let context = patched.context();
         assert_eq!((context.predictions, context.fallback_differs), (4, 0));
         // Blurred copy: the flag selects β (class 1) for the second sample, the served model said 0.

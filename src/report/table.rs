@@ -1,30 +1,42 @@
 //! Tables: aligned text for the terminal and GitHub-flavoured Markdown.
 
-use super::{sigma_key, AccuracyRow, Report, Shares};
+use super::{AccuracyRow, Report, Shares};
 
 /// Label of the line that follows the served row of a patched model.
 const ADAPTED_LABEL: &str = "adapted %";
 
 fn header(rows: &[AccuracyRow]) -> Vec<String> {
-    let sigmas: Vec<String> = rows.first().map(|r| r.blur.iter().map(|(s, _)| format!("blur{}", sigma_key(*s))).collect()).unwrap_or_default();
     let mut columns = vec!["model".to_string(), "std".to_string()];
-    columns.extend(sigmas);
-    columns.extend(["nRob".to_string(), "joint".to_string()]);
+    for group in rows.first().map(|r| r.groups.as_slice()).unwrap_or_default() {
+        let names = &group.accuracy.names;
+        columns.extend(group.accuracy.levels.iter().map(|(key, _)| format!("{}{key}", names.column_prefix)));
+        columns.push(names.rob_title.clone());
+        columns.extend(names.levels_only_title.clone());
+    }
+    columns.push("joint".to_string());
     columns
 }
 
 fn cells(row: &AccuracyRow) -> Vec<String> {
     let mut cells = vec![row.label.clone(), format!("{:.2}", row.std)];
-    cells.extend(row.blur.iter().map(|(_, a)| format!("{a:.2}")));
-    cells.extend([format!("{:.2}", row.nrob), format!("{:.2}", row.joint)]);
+    for group in &row.groups {
+        cells.extend(group.accuracy.levels.iter().map(|(_, a)| format!("{a:.2}")));
+        cells.push(format!("{:.2}", group.rob));
+        cells.extend(group.accuracy.names.levels_only_title.as_ref().map(|_| format!("{:.2}", group.levels_only)));
+    }
+    cells.push(format!("{:.2}", row.joint));
     cells
 }
 
-/// The share of adapted samples per condition; nRob and joint are left empty, as in the paper.
+/// The share of adapted samples per condition; the means and joint are left empty, as in the paper.
 fn adapted_cells(shares: &Shares) -> Vec<String> {
     let mut cells = vec![ADAPTED_LABEL.to_string(), format!("{:.2}", shares.std)];
-    cells.extend(shares.blur.iter().map(|(_, s)| format!("{s:.2}")));
-    cells.extend([String::new(), String::new()]);
+    for group in &shares.groups {
+        cells.extend(group.levels.iter().map(|(_, s)| format!("{s:.2}")));
+        cells.push(String::new());
+        cells.extend(group.names.levels_only_title.as_ref().map(|_| String::new()));
+    }
+    cells.push(String::new());
     cells
 }
 
@@ -128,6 +140,19 @@ mod tests {
         let text = markdown(&sample());
         assert!(text.contains("| model | std | blur0.5 | blur1.0 | nRob | joint |"), "{text}");
         assert!(text.contains("| PT | 80.00 | 79.00 | 30.00 | 63.00 | 143.00 |"), "{text}");
+    }
+
+    #[test]
+    fn spatial_columns_and_both_means() {
+        let spatial = super::super::GroupCounts {
+            names: crate::data::CorruptionKind::Spatial.names(),
+            levels: (1..=5).map(|k| (format!("{k}/5"), 50 - k, 100)).collect(),
+        };
+        let mut report = sample();
+        report.rows = vec![AccuracyRow::from_counts("PT", 100, 90, &[spatial])];
+        let text = markdown(&report);
+        assert!(text.contains("| model | std | spat1/5 | spat2/5 | spat3/5 | spat4/5 | spat5/5 | sRob | sRob (levels) | joint |"), "{text}");
+        assert!(text.contains("| PT | 90.00 | 49.00 | 48.00 | 47.00 | 46.00 | 45.00 | 54.17 | 47.00 | 144.17 |"), "{text}");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use ndarray::{Array1, ArrayD, Axis};
 use prost::Message;
 
-use super::{epoch_draw, TrainData};
+use super::TrainData;
 use crate::analysis::site::batchnorm_after;
 use crate::backend::{open_session, BackendOptions};
 use crate::config::Config;
@@ -50,7 +50,7 @@ pub fn adapt(model: &ModelProto, spec: &mut PatchSpec, data: &TrainData, config:
     let mut session = open_session(&statistics_model.encode_to_vec(), options)?;
     let names = session.output_names().to_vec();
     let position = |name: &str| names.iter().position(|n| n == name).ok_or_else(|| Error::Internal(format!("lost output '{name}'")));
-    let items = epoch_draw(&data.train, config.data.seed, config.train.epochs);
+    let items = data.epoch_draw(config.data.seed, config.train.epochs);
     let stream = BatchStream::mixed(data.images.clone(), items, data.preprocess.clone(), config.train.batch_size);
     let mut sums: Vec<(Array1<f64>, Array1<f64>)> =
         probes.iter().map(|p| (Array1::zeros(p.scale.len()), Array1::zeros(p.scale.len()))).collect();

@@ -1,16 +1,18 @@
 //! T_train° (docs/specification.md §2): every epoch the training images are shuffled and each one is kept clean
-//! with probability 0.5, else blurred with σ drawn uniformly from Σ.
+//! with probability 0.5, else replaced by a corrupted variant: of a corruption drawn uniformly among
+//! those chosen (blur alone by default: blurred with σ drawn uniformly from Σ).
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::SIGMAS;
+use crate::data::corruption::Draw;
 use crate::data::Corruption;
 
-/// The (image, corruption) pairs of epoch `epoch`, in training order. The draw depends only on
-/// `seed`, the epoch and the images, so a resumed run draws what an uninterrupted one would.
-pub fn epoch_draw(train: &[usize], seed: u64, epoch: usize) -> Vec<(usize, Corruption)> {
+/// The (image, corruption) pairs of epoch `epoch`, in training order, for `h×w` images. The draw
+/// depends only on `seed`, the epoch, the images and `draws`, so a resumed run draws what an
+/// uninterrupted one would.
+pub fn epoch_draw(train: &[usize], seed: u64, epoch: usize, draws: &[Draw], h: usize, w: usize) -> Vec<(usize, Corruption)> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(epoch as u64);
     let mut order = train.to_vec();
@@ -18,9 +20,12 @@ pub fn epoch_draw(train: &[usize], seed: u64, epoch: usize) -> Vec<(usize, Corru
     order
         .into_iter()
         .map(|image| {
-            let corruption =
-                if rng.gen_bool(0.5) { Corruption::Clean } else { Corruption::Blur(SIGMAS[rng.gen_range(0..SIGMAS.len())]) };
-            (image, corruption)
+            if draws.is_empty() || rng.gen_bool(0.5) {
+                return (image, Corruption::Clean);
+            }
+            // One corruption draws nothing here, so blur alone draws as it always did.
+            let draw = if draws.len() == 1 { &draws[0] } else { &draws[rng.gen_range(0..draws.len())] };
+            draw.variant(image, &mut rng, h, w)
         })
         .collect()
 }
@@ -28,11 +33,12 @@ pub fn epoch_draw(train: &[usize], seed: u64, epoch: usize) -> Vec<(usize, Corru
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SIGMAS;
 
     #[test]
     fn half_clean_and_every_sigma_alike() {
         let train: Vec<usize> = (0..60_000).collect();
-        let draw = epoch_draw(&train, 2022, 3);
+        let draw = epoch_draw(&train, 2022, 3, &[Draw::Blur], 32, 32);
         let mut sorted: Vec<usize> = draw.iter().map(|(i, _)| *i).collect();
         sorted.sort_unstable();
         assert_eq!(sorted, train, "every image exactly once");
@@ -47,8 +53,20 @@ mod tests {
     #[test]
     fn epochs_differ_and_repeat() {
         let train: Vec<usize> = (0..100).collect();
-        assert_eq!(epoch_draw(&train, 1, 0), epoch_draw(&train, 1, 0));
-        assert_ne!(epoch_draw(&train, 1, 0), epoch_draw(&train, 1, 1));
-        assert_ne!(epoch_draw(&train, 1, 0), epoch_draw(&train, 2, 0));
+        let draw = |seed, epoch| epoch_draw(&train, seed, epoch, &[Draw::Blur], 32, 32);
+        assert_eq!(draw(1, 0), draw(1, 0));
+        assert_ne!(draw(1, 0), draw(1, 1));
+        assert_ne!(draw(1, 0), draw(2, 0));
+    }
+
+    /// Spatial and folder together: each takes about half of the corrupted images; a folder
+    /// replaces the image by one of its own.
+    #[test]
+    fn several_corruptions_share_the_corrupted_half() {
+        let train: Vec<usize> = (0..10_000).collect();
+        let draw = epoch_draw(&train, 7, 0, &[Draw::Spatial, Draw::Folder(vec![20_000, 20_001])], 32, 32);
+        let spatial = draw.iter().filter(|(_, c)| matches!(c, Corruption::Transform(_))).count();
+        let folder = draw.iter().filter(|(i, _)| *i >= 20_000).count();
+        assert!((spatial as f64 / 2_500.0 - 1.0).abs() < 0.1 && (folder as f64 / 2_500.0 - 1.0).abs() < 0.1, "{spatial} {folder}");
     }
 }

@@ -11,6 +11,7 @@ mod bn_adapt;
 mod checkpoint;
 mod draw;
 mod schedule;
+mod sensei;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,35 +30,47 @@ use crate::assess::{self, Assessment};
 use crate::autodiff::{training_step, StepOptions, TrainingStep};
 use crate::backend::stepping::{open_stepping_session, Carried, SteppingSession};
 use crate::backend::{BackendOptions, Pool};
-use crate::config::{Config, LearningRate, ReplacementInit, AUTO_LEARNING_RATES, SIGMAS};
+use crate::config::{Config, LearningRate, ReplacementInit, Selection, AUTO_LEARNING_RATES};
 use crate::data::split::{stratified_split, ValSize};
-use crate::data::{load_split, BatchStream, Dataset, Preprocess, Split};
+use crate::data::corruption::{tagged_fingerprint, training_groups, TrainingGroups};
+use crate::data::{load_split, BatchStream, Corruption, Dataset, Preprocess, Split};
 use crate::error::{Error, Result};
-use crate::eval::{evaluate, preprocess_for, ModelIo};
+use crate::eval::{evaluate, preprocess_for, ModelIo, TestSet};
 use crate::onnx::proto::ModelProto;
 use crate::progress::{self, Progress};
 use crate::tensor::Tensor;
 use crate::units::spec::{find_conv, init_replacement, model_sha256};
 use crate::units::{beta_model, Decision, PatchSpec, PatchedParams};
 
-/// The training data: the training split without T_val, and T_val itself (T_val° is T_val clean and
-/// blurred at every σ).
+/// The training data: the training split without T_val, T_val itself, and the chosen corruptions'
+/// variants of T_val (T_val*; T_val° is T_val clean and those variants) and draws for T_train°.
 pub struct TrainData {
+    /// The training split, with the training images of any folder corruption appended.
     pub images: Arc<Dataset>,
     /// T_train: the images trained on.
     pub train: Vec<usize>,
     /// T_val: the stratified validation split, the one assessment uses.
     pub val: Vec<usize>,
+    /// The corruptions' validation levels and training draws.
+    pub corrupted: TrainingGroups,
     pub preprocess: Preprocess,
-    /// Fingerprint of T_val (see `Dataset::fingerprint`).
+    /// Fingerprint of T_val under the corruptions (see `corruption::tagged_fingerprint`).
     pub fingerprint: String,
 }
 
 impl TrainData {
-    /// Loads the training split named by `config` and splits it as assessment does.
+    /// Loads the training split named by `config`, checked against the model's classes, and splits
+    /// it as assessment does.
     pub fn load(model: &ModelProto, config: &Config) -> Result<TrainData> {
-        let images = load_split(config.data_root()?, Split::Train, config.data.format)?;
-        ModelIo::resolve(model, &config.preprocess)?.check_classes(model, &images)?;
+        let data = TrainData::load_data(config)?;
+        ModelIo::resolve(model, &config.preprocess)?.check_classes(model, &data.images)?;
+        Ok(data)
+    }
+
+    /// Loads the training split named by `config`, draws T_val (stratified, seeded) and builds the
+    /// corruptions' levels on it.
+    pub fn load_data(config: &Config) -> Result<TrainData> {
+        let mut images = load_split(config.data_root()?, Split::Train, config.data.format)?;
         let size = config.data.val_size.map_or(ValSize::Fraction(config.data.val_fraction), ValSize::Count);
         let (train, val) = stratified_split(&images.labels, size, config.data.seed)?;
         let preprocess = preprocess_for(&config.preprocess, &images)?;
@@ -68,8 +81,26 @@ impl TrainData {
                 images.len()
             )));
         }
-        let fingerprint = images.subset(&val).fingerprint();
-        Ok(TrainData { images: Arc::new(images), train, val, preprocess, fingerprint })
+        let base = images.len();
+        let val_fingerprint = images.subset(&val).fingerprint();
+        let corrupted = training_groups(&config.data.corruption, &mut images, &train, &val, config.data.seed)?;
+        let fingerprint = tagged_fingerprint(val_fingerprint, &config.data.corruption, &images, base);
+        Ok(TrainData { images: Arc::new(images), train, val, corrupted, preprocess, fingerprint })
+    }
+
+    /// Images of T_val°: T_val clean and every corrupted level.
+    pub fn val_images(&self) -> usize {
+        self.val.len() + self.corrupted.val.iter().map(|g| g.items().count()).sum::<usize>()
+    }
+
+    /// The (image, corruption) pairs of T_train° in epoch `epoch` (see [`epoch_draw`]).
+    pub fn epoch_draw(&self, seed: u64, epoch: usize) -> Vec<(usize, Corruption)> {
+        epoch_draw(&self.train, seed, epoch, &self.corrupted.draws, self.images.images.height(), self.images.images.width())
+    }
+
+    /// T_val° as a test set: T_val clean, then every corrupted level.
+    pub fn val_set(&self, batch_size: usize) -> TestSet<'_> {
+        TestSet { data: self.images.clone(), indices: &self.val, groups: &self.corrupted.val, preprocess: &self.preprocess, batch_size }
     }
 }
 
@@ -215,7 +246,7 @@ pub fn train(model: &ModelProto, initial: &PatchSpec, data: &TrainData, config: 
                 identity: identity.clone(),
                 epochs_done: 0,
                 original_correct,
-                val_images: data.val.len() * (1 + SIGMAS.len()),
+                val_images: data.val_images(),
                 best_epoch: None,
                 best_correct: 0,
                 records: Vec::new(),
@@ -252,7 +283,8 @@ pub fn train(model: &ModelProto, initial: &PatchSpec, data: &TrainData, config: 
     while epoch < settings.epochs {
         let started = Instant::now();
         let learning_rate = cosine(base_rate, epoch, settings.t_max) * log.learning_rate_scale;
-        let (loss, correct) = match run_epoch(session.as_mut(), &step, &outputs, data, config, epoch, learning_rate, None)? {
+        let items = epoch_items(model, &current, data, config, epoch, None)?;
+        let (loss, correct) = match run_epoch(session.as_mut(), &step, &outputs, data, config, items, epoch, learning_rate, None)? {
             EpochEnd::Finished { loss, correct } => (loss, correct),
             EpochEnd::Diverged { batch, loss } => {
                 let what = format!("epoch {}, batch {batch}: the loss is {loss:.4e} at learning rate {learning_rate:.3e}", epoch + 1);
@@ -506,7 +538,8 @@ fn rate_trials(
     let mut trials = Vec::new();
     for rate in AUTO_LEARNING_RATES {
         let mut session = open()?;
-        let val_accuracy = match run_epoch(session.as_mut(), step, outputs, data, config, 0, rate, Some(batches))? {
+        let items = epoch_items(model, initial, data, config, 0, Some(batches.saturating_mul(config.train.batch_size)))?;
+        let val_accuracy = match run_epoch(session.as_mut(), step, outputs, data, config, items, 0, rate, Some(batches))? {
             EpochEnd::Finished { .. } => {
                 let (trained, _) = read_state(session.as_ref(), slots, initial)?;
                 let correct = val_correct(&beta_model(model, &trained)?.0, data, config, &io, &options)?;
@@ -546,18 +579,33 @@ enum EpochEnd {
     Diverged { batch: usize, loss: f64 },
 }
 
-/// One epoch over T_train°.
+/// The T_train° pairs of epoch `epoch`: the draw, and with `train.selection: sensei` each spatial
+/// variant replaced by the worst of its candidates under the β model of `spec`.
+/// Only the first `limit` pairs are kept (and selected among) when a limit is given.
+fn epoch_items(model: &ModelProto, spec: &PatchSpec, data: &TrainData, config: &Config, epoch: usize, limit: Option<usize>) -> Result<Vec<(usize, Corruption)>> {
+    let mut items = data.epoch_draw(config.data.seed, epoch);
+    items.truncate(limit.unwrap_or(usize::MAX));
+    if config.train.selection == Selection::Sensei {
+        let io = ModelIo::resolve(model, &config.preprocess)?;
+        let options = BackendOptions { kind: config.backend.kind, device: config.backend.device, threads: config.backend.threads };
+        sensei::select(&mut items, &beta_model(model, spec)?.0, data, config, &io, &options, epoch)?;
+    }
+    Ok(items)
+}
+
+/// One epoch over T_train°, the pairs `items` (image, corruption) in training order.
+#[allow(clippy::too_many_arguments)]
 fn run_epoch(
     session: &mut dyn SteppingSession,
     step: &TrainingStep,
     outputs: &Outputs,
     data: &TrainData,
     config: &Config,
+    mut items: Vec<(usize, Corruption)>,
     epoch: usize,
     learning_rate: f64,
     batch_limit: Option<usize>,
 ) -> Result<EpochEnd> {
-    let mut items = epoch_draw(&data.train, config.data.seed, epoch);
     let task = match batch_limit {
         Some(batches) => {
             items.truncate(batches.saturating_mul(config.train.batch_size));
@@ -593,11 +641,10 @@ fn run_epoch(
     Ok(EpochEnd::Finished { loss: loss_sum / seen.max(1) as f64, correct })
 }
 
-/// Correct predictions of `model` on T_val° (T_val clean and at every σ).
+/// Correct predictions of `model` on T_val° (T_val clean and every corrupted level).
 fn val_correct(model: &ModelProto, data: &TrainData, config: &Config, io: &ModelIo, options: &BackendOptions) -> Result<usize> {
     let mut pool = Pool::open(&model.encode_to_vec(), options)?;
-    let evaluation = evaluate(&mut pool, io, data.images.clone(), &data.val, &SIGMAS, &data.preprocess, config.eval.batch_size)?;
-    Ok(evaluation.clean.correct + evaluation.blurred.iter().map(|(_, r)| r.correct).sum::<usize>())
+    Ok(evaluate(&mut pool, io, &data.val_set(config.eval.batch_size))?.total_correct())
 }
 
 /// What makes two runs the same run, hashed: the model, the initial patch (filters and weights),
@@ -617,6 +664,10 @@ fn identity(model: &ModelProto, initial: &PatchSpec, data: &TrainData, config: &
         "{} {} {} {} {} {} {} {:?}",
         t.batch_size, t.learning_rate, t.momentum, t.weight_decay, t.t_max, config.data.seed, config.backend.kind, config.preprocess
     ));
+    // Random selection, the default, adds nothing: the identity of runs made before the choice existed holds.
+    if t.selection != Selection::Random {
+        hash.update(format!(" selection {:?}", t.selection));
+    }
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
