@@ -128,14 +128,13 @@ impl<'g> Symbols<'g> {
         let rank = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
         (0..rank)
             .map(|axis| {
-                let dims: Vec<&Dim> = shapes
+                let mut dims = shapes
                     .iter()
                     .filter_map(|s| (axis + s.len()).checked_sub(rank).and_then(|i| s.get(i)))
-                    .filter(|d| d.value() != Some(1))
-                    .collect();
-                match dims.first() {
+                    .filter(|d| d.value() != Some(1));
+                match dims.next() {
                     None => Dim::known(1),
-                    Some(first) if dims.iter().all(|d| d == first) => (*first).clone(),
+                    Some(first) if dims.all(|d| d == first) => first.clone(),
                     Some(_) => self.fresh(),
                 }
             })
