@@ -547,6 +547,7 @@ enum EpochEnd {
 }
 
 /// One epoch over T_train°.
+#[allow(clippy::too_many_arguments)]
 fn run_epoch(
     session: &mut dyn SteppingSession,
     step: &TrainingStep,

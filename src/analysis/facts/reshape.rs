@@ -139,7 +139,6 @@ fn tile(node: &Node, _: &mut Symbols) -> Vec<Fact> {
 #[cfg(test)]
 mod tests {
     use super::super::testing::{dims, fact_of, node};
-    use super::*;
     use crate::onnx::builder::ints;
 
     #[test]
