@@ -420,7 +420,7 @@ impl CleanBound {
 
 /// The standard normal quantile (Acklam's rational approximation, relative error < 1.2e-9).
 pub fn normal_quantile(p: f64) -> f64 {
-    const A: [f64; 6] = [-3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.383577518672690e2, -3.066479806614716e1, 2.506628277459239];
+    const A: [f64; 6] = [-3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.38357751867269e2, -3.066479806614716e1, 2.506628277459239];
     const B: [f64; 5] = [-5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1];
     const C: [f64; 6] = [-7.784894002430293e-3, -3.223964580411365e-1, -2.400758277161838, -2.549732539343734, 4.374664141464968, 2.938163982698783];
     const D: [f64; 4] = [7.784695709041462e-3, 3.224671290700398e-1, 2.445134137142996, 3.754408661907416];
@@ -560,12 +560,8 @@ mod tests {
         let mut star = vec![false; n];
         let mut original = vec![true; n];
         let mut beta = vec![true; n];
-        for i in 0..4 {
-            original[i] = false; // gained by the β path
-        }
-        for i in 4..7 {
-            beta[i] = false; // lost by the β path
-        }
+        original[..4].fill(false); // gained by the β path
+        beta[4..7].fill(false); // lost by the β path
         // 100 blurred images, right on the β path only; CR separates them imperfectly: the clean
         // images 0..20 sit among them.
         star.extend(vec![true; 100]);

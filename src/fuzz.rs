@@ -1424,7 +1424,7 @@ fn run_child(program: &Path, args: &[OsString], options: &FuzzOptions, work: &Pa
     command.args(args).stdin(Stdio::null()).stdout(out).stderr(err).env("RUST_BACKTRACE", "1").env("RUST_LIB_BACKTRACE", "0");
     let limits = crate::isolate::Limits {
         time: Duration::from_secs(options.timeout_s),
-        memory: (options.memory_mib > 0).then(|| options.memory_mib << 20),
+        memory: (options.memory_mib > 0).then_some(options.memory_mib << 20),
     };
     let status = crate::isolate::run_limited(command, &limits).map_err(|e| Error::io(program, e))?;
     // Paths inside the case's folder are shown by file name, so that messages group across cases.

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::analysis::{convolutions, parameter_count, ConvInfo};
 use crate::error::Result;
-use crate::onnx::proto::{tensor_shape_proto::dimension::Value as Dim, type_proto, ModelProto, ValueInfoProto};
+use crate::onnx::proto::{tensor_shape_proto::dimension::Value as DimValue, type_proto, ModelProto, ValueInfoProto};
 
 /// A model input or output: name, element type and shape (symbolic dimensions by name).
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -69,8 +69,8 @@ fn port(value: &ValueInfoProto) -> Port {
                     s.dim
                         .iter()
                         .map(|d| match &d.value {
-                            Some(Dim::DimValue(v)) => v.to_string(),
-                            Some(Dim::DimParam(p)) => p.clone(),
+                            Some(DimValue::DimValue(v)) => v.to_string(),
+                            Some(DimValue::DimParam(p)) => p.clone(),
                             None => "?".into(),
                         })
                         .collect()

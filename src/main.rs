@@ -308,7 +308,7 @@ fn main() -> ExitCode {
     let result = if cli.isolate && !isolate::is_child() {
         let limits = isolate::Limits {
             time: std::time::Duration::from_secs(cli.time_limit),
-            memory: (cli.memory_limit > 0).then(|| cli.memory_limit << 20),
+            memory: (cli.memory_limit > 0).then_some(cli.memory_limit << 20),
         };
         let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         match isolate::run(&args, &limits) {

@@ -257,7 +257,9 @@ fn check_with_onnx(model: &ModelProto, name: &str) {
 }
 
 fn tensor_info(name: &str, elem_type: i32, dims: &[usize]) -> ValueInfoProto {
-    onnx_deeppatch::onnx::builder::tensor_info(name, elem_type, onnx_deeppatch::onnx::builder::static_dims(dims))
+    use onnx_deeppatch::onnx::proto::tensor_shape_proto::{dimension::Value, Dimension};
+    let dims = dims.iter().map(|&d| Dimension { value: Some(Value::DimValue(d as i64)), denotation: None }).collect();
+    onnx_deeppatch::onnx::builder::tensor_info(name, elem_type, dims)
 }
 
 fn node(name: &str, op: &str, inputs: &[&str], attributes: Vec<AttributeProto>) -> NodeProto {

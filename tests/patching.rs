@@ -309,3 +309,65 @@ fn decision_with_bn_adapted_statistics() {
     let cr = checked_cr("tiny_cnn bn_adapt", &load_model(&none).unwrap(), &load_model(&source).unwrap(), &spec, &images(64));
     assert!(cr.iter().any(|&r| r > 0.0), "some neurons disagree");
 }
+
+/// SHA-256 of `bytes`, hex.
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The encodings of what the tool builds from one bundled model with a fixed random spec
+/// (κ = 0.25, seed 2022): the γ model under the CR rule and under a probe rule, and the training
+/// step of the β model (or, where it cannot be built, its error). Their digests pin the bytes, so that restructuring the analysis, the
+/// rewrites or the gradient rules cannot change a patched model unnoticed.
+fn built_digests(name: &str) -> [String; 3] {
+    let model = onnx_deeppatch::analysis::load(&common::fixture_model(name)).unwrap();
+    let spec = onnx_deeppatch::units::spec::random_spec(&model, 0.25, 2022, Decision::adapt_all()).unwrap();
+    let cr = onnx_deeppatch::units::gamma_model(&model, &spec).unwrap();
+
+    let convs = spec.validate(&model).unwrap();
+    let first = onnx_deeppatch::units::gamma::first_patched(&model, &convs).unwrap();
+    let features = 3 * convs[first].filters;
+    let values = |scale: f32| (0..features).map(|i| scale * (i % 7) as f32 - 1.0).collect::<Vec<f32>>();
+    let mut probe_spec = spec.clone();
+    probe_spec.decision = Decision::Probe { mean: values(0.5), std: vec![1.5; features], weights: values(0.25), bias: 0.125 };
+    let probe = onnx_deeppatch::units::gamma_model(&model, &probe_spec).unwrap();
+
+    let (beta, params) = beta_model(&model, &spec).unwrap();
+    let trainable: Vec<&str> =
+        params.iter().flat_map(|p| std::iter::once(p.replacement_weight.as_str()).chain(p.replacement_bias.as_deref())).collect();
+    // A model whose step cannot be built (a rule that needs a static size) pins its error instead.
+    let step = match onnx_deeppatch::autodiff::training_step(&beta, &trainable, &Default::default()) {
+        Ok(step) => sha256(&prost::Message::encode_to_vec(&step.model)),
+        Err(e) => format!("no step: {e}"),
+    };
+    let [cr, probe] = [cr, probe].map(|m| sha256(&prost::Message::encode_to_vec(&m)));
+    [cr, probe, step]
+}
+
+/// The bytes of every bundled model's patched forms, as built before the analysis was split per
+/// operator family: any change to them must be deliberate (update the digests in the same commit
+/// and say why).
+#[test]
+fn patched_fixture_models_keep_their_bytes() {
+    let expected: [(&str, [&str; 3]); 10] = [
+        ("branchy_cnn", ["10093a71729606fc6782d6a35e9123a77d49b397e972d772993cb18a019a73b3", "a73c8cba86b0fc4abfa09eca9099b70c10d9dbd096ee32c9c91ddbcbd584647a", "6e671581cad7421f4bb6b8487b6df3e67285fb3080a0aea3eddbf15a891d409e"]),
+        ("decision_dynamic", ["32f9dab1c6514ad5086cb3f919bf40bc78a3f91ee4a95954b7adf72ba20a5188", "b0ad0e64bdeeb82855a7410e6845ec20921d8d268d0432e576e054fcc3030717", "no step: unsupported model: node 'pool' (GlobalAveragePool): the reduced axes must be static"]),
+        ("decision_grouped", ["90a293b77128557af5ea4f11183bf55dd5b5a722b0f088d82f8c17280a1e7147", "9af7d9503b3c181a10092803d1b8ab2c2a5f2f52ade18d385e5459ba3a0aa6a1", "1890183c556a93be8859f8aaedeca496375e927d8c1e149fa6ab9740936e39fe"]),
+        ("decision_same_tanh", ["1a358f78c7d676290643dcba0e96bf1dcda11f04c6a97662366e17ffe1d6eaa0", "296be25faa71fed0a650eb2e21e0ff2983b96ebdf5b1f42c9a7d900f99793342", "no step: unsupported model: node 'first_act' (Tanh): no backward rule for this operator, which lies on the gradient path from a trainable tensor to the loss"]),
+        ("decision_wide", ["5b30db90739c9a043d2cf8cda35887efdba646a5b76b08c811f48c1a0d4376e7", "a45b7edddbc8dbb921d535771e5b51a21bffcfe5e8093c0b5bd3f289fca8a262", "3a0ec196a8d57552b6ee72246709f26e8fe927ab8d1e75989f5867083c529acc"]),
+        ("legacy_opset8", ["b4b0cdd1497a98e0e2c0cbfeca0694ac28537140c25f89411d06cbaf4319fc82", "6de9925b904acffe3452d95c197446f4c81d5b2bccb41c4c5bae474a32cbd897", "bd5487623fcbe13ccbf08d3ab25ea688a6dd82147da682707d122b3510f33ff8"]),
+        ("resnet20_cifar10", ["24af3169f5b1fbd1935c7ef015687b701131504f1579209e437d726eeea9b45b", "ee9b5a5ed4cd521183d36f2d9cb36727a037ad592c7899c92d5c3000c0e304be", "31f41315164b352d9ea78c9087aed26ae520906a2387e1d4c17d7a030f293cdb"]),
+        ("tiny_cnn_cifar10", ["750e9f0a33ee13cb89d634a022f298b88a58bb8e1db211e94c4f50c698a23c63", "81a51ee37394ab5d5479511a3edfb55ee197f857cb4589435bc44c5219ebbc1e", "636f5664d37dc2b8a803c4193e9945dce6c3e85d76765fbdf5bfc0b20b1b1277"]),
+        ("tiny_dw_cifar10", ["af8d6f64bf95d5c5667b9af7185a0292ec37615ee3a21f6439af9cc2afc9fa84", "d57ebab01d6015f2a6c8e0b375ada4fed6eded80fa1629fe829aaa10431ca3d3", "fc25085a15a85cebfbddb2fd30662b4c7d44218fcefd70f1c054fe38fca65846"]),
+        ("tiny_vgg_cifar10", ["616aac863738fefbd2154677f9009586921ff0d9b0ceceba63905ebdd38ac8df", "e273928ebe4492c18bc7e16ca2087fa42232cbff4aa422eb4679d2305857ccf1", "e7798a963cbd465394c8d4c83c1ab779b6478aeb9f161b7a8fd3e24580594349"]),
+    ];
+    let mut differing = Vec::new();
+    for (name, digests) in expected {
+        let got = built_digests(name);
+        if got.iter().zip(digests).any(|(g, d)| g != d) {
+            differing.push(format!("(\"{name}\", {got:?}),"));
+        }
+    }
+    assert!(differing.is_empty(), "changed digests:\n{}", differing.join("\n"));
+}

@@ -1,10 +1,14 @@
 //! Index arithmetic shared by shape inference and the backward rules, so that both agree with the
-//! runtimes on the sizes they produce: sliding windows (Conv, pooling) and Slice ranges.
+//! runtimes on the sizes they produce: sliding windows (Conv, pooling) and Slice ranges. Every
+//! size here comes from the model, so the arithmetic is checked (the lints below enforce it).
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation, clippy::indexing_slicing)]
 
 use crate::onnx::graph::{attr_int, attr_ints, attribute};
 use crate::onnx::proto::NodeProto;
 
 /// The geometry of a sliding-window operator along its spatial axes, with every pad explicit.
+/// [`Window::new`] checks that every position it describes fits an i64: the last window's reach
+/// and every tap, in padded and unpadded coordinates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Window {
     pub kernel: Vec<i64>,
@@ -16,12 +20,83 @@ pub(crate) struct Window {
     /// Spatial sizes of the input and of the output.
     pub input: Vec<i64>,
     pub output: Vec<i64>,
+    /// How far one window reaches along each axis: (kernel − 1) · dilation + 1.
+    pub extent: Vec<i64>,
+}
+
+/// How an axis is padded.
+#[derive(Clone, Copy)]
+enum Padding {
+    /// `auto_pad` SAME_UPPER (the odd pad after) or SAME_LOWER (before).
+    Same { upper: bool },
+    Valid,
+    /// `pads` (before, after), zero without the attribute.
+    Explicit(i64, i64),
+}
+
+/// One axis of a window: its pads, output size and extent.
+struct Axis {
+    begin: i64,
+    end: i64,
+    output: i64,
+    extent: i64,
+}
+
+impl Axis {
+    /// The geometry along one axis of `size` elements. Sizes come from the model: the arithmetic
+    /// is done in i128, where products of two i64 values cannot overflow, and checked all the
+    /// same; `None` when a result does not fit an i64 or the window does not fit the input.
+    fn new(size: i64, kernel: i64, stride: i64, dilation: i64, padding: Padding, ceil_mode: bool) -> Option<Axis> {
+        let (size, stride) = (i128::from(size), i128::from(stride));
+        let extent = i128::from(kernel).checked_sub(1)?.checked_mul(i128::from(dilation))?.checked_add(1)?;
+        let (begin, end, output) = match padding {
+            Padding::Same { upper } => {
+                let output = size.checked_add(stride)?.checked_sub(1)?.checked_div(stride)?;
+                let reach = output.checked_sub(1)?.checked_mul(stride)?.checked_add(extent)?;
+                let total = reach.checked_sub(size)?.max(0);
+                let small = total.checked_div(2)?;
+                let large = total.checked_sub(small)?;
+                let (begin, end) = if upper { (small, large) } else { (large, small) };
+                (begin, end, output)
+            }
+            Padding::Valid => (0, 0, size.checked_sub(extent)?.checked_div_euclid(stride)?.checked_add(1)?),
+            Padding::Explicit(begin, end) => {
+                let (begin, end) = (i128::from(begin), i128::from(end));
+                let span = size.checked_add(begin)?.checked_add(end)?.checked_sub(extent)?;
+                let output = if ceil_mode && span >= 0 {
+                    // A last window that would start in the end padding is dropped.
+                    let output = span.checked_add(stride)?.checked_sub(1)?.checked_div(stride)?.checked_add(1)?;
+                    let last_start = output.checked_sub(1)?.checked_mul(stride)?;
+                    if last_start >= size.checked_add(begin)? {
+                        output.checked_sub(1)?
+                    } else {
+                        output
+                    }
+                } else {
+                    span.checked_div_euclid(stride)?.checked_add(1)?
+                };
+                (begin, end, output)
+            }
+        };
+        if output < 1 {
+            return None;
+        }
+        // Callers compute the last window's reach and its taps in i64.
+        i64::try_from(output.checked_sub(1)?.checked_mul(stride)?.checked_add(extent)?).ok()?;
+        Some(Axis {
+            begin: i64::try_from(begin).ok()?,
+            end: i64::try_from(end).ok()?,
+            output: i64::try_from(output).ok()?,
+            extent: i64::try_from(extent).ok()?,
+        })
+    }
 }
 
 impl Window {
     /// Reads `strides`, `dilations`, `pads`, `auto_pad` and `ceil_mode` of `node` for an input of
     /// spatial size `input` and a kernel of spatial size `kernel`. In ceil mode a last window that
-    /// would start in the end padding is dropped, as onnxruntime and PyTorch do.
+    /// would start in the end padding is dropped, as onnxruntime and PyTorch do. The message of an
+    /// error names the attribute or size at fault.
     pub fn new(node: &NodeProto, input: &[i64], kernel: &[i64]) -> Result<Window, String> {
         let rank = input.len();
         if kernel.len() != rank {
@@ -36,83 +111,52 @@ impl Window {
         };
         let strides = per_axis("strides")?;
         let dilations = per_axis("dilations")?;
+        if rank == 0 {
+            // No spatial axis: nothing to pad, nothing to slide.
+            return Ok(Window { kernel: Vec::new(), strides, dilations, begin: Vec::new(), end: Vec::new(), input: Vec::new(), output: Vec::new(), extent: Vec::new() });
+        }
         let ceil_mode = attr_int(node, "ceil_mode", 0) != 0;
         let auto_pad = attribute(node, "auto_pad").and_then(|a| a.s.as_deref()).unwrap_or(b"NOTSET");
+        let padding: Vec<Padding> = match auto_pad {
+            b"SAME_UPPER" | b"SAME_LOWER" => vec![Padding::Same { upper: auto_pad == b"SAME_UPPER" }; rank],
+            b"VALID" => vec![Padding::Valid; rank],
+            b"NOTSET" | b"" => match attr_ints(node, "pads") {
+                [] => vec![Padding::Explicit(0, 0); rank],
+                pads if Some(pads.len()) == rank.checked_mul(2) && pads.iter().all(|&p| p >= 0) => {
+                    let (before, after) = pads.split_at(rank);
+                    before.iter().zip(after).map(|(&b, &e)| Padding::Explicit(b, e)).collect()
+                }
+                pads => return Err(format!("pads {pads:?} for {rank} spatial axes")),
+            },
+            other => return Err(format!("auto_pad {}", String::from_utf8_lossy(other))),
+        };
         let mut window = Window {
             kernel: kernel.to_vec(),
             strides,
             dilations,
-            begin: vec![0; rank],
-            end: vec![0; rank],
+            begin: Vec::with_capacity(rank),
+            end: Vec::with_capacity(rank),
             input: input.to_vec(),
-            output: vec![0; rank],
+            output: Vec::with_capacity(rank),
+            extent: Vec::with_capacity(rank),
         };
-        // Sizes come from the model: the arithmetic is done in i128, where products of two i64
-        // values cannot overflow, and a result that does not fit an i64 is refused.
-        let narrow = |value: i128| i64::try_from(value).map_err(|_| format!("kernel {kernel:?} on input {input:?} overflows"));
-        for axis in 0..rank {
-            if kernel[axis] < 1 || input[axis] < 0 {
+        let axes = kernel.iter().zip(input).zip(&window.strides).zip(&window.dilations).zip(&padding);
+        let mut computed = Vec::with_capacity(rank);
+        for ((((&k, &size), &stride), &dilation), &padding) in axes {
+            if k < 1 || size < 0 {
                 return Err(format!("kernel {kernel:?} on input {input:?}"));
             }
-            let (size, stride) = (i128::from(input[axis]), i128::from(window.strides[axis]));
-            let extent = i128::from(kernel[axis] - 1) * i128::from(window.dilations[axis]) + 1;
-            narrow(extent)?;
-            let output = match auto_pad {
-                b"SAME_UPPER" | b"SAME_LOWER" => {
-                    let output = (size + stride - 1) / stride;
-                    let total = ((output - 1) * stride + extent - size).max(0);
-                    let small = total / 2;
-                    let (begin, end) =
-                        if auto_pad == b"SAME_UPPER" { (small, total - small) } else { (total - small, small) };
-                    window.begin[axis] = narrow(begin)?;
-                    window.end[axis] = narrow(end)?;
-                    output
-                }
-                b"VALID" => (size - extent).div_euclid(stride) + 1,
-                b"NOTSET" | b"" => {
-                    let pads = attr_ints(node, "pads");
-                    if !pads.is_empty() {
-                        if pads.len() != 2 * rank || pads.iter().any(|&p| p < 0) {
-                            return Err(format!("pads {pads:?} for {rank} spatial axes"));
-                        }
-                        window.begin[axis] = pads[axis];
-                        window.end[axis] = pads[axis + rank];
-                    }
-                    let begin = i128::from(window.begin[axis]);
-                    let span = size + begin + i128::from(window.end[axis]) - extent;
-                    if ceil_mode && span >= 0 {
-                        let output = (span + stride - 1) / stride + 1;
-                        if (output - 1) * stride >= size + begin {
-                            output - 1
-                        } else {
-                            output
-                        }
-                    } else {
-                        span.div_euclid(stride) + 1
-                    }
-                }
-                other => return Err(format!("auto_pad {}", String::from_utf8_lossy(other))),
-            };
-            if output < 1 {
-                return Err(format!("the window does not fit: input {input:?}, kernel {kernel:?}"));
-            }
-            window.output[axis] = narrow(output)?;
-            // Callers compute the last window's reach and its taps in i64.
-            narrow((output - 1) * stride + extent)?;
+            let axis = Axis::new(size, k, stride, dilation, padding, ceil_mode)
+                .ok_or_else(|| format!("kernel {kernel:?} on input {input:?} does not fit or overflows"))?;
+            computed.push(axis);
+        }
+        for axis in computed {
+            window.begin.push(axis.begin);
+            window.end.push(axis.end);
+            window.output.push(axis.output);
+            window.extent.push(axis.extent);
         }
         Ok(window)
-    }
-
-    /// How far one window reaches along `axis`: (kernel − 1) · dilation + 1.
-    pub fn extent(&self, axis: usize) -> i64 {
-        (self.kernel[axis] - 1) * self.dilations[axis] + 1
-    }
-
-    /// Positions along `axis` (in unpadded input coordinates) of the taps of the window that
-    /// produces output `out`.
-    pub fn taps(&self, axis: usize, out: i64) -> impl Iterator<Item = i64> + '_ {
-        let start = out * self.strides[axis] - self.begin[axis];
-        (0..self.kernel[axis]).map(move |tap| start + tap * self.dilations[axis])
     }
 }
 
@@ -144,17 +188,22 @@ impl SliceAxis {
         }
         let resolve = |v: i64| if v < 0 { v.saturating_add(size) } else { v };
         let (start, end) = (resolve(start), resolve(end));
-        // Elements in `distance` positions, rounded up; written so that no step overflows it.
-        let count = |distance: i64| if distance <= 0 { 0 } else { (distance - 1) / step.saturating_abs() + 1 };
+        // Elements in `distance` positions, rounded up; written so that no step overflows it
+        // (both ends lie in [-1, size], so their distance fits).
+        let count = |from: i64, to: i64| match to.saturating_sub(from) {
+            distance if distance <= 0 => 0,
+            distance => distance.saturating_sub(1).checked_div(step.saturating_abs()).unwrap_or(0).saturating_add(1),
+        };
         let (start, len) = if step > 0 {
             let (start, end) = (start.clamp(0, size), end.clamp(0, size));
-            (start, count(end - start))
+            (start, count(start, end))
         } else if size == 0 {
             // Nothing to take, and no index to start from.
             (0, 0)
         } else {
-            let (start, end) = (start.clamp(0, size - 1), end.clamp(-1, size - 1));
-            (start, count(start - end))
+            let last = size.saturating_sub(1);
+            let (start, end) = (start.clamp(0, last), end.clamp(-1, last));
+            (start, count(end, start))
         };
         Ok(SliceAxis { axis, start, step, len })
     }
@@ -164,17 +213,25 @@ impl SliceAxis {
         self.start == 0 && self.step == 1 && self.len == size
     }
 
+    /// The index of the last element taken (`start` when none is): inside the axis, so the
+    /// arithmetic cannot overflow.
+    fn last(&self) -> i64 {
+        self.len.saturating_sub(1).max(0).saturating_mul(self.step).saturating_add(self.start)
+    }
+
     /// The smallest index taken (the last one for a negative step).
     pub fn lowest(&self) -> i64 {
-        if self.step > 0 || self.len == 0 {
-            self.start
-        } else {
-            self.start + (self.len - 1) * self.step
-        }
+        self.start.min(self.last())
+    }
+
+    /// The largest index taken (the first one for a negative step).
+    pub fn highest(&self) -> i64 {
+        self.start.max(self.last())
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::onnx::proto::AttributeProto;
@@ -205,7 +262,7 @@ mod tests {
         assert_eq!((lower.output[0], lower.begin[0], lower.end[0]), (3, 2, 1));
         let dilated = Window::new(&node(vec![ints("dilations", &[2])]), &[9], &[3]).unwrap();
         assert_eq!(dilated.output, vec![5]);
-        assert_eq!(dilated.taps(0, 1).collect::<Vec<_>>(), vec![1, 3, 5]);
+        assert_eq!(dilated.extent, vec![5]);
         assert!(Window::new(&node(vec![]), &[2], &[3]).is_err());
     }
 

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::onnx::builder::{BOOL, FLOAT, INT64};
 use crate::onnx::graph::GraphIndex;
 use crate::onnx::proto::{
-    tensor_shape_proto::{dimension::Value as Dim, Dimension},
+    tensor_shape_proto::{dimension::Value as DimValue, Dimension},
     type_proto, GraphProto, ModelProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use crate::tensor::Tensor;
@@ -135,7 +135,7 @@ fn input_info(name: &str, tensor: &Tensor) -> ValueInfoProto {
         Tensor::Bool(_) => BOOL,
     };
     let dim = (0..tensor.shape().len())
-        .map(|d| Dimension { value: Some(Dim::DimParam(format!("deeppatch_d{d}"))), denotation: None })
+        .map(|d| Dimension { value: Some(DimValue::DimParam(format!("deeppatch_d{d}"))), denotation: None })
         .collect();
     ValueInfoProto {
         name: Some(name.to_string()),

@@ -104,7 +104,7 @@ pub(super) fn layer(model: &ModelProto, conv: &ConvInfo, io: &ModelIo, data: &Va
     };
     let mut outputs = Some(run(0, false)?);
     let constant_integers = integers_ignore_the_batch(outputs.as_deref().unwrap_or_default(), || run(0, true))?;
-    let mut layer = Layer {
+    let mut layer = LayerRun {
         model,
         conv,
         cut: &cut,
@@ -175,7 +175,7 @@ struct Open {
 }
 
 /// One layer's state while its batches are run.
-struct Layer<'a> {
+struct LayerRun<'a> {
     model: &'a ModelProto,
     conv: &'a ConvInfo,
     cut: &'a Cut,
@@ -266,7 +266,7 @@ fn feeds<'o>(
     Ok((fed, stackable))
 }
 
-impl Layer<'_> {
+impl LayerRun<'_> {
     /// Counts the variants of one batch: `outputs` (the upstream part's, [`ordered`]), the labels
     /// and whether the original model classifies each image correctly.
     fn images(&mut self, outputs: &[Tensor], labels: &[i64], original: &[bool]) -> Result<()> {

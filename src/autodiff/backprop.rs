@@ -19,7 +19,7 @@ pub(crate) struct Forward<'m> {
     pub model: &'m ModelProto,
     pub graph: &'m GraphProto,
     pub index: GraphIndex<'m>,
-    pub facts: Facts,
+    pub facts: Facts<'m>,
 }
 
 impl<'m> Forward<'m> {

@@ -1,10 +1,10 @@
 //! Batches prepared on a background thread while the consumer (an inference backend) computes,
 //! so corruption and preprocessing never leave the backend waiting.
 
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, Receiver, Sender};
 use ndarray::ArrayD;
 
 use super::preprocess::{make_mixed_batch, Corruption, Preprocess};
@@ -63,11 +63,11 @@ impl BatchStream {
     }
 
     /// Runs `produce` on the producer thread.
-    fn spawn(batch_size: usize, produce: impl FnOnce(&Sender<Result<Batch>>) + Send + 'static) -> BatchStream {
+    fn spawn(batch_size: usize, produce: impl FnOnce(&SyncSender<Result<Batch>>) + Send + 'static) -> BatchStream {
         if batch_size == 0 {
             return BatchStream::failed(Error::Config("batch size must be at least 1".into()));
         }
-        let (sender, receiver) = bounded(DEPTH);
+        let (sender, receiver) = sync_channel(DEPTH);
         let spawned = std::thread::Builder::new().name("deeppatch-batches".into()).spawn(move || produce(&sender));
         match spawned {
             Ok(handle) => BatchStream { receiver: Some(receiver), producer: Some(handle), failed: None },
@@ -82,7 +82,7 @@ impl BatchStream {
 
 /// Sends one batch; false when the producer must stop (the stream was dropped, or this was an
 /// error, which ends the stream).
-fn deliver(sender: &Sender<Result<Batch>>, batch: Result<Batch>) -> bool {
+fn deliver(sender: &SyncSender<Result<Batch>>, batch: Result<Batch>) -> bool {
     let failed = batch.is_err();
     sender.send(batch).is_ok() && !failed
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::graph::NameGen;
 use super::proto::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::{dimension::Value as Dim, Dimension}, type_proto, AttributeProto,
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::Dimension, type_proto, AttributeProto,
     GraphProto, NodeProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use crate::error::{Error, Result};
@@ -321,7 +321,8 @@ pub fn tensor_info(name: &str, element_type: i32, dims: Vec<Dimension>) -> Value
     }
 }
 
-/// Fixed dimensions.
-pub fn static_dims(shape: &[usize]) -> Vec<Dimension> {
-    shape.iter().map(|&d| Dimension { value: Some(Dim::DimValue(d as i64)), denotation: None }).collect()
+/// Fixed dimensions (the unit tests' models).
+#[cfg(test)]
+pub(crate) fn static_dims(shape: &[usize]) -> Vec<Dimension> {
+    shape.iter().map(|&d| Dimension { value: Some(crate::onnx::proto::tensor_shape_proto::dimension::Value::DimValue(d as i64)), denotation: None }).collect()
 }

@@ -63,7 +63,7 @@ pub fn emit(
     if site.output.is_empty() {
         return Err(no_value(conv));
     }
-    corrective_rate(builder, &Layer { graph, site, conv, params, blamed }, names.cr)?;
+    corrective_rate(builder, &FirstLayer { graph, site, conv, params, blamed }, names.cr)?;
     let any = match decision {
         Decision::Cr { boundary, direction, .. } => gate(builder, names.cr, *direction == Direction::Above, *boundary, switch, names.adapted)?,
         Decision::Probe { .. } => {
@@ -79,7 +79,7 @@ pub fn emit(
 const LANES: usize = 16;
 
 /// The first patched convolution, as the decision reads it.
-struct Layer<'a> {
+struct FirstLayer<'a> {
     graph: &'a GraphProto,
     site: &'a Site,
     conv: &'a ConvInfo,
@@ -87,7 +87,7 @@ struct Layer<'a> {
     blamed: &'a [usize],
 }
 
-impl Layer<'_> {
+impl FirstLayer<'_> {
     /// The parameters (scale, bias, mean, var) of the BatchNormalization after the convolution,
     /// when there is one: the original ones, and those of the replacement channels (the
     /// `bn_adapt` statistics where the patch has them, else the original ones).
@@ -112,7 +112,7 @@ fn rows(builder: &mut Builder, value: &str, indices: &str) -> String {
 }
 
 /// `cr_name` = ReduceMean(Cast(Xor(z⁻ > 0, z⁺ > 0))) over channels and pixels.
-fn corrective_rate(builder: &mut Builder, layer: &Layer, cr_name: &str) -> Result<()> {
+fn corrective_rate(builder: &mut Builder, layer: &FirstLayer, cr_name: &str) -> Result<()> {
     let (original_active, replacement_active) = if layer.conv.group == 1 && 2 * layer.blamed.len() <= LANES {
         joint_signs(builder, layer)?
     } else {
@@ -135,8 +135,8 @@ fn corrective_rate(builder: &mut Builder, layer: &Layer, cr_name: &str) -> Resul
 /// z⁻ is recomputed, not read, yet it is the model's value bit for bit: every output channel of a
 /// convolution is computed on its own, and the phase kernels only add zero taps, which leave each
 /// sum unchanged. The tests compare the CR with counts taken on the original model's own values.
-fn joint_signs(builder: &mut Builder, layer: &Layer) -> Result<(String, String)> {
-    let Layer { graph, site, conv, params, blamed } = *layer;
+fn joint_signs(builder: &mut Builder, layer: &FirstLayer) -> Result<(String, String)> {
+    let FirstLayer { graph, site, conv, params, blamed } = *layer;
     let node = &graph.node[site.conv];
     let window = conv_window(graph, builder.opset(), node, conv)?;
     let phases = column_phases(window.as_ref(), 2 * blamed.len());
@@ -192,8 +192,8 @@ fn joint_signs(builder: &mut Builder, layer: &Layer) -> Result<(String, String)>
 
 /// z⁻ > 0 from the model's own value and z⁺ > 0 from the replacement filters alone (k filters),
 /// or, for a grouped convolution, from the merged layer's blamed channels.
-fn separate_signs(builder: &mut Builder, layer: &Layer) -> Result<(String, String)> {
-    let Layer { graph, site, conv, params, blamed } = *layer;
+fn separate_signs(builder: &mut Builder, layer: &FirstLayer) -> Result<(String, String)> {
+    let FirstLayer { graph, site, conv, params, blamed } = *layer;
     let channels = builder.ints(&blamed.iter().map(|&c| c as i64).collect::<Vec<_>>());
     let original = builder.op("Gather", &[&site.output, &channels], vec![int("axis", 1)]);
     let conv_node = &graph.node[site.conv];
@@ -220,8 +220,8 @@ fn separate_signs(builder: &mut Builder, layer: &Layer) -> Result<(String, Strin
 /// `value` (a convolution's output) through the layer's BatchNormalization, with the given
 /// per-channel parameters, and its activation where that can move a value across zero (the sign
 /// test needs nothing else).
-fn activated(builder: &mut Builder, layer: &Layer, mut value: String, batchnorm: Option<Vec<String>>) -> String {
-    let Layer { graph, site, .. } = *layer;
+fn activated(builder: &mut Builder, layer: &FirstLayer, mut value: String, batchnorm: Option<Vec<String>>) -> String {
+    let FirstLayer { graph, site, .. } = *layer;
     if let (Some(position), Some(parameters)) = (site.batchnorm, batchnorm) {
         let mut inputs = vec![value.as_str()];
         inputs.extend(parameters.iter().map(String::as_str));

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::onnx::builder::{graph_attribute, int, tensor_info, Builder, BOOL, FLOAT};
 use crate::onnx::graph::{renamed_values, GraphIndex};
 use crate::onnx::proto::{
-    tensor_shape_proto::{dimension::Value as Dim, Dimension},
+    tensor_shape_proto::{dimension::Value as DimValue, Dimension},
     type_proto, GraphProto, ModelProto, NodeProto, StringStringEntryProto, ValueInfoProto,
 };
 use crate::onnx::tensor::from_bool;
@@ -31,7 +31,8 @@ use crate::onnx::tensor::from_bool;
 /// Metadata key under which the rewrite records what `strip` needs to undo it.
 pub const LAYOUT_KEY: &str = "deeppatch.layout";
 
-/// Builds the γ-patched model of `model` for `spec`.
+/// Builds the γ-patched model of `model` for `spec`: the steps of the module documentation, each
+/// built by its own function (merges, original graph, decision, routing), then assembled.
 pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     let graph = model.graph.as_ref().ok_or_else(|| Error::InvalidGraph("the model has no graph".into()))?;
     if graph.input.iter().any(|i| i.name.as_deref() == Some(DECISION_INPUT)) {
@@ -45,7 +46,6 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     let index = GraphIndex::new(graph)?;
     check_batch_first(graph, &index, crate::onnx::default_opset(model), image)?;
     let first = first_patched(model, &convs)?;
-    let first_site = site(&index, convs[first].position);
     let runtime_inputs: Vec<&ValueInfoProto> =
         graph.input.iter().filter(|i| index.is_runtime_input(i.name.as_deref().unwrap_or(""))).collect();
 
@@ -54,140 +54,28 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     let layers: Vec<_> = convs.iter().cloned().zip(spec.layers.iter().cloned()).collect();
     let patched = merge_parameters(&mut builder, graph, &layers)?;
     let merges = std::mem::take(&mut builder.nodes);
-
-    // The original nodes, their graph outputs renamed so the If can produce the real names.
-    let outputs: Vec<&ValueInfoProto> = graph.output.iter().collect();
-    let renamed: HashMap<String, String> = outputs
-        .iter()
-        .filter_map(|o| o.name.clone())
-        .map(|name| {
-            let fresh = scoped(&mut builder, "original", &name);
-            (name, fresh)
-        })
-        .collect();
-    let original_nodes: Vec<NodeProto> = graph.node.iter().map(|n| renamed_values(n, &renamed)).collect();
-
+    let original = Original::new(&mut builder, graph);
     let names = decision::OutputNames { cr: CR_OUTPUT, adapted: ADAPTED_OUTPUT, logit: PROBE_LOGIT_OUTPUT };
-    let decision = decision::emit(
-        &mut builder,
-        graph,
-        &first_site,
-        &convs[first],
-        &patched[first],
-        &spec.layers[first].blamed,
-        &spec.decision,
-        DECISION_INPUT,
-        &names,
-    )?;
+    let first_site = site(&index, convs[first].position);
+    let decision =
+        decision::emit(&mut builder, graph, &first_site, &convs[first], &patched[first], &spec.layers[first].blamed, &spec.decision, DECISION_INPUT, &names)?;
     let decision_nodes = std::mem::take(&mut builder.nodes);
-
-    // Then branch: a Scan over the batch in which an adapted sample goes alone through the merged
-    // parameters, so its output never depends on its batch (runtimes pick kernels by batch size,
-    // and the merged parameters live outside the branch where they are not pre-packed), and a
-    // sample that is not adapted passes its original output through (an If per sample), so a
-    // mixed batch pays the replacement path for its adapted samples only. (A sub-batch of the
-    // adapted rows, NonZero + GatherND, is not supported by tract inside If.)
-    let original_outputs: Vec<String> = outputs.iter().map(|o| renamed[o.name.as_deref().unwrap_or_default()].clone()).collect();
-    let scan_inputs: Vec<String> = runtime_inputs
-        .iter()
-        .map(|i| i.name.clone().unwrap_or_default())
-        .chain(original_outputs.iter().cloned())
-        .chain(std::iter::once(decision.adapted.clone()))
-        .collect();
-
-    let mut adapted_names: HashMap<String, String> = HashMap::new();
-    let mut body_inputs = Vec::new();
-    for input in &runtime_inputs {
-        let name = input.name.clone().unwrap_or_default();
-        let sample = scoped(&mut builder, "sample", &name);
-        body_inputs.push(without_batch(input, &sample));
-        adapted_names.insert(name, builder.unsqueeze(&sample, &[0]));
-    }
-    let original_samples: Vec<String> = original_outputs.iter().map(|o| scoped(&mut builder, "sample", o)).collect();
-    for (output, sample) in outputs.iter().zip(&original_samples) {
-        body_inputs.push(without_batch(output, sample));
-    }
-    let flag = builder.fresh("sample/adapted");
-    body_inputs.push(tensor_info(&flag, BOOL, vec![]));
-    for node in &graph.node {
-        for output in node.output.iter().filter(|o| !o.is_empty()) {
-            let fresh = scoped(&mut builder, "adapted", output);
-            adapted_names.insert(output.clone(), fresh);
-        }
-    }
-    let mut sample_nodes = std::mem::take(&mut builder.nodes);
-    for (position, node) in graph.node.iter().enumerate() {
-        let mut copy = renamed_values(&with_patched_inputs(node, position, &patched), &adapted_names);
-        let label = node.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| format!("{}_{position}", node.op_type.as_deref().unwrap_or("node")));
-        copy.name = Some(scoped(&mut builder, "adapted", &label));
-        sample_nodes.push(copy);
-    }
-    let sample_outputs: Vec<ValueInfoProto> = outputs
-        .iter()
-        .map(|output| {
-            let squeezed = builder.squeeze(&adapted_names[output.name.as_deref().unwrap_or_default()], &[0]);
-            without_batch(output, &squeezed)
-        })
-        .collect();
-    sample_nodes.append(&mut builder.nodes);
-    let kept_outputs: Vec<ValueInfoProto> = outputs
-        .iter()
-        .zip(&original_samples)
-        .map(|(output, sample)| without_batch(output, &builder.op("Identity", &[sample], vec![])))
-        .collect();
-    let kept_nodes = std::mem::take(&mut builder.nodes);
-    let body_outputs: Vec<ValueInfoProto> =
-        outputs.iter().map(|o| without_batch(o, &scoped(&mut builder, "sample", o.name.as_deref().unwrap_or("output")))).collect();
-    let per_sample_route = NodeProto {
-        name: Some(builder.fresh("route_sample")),
-        op_type: Some("If".into()),
-        input: vec![flag],
-        output: body_outputs.iter().map(|o| o.name.clone().unwrap_or_default()).collect(),
-        attribute: vec![
-            graph_attribute("then_branch", GraphProto { name: Some(builder.fresh("adapted_sample")), node: sample_nodes, output: sample_outputs, ..Default::default() }),
-            graph_attribute("else_branch", GraphProto { name: Some(builder.fresh("original_sample")), node: kept_nodes, output: kept_outputs, ..Default::default() }),
-        ],
-        ..Default::default()
-    };
-    let body = GraphProto { name: Some(builder.fresh("per_sample")), node: vec![per_sample_route], input: body_inputs, output: body_outputs, ..Default::default() };
-    let then_outputs: Vec<ValueInfoProto> =
-        outputs.iter().map(|o| retyped(o, &scoped(&mut builder, "routed", o.name.as_deref().unwrap_or("output")))).collect();
-    let scan = NodeProto {
-        name: Some(builder.fresh("each_sample")),
-        op_type: Some("Scan".into()),
-        input: scan_inputs,
-        output: then_outputs.iter().map(|o| o.name.clone().unwrap_or_default()).collect(),
-        attribute: vec![graph_attribute("body", body), int("num_scan_inputs", (runtime_inputs.len() + outputs.len() + 1) as i64)],
-        ..Default::default()
-    };
-    let then_nodes = vec![scan];
-    let else_outputs: Vec<ValueInfoProto> =
-        outputs.iter().zip(&original_outputs).map(|(output, original)| retyped(output, &builder.op("Identity", &[original], vec![]))).collect();
-    let else_nodes = std::mem::take(&mut builder.nodes);
-    let then_branch = GraphProto { name: Some(builder.fresh("adapted")), node: then_nodes, output: then_outputs, ..Default::default() };
-    let else_branch = GraphProto { name: Some(builder.fresh("original")), node: else_nodes, output: else_outputs, ..Default::default() };
-    let route = NodeProto {
-        name: Some(builder.fresh("route")),
-        op_type: Some("If".into()),
-        input: vec![decision.any.clone()],
-        output: outputs.iter().map(|o| o.name.clone().unwrap_or_default()).collect(),
-        attribute: vec![graph_attribute("then_branch", then_branch), graph_attribute("else_branch", else_branch)],
-        ..Default::default()
-    };
+    let sample = Sample { graph, runtime_inputs: &runtime_inputs, original: &original, patched: &patched };
+    let route = route(&mut builder, &sample, &decision);
 
     let mut out = model.clone();
     let g = out.graph.as_mut().ok_or_else(|| Error::Internal("graph vanished".into()))?;
     let layout = json!({
         "merges_first": false,
         "merge_nodes": merges.len(),
-        "original_nodes": original_nodes.len(),
+        "original_nodes": original.nodes.len(),
         "initializers": g.initializer.len(),
         "inputs": g.input.len(),
         "outputs": g.output.len(),
-        "renamed": renamed,
+        "renamed": original.renamed,
     });
     let batch = batch_dimension(&runtime_inputs);
-    g.node = original_nodes.into_iter().chain(merges).chain(decision_nodes).chain(std::iter::once(route)).collect();
+    g.node = original.nodes.into_iter().chain(merges).chain(decision_nodes).chain(std::iter::once(route)).collect();
     g.initializer.append(&mut builder.initializers);
     g.initializer.push(from_bool(DECISION_INPUT, &[], &[true]));
     g.input.push(tensor_info(DECISION_INPUT, BOOL, vec![]));
@@ -198,6 +86,170 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     }
     set_metadata(&mut out, spec, &convs, layout);
     Ok(out)
+}
+
+/// Step 1: the original nodes, untouched except that the graph outputs are renamed, so that the
+/// routing `If` can produce the real names.
+struct Original {
+    nodes: Vec<NodeProto>,
+    /// Graph output → its name inside the patched model.
+    renamed: HashMap<String, String>,
+    /// The renamed outputs, in the order of the graph's outputs.
+    outputs: Vec<String>,
+}
+
+impl Original {
+    fn new(builder: &mut Builder, graph: &GraphProto) -> Original {
+        let renamed: HashMap<String, String> = graph
+            .output
+            .iter()
+            .filter_map(|o| o.name.clone())
+            .map(|name| {
+                let fresh = scoped(builder, "original", &name);
+                (name, fresh)
+            })
+            .collect();
+        let nodes = graph.node.iter().map(|n| renamed_values(n, &renamed)).collect();
+        let outputs = graph.output.iter().map(|o| renamed[o.name.as_deref().unwrap_or_default()].clone()).collect();
+        Original { nodes, renamed, outputs }
+    }
+}
+
+/// What routing needs to know: the graph, its runtime inputs, the original outputs and the merged
+/// parameters.
+struct Sample<'a> {
+    graph: &'a GraphProto,
+    runtime_inputs: &'a [&'a ValueInfoProto],
+    original: &'a Original,
+    patched: &'a [super::PatchedParams],
+}
+
+/// Step 4: `If(any adapted)`. The else branch passes the original outputs through (a clean batch
+/// pays only for the decision); the then branch runs [`each_sample`].
+fn route(builder: &mut Builder, sample: &Sample, decision: &decision::DecisionValues) -> NodeProto {
+    let outputs = &sample.graph.output;
+    let (scan, then_outputs) = each_sample(builder, sample, &decision.adapted);
+    let else_outputs: Vec<ValueInfoProto> = outputs
+        .iter()
+        .zip(&sample.original.outputs)
+        .map(|(output, original)| retyped(output, &builder.op("Identity", &[original], vec![])))
+        .collect();
+    let else_nodes = std::mem::take(&mut builder.nodes);
+    let then_branch = GraphProto { name: Some(builder.fresh("adapted")), node: vec![scan], output: then_outputs, ..Default::default() };
+    let else_branch = GraphProto { name: Some(builder.fresh("original")), node: else_nodes, output: else_outputs, ..Default::default() };
+    let name = builder.fresh("route");
+    if_node(name, &decision.any, outputs, then_branch, else_branch)
+}
+
+/// The then branch of the route: a `Scan` over the batch whose body is an `If` on the sample's
+/// flag, so that an adapted sample goes alone through the merged parameters (its output never
+/// depends on its batch: runtimes pick kernels by batch size, and the merged parameters live
+/// outside the branch where they are not pre-packed) and any other passes its original output
+/// through; a mixed batch pays the replacement path for its adapted samples only. (A sub-batch of
+/// the adapted rows, NonZero + GatherND, is not supported by tract inside If.) Returns the Scan
+/// and the outputs of the branch.
+fn each_sample(builder: &mut Builder, sample: &Sample, adapted: &str) -> (NodeProto, Vec<ValueInfoProto>) {
+    let (runtime_inputs, outputs) = (sample.runtime_inputs, &sample.graph.output);
+    let scan_inputs: Vec<String> = runtime_inputs
+        .iter()
+        .map(|i| i.name.clone().unwrap_or_default())
+        .chain(sample.original.outputs.iter().cloned())
+        .chain(std::iter::once(adapted.to_string()))
+        .collect();
+    let body = sample_body(builder, sample);
+    let then_outputs: Vec<ValueInfoProto> =
+        outputs.iter().map(|o| retyped(o, &scoped(builder, "routed", o.name.as_deref().unwrap_or("output")))).collect();
+    let scan_count = runtime_inputs.len() + outputs.len() + 1;
+    let scan = NodeProto {
+        name: Some(builder.fresh("each_sample")),
+        op_type: Some("Scan".into()),
+        input: scan_inputs,
+        output: then_outputs.iter().map(|o| o.name.clone().unwrap_or_default()).collect(),
+        attribute: vec![graph_attribute("body", body), int("num_scan_inputs", i64::try_from(scan_count).unwrap_or(i64::MAX))],
+        ..Default::default()
+    };
+    (scan, then_outputs)
+}
+
+/// The Scan body: one sample's runtime inputs, original outputs and flag in; `If(flag)` between
+/// [`adapted_sample`] and [`original_sample`].
+fn sample_body(builder: &mut Builder, sample: &Sample) -> GraphProto {
+    let outputs = &sample.graph.output;
+    let mut body_inputs = Vec::new();
+    // The runtime inputs of the adapted copy: each sample with its batch axis restored.
+    let mut adapted_names: HashMap<String, String> = HashMap::new();
+    for input in sample.runtime_inputs {
+        let name = input.name.clone().unwrap_or_default();
+        let one = scoped(builder, "sample", &name);
+        body_inputs.push(without_batch(input, &one));
+        adapted_names.insert(name, builder.unsqueeze(&one, &[0]));
+    }
+    let original_samples: Vec<String> = sample.original.outputs.iter().map(|o| scoped(builder, "sample", o)).collect();
+    for (output, one) in outputs.iter().zip(&original_samples) {
+        body_inputs.push(without_batch(output, one));
+    }
+    let flag = builder.fresh("sample/adapted");
+    body_inputs.push(tensor_info(&flag, BOOL, vec![]));
+
+    let (adapted_nodes, adapted_outputs) = adapted_sample(builder, sample, adapted_names);
+    let (kept_nodes, kept_outputs) = original_sample(builder, outputs, &original_samples);
+    let body_outputs: Vec<ValueInfoProto> =
+        outputs.iter().map(|o| without_batch(o, &scoped(builder, "sample", o.name.as_deref().unwrap_or("output")))).collect();
+    let name = builder.fresh("route_sample");
+    let then_branch = GraphProto { name: Some(builder.fresh("adapted_sample")), node: adapted_nodes, output: adapted_outputs, ..Default::default() };
+    let else_branch = GraphProto { name: Some(builder.fresh("original_sample")), node: kept_nodes, output: kept_outputs, ..Default::default() };
+    let per_sample_route = if_node(name, &flag, &body_outputs, then_branch, else_branch);
+    GraphProto { name: Some(builder.fresh("per_sample")), node: vec![per_sample_route], input: body_inputs, output: body_outputs, ..Default::default() }
+}
+
+/// An adapted sample: a copy of the model on the merged parameters, its values renamed under
+/// `adapted/`, reading the sample's inputs (`names` maps each runtime input to its value); the
+/// outputs lose the batch axis again. Returns the nodes (those already in `builder` first) and the
+/// outputs.
+fn adapted_sample(builder: &mut Builder, sample: &Sample, mut names: HashMap<String, String>) -> (Vec<NodeProto>, Vec<ValueInfoProto>) {
+    let graph = sample.graph;
+    for node in &graph.node {
+        for output in node.output.iter().filter(|o| !o.is_empty()) {
+            let fresh = scoped(builder, "adapted", output);
+            names.insert(output.clone(), fresh);
+        }
+    }
+    let mut nodes = std::mem::take(&mut builder.nodes);
+    for (position, node) in graph.node.iter().enumerate() {
+        let mut copy = renamed_values(&with_patched_inputs(node, position, sample.patched), &names);
+        let label = node.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| format!("{}_{position}", node.op_type.as_deref().unwrap_or("node")));
+        copy.name = Some(scoped(builder, "adapted", &label));
+        nodes.push(copy);
+    }
+    let outputs: Vec<ValueInfoProto> = graph
+        .output
+        .iter()
+        .map(|output| {
+            let squeezed = builder.squeeze(&names[output.name.as_deref().unwrap_or_default()], &[0]);
+            without_batch(output, &squeezed)
+        })
+        .collect();
+    nodes.append(&mut builder.nodes);
+    (nodes, outputs)
+}
+
+/// A sample that is not adapted: its original outputs (`samples`) passed through.
+fn original_sample(builder: &mut Builder, outputs: &[ValueInfoProto], samples: &[String]) -> (Vec<NodeProto>, Vec<ValueInfoProto>) {
+    let kept: Vec<ValueInfoProto> =
+        outputs.iter().zip(samples).map(|(output, sample)| without_batch(output, &builder.op("Identity", &[sample], vec![]))).collect();
+    (std::mem::take(&mut builder.nodes), kept)
+}
+
+/// An `If` named `name` on `condition` producing `outputs`.
+fn if_node(name: String, condition: &str, outputs: &[ValueInfoProto], then_branch: GraphProto, else_branch: GraphProto) -> NodeProto {
+    NodeProto {
+        name: Some(name),
+        op_type: Some("If".into()),
+        input: vec![condition.to_string()],
+        output: outputs.iter().map(|o| o.name.clone().unwrap_or_default()).collect(),
+        attribute: vec![graph_attribute("then_branch", then_branch), graph_attribute("else_branch", else_branch)],
+        ..Default::default()
+    }
 }
 
 /// Every graph output keeps the batch as its first axis, as the per-sample Scan assumes: by the
@@ -256,7 +308,7 @@ fn without_batch(value: &ValueInfoProto, name: &str) -> ValueInfoProto {
                 shape.dim.remove(0);
             }
             for dim in &mut shape.dim {
-                if matches!(dim.value, Some(Dim::DimParam(_))) {
+                if matches!(dim.value, Some(DimValue::DimParam(_))) {
                     dim.value = None;
                 }
             }
@@ -273,7 +325,7 @@ fn batch_dimension(inputs: &[&ValueInfoProto]) -> Dimension {
             type_proto::Value::TensorType(t) => t.shape.as_ref()?.dim.first().cloned(),
             _ => None,
         })
-        .unwrap_or(Dimension { value: Some(Dim::DimParam("N".into())), denotation: None })
+        .unwrap_or(Dimension { value: Some(DimValue::DimParam("N".into())), denotation: None })
 }
 
 fn set_metadata(model: &mut ModelProto, spec: &PatchSpec, convs: &[crate::analysis::ConvInfo], layout: serde_json::Value) {

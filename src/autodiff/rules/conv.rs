@@ -28,7 +28,7 @@ pub(super) fn scatter(
     let rank = window.input.len();
     let (mut end, mut output_padding) = (vec![0; rank], vec![0; rank]);
     for axis in 0..rank {
-        let reach = (window.output[axis] - 1) * window.strides[axis] + window.extent(axis);
+        let reach = (window.output[axis] - 1) * window.strides[axis] + window.extent[axis];
         let (begin, size) = (window.begin[axis], window.input[axis]);
         if begin > reach {
             return Err(ctx.error("pads larger than the windows' reach"));
@@ -112,7 +112,7 @@ struct Grouping {
 fn input_gradient(ctx: &Ctx, b: &mut Builder, dy: &str, grouping: &Grouping, window: &Window) -> Result<String> {
     let w = ctx.input(1);
     let spatial = window.input.len();
-    let reach: Vec<i64> = (0..spatial).map(|a| window.extent(a) - 1).collect();
+    let reach: Vec<i64> = (0..spatial).map(|a| window.extent[a] - 1).collect();
     let correlates = window.strides.iter().all(|&s| s == 1)
         && (0..spatial).all(|a| window.begin[a] <= reach[a] && window.end[a] <= reach[a]);
     if !correlates {
@@ -152,7 +152,7 @@ fn weight_gradient(ctx: &Ctx, b: &mut Builder, dy: &str, grouping: &Grouping, wi
     let spatial = window.input.len();
     let inputs = channel_major(b, ctx.input(0), groups, channels, &window.input);
     let gradient = channel_major(b, dy, groups, filters, &window.output);
-    let reach: Vec<i64> = (0..spatial).map(|a| window.extent(a) - 1 - window.begin[a]).collect();
+    let reach: Vec<i64> = (0..spatial).map(|a| window.extent[a] - 1 - window.begin[a]).collect();
     // Elements copied per tap: a canvas window of the output gradient, or both operands' slices.
     let (inputs_size, outputs_size) = (window.input.iter().product::<i64>(), window.output.iter().product::<i64>());
     let use_canvas = filters * inputs_size < (filters + channels) * outputs_size && reach.iter().all(|&r| r >= 0);
@@ -167,7 +167,7 @@ fn weight_gradient(ctx: &Ctx, b: &mut Builder, dy: &str, grouping: &Grouping, wi
             let offsets = offsets(tap);
             let ranges: Vec<(i64, i64, i64)> =
                 (0..spatial).map(|a| (reach[a] - offsets[a], reach[a] - offsets[a] + window.input[a], 1)).collect();
-            windows.push(cut(b, &canvas, 3, &ranges, &size)?);
+            windows.push(slice_ranges(b, &canvas, 3, &ranges, &size)?);
         }
         let windows: Vec<&str> = windows.iter().map(String::as_str).collect();
         let stacked = concat(b, &windows, 1);
@@ -193,7 +193,7 @@ fn weight_gradient(ctx: &Ctx, b: &mut Builder, dy: &str, grouping: &Grouping, wi
                 b.floats(ctx.float_type(), &[groups as usize, filters as usize, channels as usize], &zeros)?
             } else {
                 let kept: Vec<(i64, i64, i64)> = ranges.iter().map(|&(f, l)| (f, l + 1, 1)).collect();
-                let left = cut(b, &gradient, 3, &kept, &window.output)?;
+                let left = slice_ranges(b, &gradient, 3, &kept, &window.output)?;
                 let reads: Vec<(i64, i64, i64)> = (0..spatial)
                     .map(|a| {
                         let (first, last) = ranges[a];
@@ -201,7 +201,7 @@ fn weight_gradient(ctx: &Ctx, b: &mut Builder, dy: &str, grouping: &Grouping, wi
                         (first * stride + offsets[a], last * stride + offsets[a] + 1, stride)
                     })
                     .collect();
-                let right = cut(b, &inputs, 3, &reads, &window.input)?;
+                let right = slice_ranges(b, &inputs, 3, &reads, &window.input)?;
                 transposed_product(b, &left, &right, groups, filters, channels)
             };
             products.push(b.unsqueeze(&product, &[1]));
@@ -294,7 +294,7 @@ fn gradient_canvas(
 
 /// `x` sliced to `(start, end, step)` on the consecutive axes from `first_axis` (whose sizes are
 /// `sizes`); axes taken whole are left out, and nothing is emitted when all are.
-fn cut(b: &mut Builder, x: &str, first_axis: usize, ranges: &[(i64, i64, i64)], sizes: &[i64]) -> Result<String> {
+fn slice_ranges(b: &mut Builder, x: &str, first_axis: usize, ranges: &[(i64, i64, i64)], sizes: &[i64]) -> Result<String> {
     let cuts: Vec<(usize, (i64, i64, i64))> =
         ranges.iter().enumerate().filter(|&(a, &r)| r != (0, sizes[a], 1)).map(|(a, &r)| (first_axis + a, r)).collect();
     if cuts.is_empty() {

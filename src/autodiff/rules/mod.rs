@@ -79,13 +79,13 @@ impl Registry {
 pub(crate) struct Ctx<'a> {
     pub node: &'a NodeProto,
     pub label: String,
-    pub facts: &'a Facts,
+    pub facts: &'a Facts<'a>,
     /// Values of which only some rows (indices along axis 0) need a gradient.
     rows: &'a HashMap<String, Vec<i64>>,
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(node: &'a NodeProto, position: usize, facts: &'a Facts, rows: &'a HashMap<String, Vec<i64>>) -> Ctx<'a> {
+    pub fn new(node: &'a NodeProto, position: usize, facts: &'a Facts<'a>, rows: &'a HashMap<String, Vec<i64>>) -> Ctx<'a> {
         Ctx { node, label: node_label(node, position), facts, rows }
     }
 
@@ -140,8 +140,8 @@ impl<'a> Ctx<'a> {
     }
 
     /// The facts of the node's inputs, in order.
-    pub fn input_facts(&self) -> Vec<Option<Fact>> {
-        self.node.input.iter().map(|name| self.facts.get(name).cloned()).collect()
+    pub fn input_facts(&self) -> Vec<Option<&'a Fact>> {
+        self.node.input.iter().map(|name| self.facts.get(name)).collect()
     }
 
     /// The data type of the gradient of the node's first output.

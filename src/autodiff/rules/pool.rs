@@ -2,6 +2,8 @@
 //! send the output gradient back through a depthwise ConvTranspose with the forward geometry:
 //! AveragePool with a kernel of ones after dividing by each window's divisor, MaxPool with one-hot
 //! kernels that place each window's gradient on the element the runtime picked as its maximum.
+//! Sizes and attributes come from the model: the arithmetic is checked, the lints below enforce it.
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation, clippy::indexing_slicing)]
 
 use super::conv::scatter;
 use super::{first, only, Builder, Ctx, Differentiable, Registry};
@@ -23,8 +25,36 @@ fn geometry(ctx: &Ctx) -> Result<(Window, i64)> {
         return Err(ctx.error("the input needs a batch, a channel and a spatial axis"));
     }
     let dims = ctx.dims(x, 1..rank)?;
-    let window = Window::new(ctx.node, &dims[1..], attr_ints(ctx.node, "kernel_shape")).map_err(|m| ctx.error(m))?;
-    Ok((window, dims[0]))
+    let (channels, spatial) = dims.split_first().ok_or_else(|| ctx.error("the input has no channel axis"))?;
+    let window = Window::new(ctx.node, spatial, attr_ints(ctx.node, "kernel_shape")).map_err(|m| ctx.error(m))?;
+    Ok((window, *channels))
+}
+
+/// Sizes read from the model as array extents; an error naming `what` when one is negative or too
+/// large.
+fn extents(ctx: &Ctx, what: &str, sizes: &[i64]) -> Result<Vec<usize>> {
+    sizes.iter().map(|&s| usize::try_from(s).map_err(|_| ctx.error(format!("{what} {sizes:?}: a size out of range")))).collect()
+}
+
+/// The product of `sizes`; an error naming `what` when it overflows.
+fn product(ctx: &Ctx, what: &str, sizes: &[usize]) -> Result<usize> {
+    sizes.iter().try_fold(1usize, |p, &s| p.checked_mul(s)).ok_or_else(|| ctx.error(format!("{what} {sizes:?}: too many elements")))
+}
+
+/// The flat index within one channel plane of `input` that kernel tap `tap` of the window at
+/// output position `out` reads, or −1 when it reads padding; `None` on overflow.
+fn tap_index(window: &Window, tap: &[i64], out: &[i64]) -> Option<i64> {
+    let mut flat = 0i64;
+    for (axis, (&t, &o)) in tap.iter().zip(out).enumerate() {
+        let (stride, begin, dilation, size) =
+            (*window.strides.get(axis)?, *window.begin.get(axis)?, *window.dilations.get(axis)?, *window.input.get(axis)?);
+        let position = o.checked_mul(stride)?.checked_sub(begin)?.checked_add(t.checked_mul(dilation)?)?;
+        if !(0..size).contains(&position) {
+            return Some(-1);
+        }
+        flat = flat.checked_mul(size)?.checked_add(position)?;
+    }
+    Some(flat)
 }
 
 /// The gradient goes to the element each window took its maximum from: the runtime's own choice,
@@ -36,8 +66,8 @@ fn max_pool(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], _: &[bool]) -> Re
     let dy = first(ctx, dy)?;
     let (window, channels) = geometry(ctx)?;
     let dtype = ctx.float_type();
-    let spatial = window.input.len();
-    let plane: i64 = window.input.iter().product();
+    let overflow = || ctx.error(format!("input {:?} with kernel_shape {:?}: the pooling table overflows", window.input, window.kernel));
+    let plane = window.input.iter().try_fold(1i64, |p, &s| p.checked_mul(s)).ok_or_else(overflow)?;
     let taps = grid(&window.kernel);
     let outputs = grid(&window.output);
 
@@ -51,43 +81,50 @@ fn max_pool(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], _: &[bool]) -> Re
     let offset = b.op("Mul", &[&planes, &plane_size], vec![]);
     let within = b.op("Sub", &[&indices, &offset], vec![]);
 
-    let mut table = Vec::with_capacity(taps.len() * outputs.len());
-    for tap in &taps {
-        for out in &outputs {
-            let mut flat = 0;
-            for axis in 0..spatial {
-                let position =
-                    out[axis] * window.strides[axis] - window.begin[axis] + tap[axis] * window.dilations[axis];
-                if !(0..window.input[axis]).contains(&position) {
-                    flat = -1;
-                    break;
-                }
-                flat = flat * window.input[axis] + position;
-            }
-            table.push(flat);
-        }
-    }
-    let table_shape: Vec<usize> =
-        std::iter::once(taps.len()).chain(window.output.iter().map(|&o| o as usize)).collect();
+    let table: Vec<i64> = taps
+        .iter()
+        .flat_map(|tap| outputs.iter().map(move |out| (tap, out)))
+        .map(|(tap, out)| tap_index(&window, tap, out).ok_or_else(overflow))
+        .collect::<Result<_>>()?;
+    let output_shape = extents(ctx, "output", &window.output)?;
+    let table_shape: Vec<usize> = std::iter::once(taps.len()).chain(output_shape.iter().copied()).collect();
     let table = b.int64s(&table_shape, &table);
     let expanded = b.unsqueeze(&within, &[2]);
     let chosen = b.op("Equal", &[&expanded, &table], vec![]);
     let spread = b.unsqueeze(&dy, &[2]);
     let masked = b.where_or_zero(&chosen, &spread, dtype)?;
-    let count = taps.len() as i64;
-    let merged = b.reshape(&masked, &[&[0, channels * count], window.output.as_slice()].concat());
+    let count = i64::try_from(taps.len()).map_err(|_| overflow())?;
+    let merged_channels = channels.checked_mul(count).ok_or_else(overflow)?;
+    let merged = b.reshape(&masked, &[&[0, merged_channels], window.output.as_slice()].concat());
 
-    let kernel_size: usize = window.kernel.iter().map(|&k| k as usize).product();
-    let mut one_hot = vec![0.0; channels as usize * taps.len() * kernel_size];
-    for c in 0..channels as usize {
-        for t in 0..taps.len() {
-            one_hot[(c * taps.len() + t) * kernel_size + t] = 1.0;
+    // One kernel per (channel, tap): a one at the tap, zeros elsewhere.
+    let kernel = extents(ctx, "kernel_shape", &window.kernel)?;
+    let kernel_size = product(ctx, "kernel_shape", &kernel)?;
+    let kernels = usize::try_from(merged_channels).map_err(|_| overflow())?;
+    let mut one_hot = vec![0.0; product(ctx, "the one-hot kernel", &[kernels, kernel_size])?];
+    for (k, hot) in one_hot.chunks_mut(kernel_size.max(1)).enumerate() {
+        if let Some(one) = hot.get_mut(k.checked_rem(taps.len()).unwrap_or(0)) {
+            *one = 1.0;
         }
     }
-    let kernel_shape: Vec<usize> =
-        [channels as usize * taps.len(), 1].into_iter().chain(window.kernel.iter().map(|&k| k as usize)).collect();
+    let kernel_shape: Vec<usize> = [kernels, 1].into_iter().chain(kernel).collect();
     let kernel = b.floats(dtype, &kernel_shape, &one_hot)?;
     Ok(only(1, 0, scatter(ctx, b, &merged, &kernel, channels, &window)?))
+}
+
+/// How many of the taps of the window at output position `out` along `axis` lie in
+/// `[floor, limit)`; `None` on overflow.
+fn taps_inside(window: &Window, axis: usize, out: i64, floor: i64, limit: i64) -> Option<usize> {
+    let start = out.checked_mul(*window.strides.get(axis)?)?.checked_sub(*window.begin.get(axis)?)?;
+    let dilation = *window.dilations.get(axis)?;
+    let mut inside = 0usize;
+    for tap in 0..*window.kernel.get(axis)? {
+        let position = tap.checked_mul(dilation)?.checked_add(start)?;
+        if (floor..limit).contains(&position) {
+            inside = inside.checked_add(1)?;
+        }
+    }
+    Some(inside)
 }
 
 /// Each output is the sum of its window divided by a divisor that depends on its position (how
@@ -98,24 +135,22 @@ fn average_pool(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], _: &[bool]) -
     let (window, channels) = geometry(ctx)?;
     let dtype = ctx.float_type();
     let include_pad = attr_int(ctx.node, "count_include_pad", 0) != 0;
-    let divisors: Vec<f64> = grid(&window.output)
-        .iter()
-        .map(|out| {
-            (0..window.input.len())
-                .map(|axis| {
-                    let limit = if include_pad { window.input[axis] + window.end[axis] } else { window.input[axis] };
-                    let floor = if include_pad { -window.begin[axis] } else { 0 };
-                    window.taps(axis, out[axis]).filter(|p| (floor..limit).contains(p)).count() as f64
-                })
-                .product()
-        })
-        .collect();
-    let divisor_shape: Vec<usize> = window.output.iter().map(|&o| o as usize).collect();
+    let overflow = || ctx.error(format!("input {:?} with kernel_shape {:?}: a window position overflows", window.input, window.kernel));
+    let divisor = |out: &[i64]| -> Option<f64> {
+        let mut divisor = 1.0;
+        for (axis, (&o, (&size, (&begin, &end)))) in out.iter().zip(window.input.iter().zip(window.begin.iter().zip(&window.end))).enumerate() {
+            let (floor, limit) = if include_pad { (begin.checked_neg()?, size.checked_add(end)?) } else { (0, size) };
+            divisor *= taps_inside(&window, axis, o, floor, limit)? as f64;
+        }
+        Some(divisor)
+    };
+    let divisors: Vec<f64> = grid(&window.output).iter().map(|out| divisor(out).ok_or_else(overflow)).collect::<Result<_>>()?;
+    let divisor_shape = extents(ctx, "output", &window.output)?;
     let divisors = b.floats(dtype, &divisor_shape, &divisors)?;
     let shared = b.op("Div", &[&dy, &divisors], vec![]);
     let kernel_shape: Vec<usize> =
-        [channels as usize, 1].into_iter().chain(window.kernel.iter().map(|&k| k as usize)).collect();
-    let ones = vec![1.0; kernel_shape.iter().product()];
+        extents(ctx, "channels", &[channels])?.into_iter().chain([1]).chain(extents(ctx, "kernel_shape", &window.kernel)?).collect();
+    let ones = vec![1.0; product(ctx, "the kernel of ones", &kernel_shape)?];
     let kernel = b.floats(dtype, &kernel_shape, &ones)?;
     Ok(only(1, 0, scatter(ctx, b, &shared, &kernel, channels, &window)?))
 }

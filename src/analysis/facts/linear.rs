@@ -1,0 +1,58 @@
+//! Gemm and MatMul: rows of the first operand by columns of the second, MatMul's batch axes
+//! broadcast.
+
+use super::{Dim, Fact, Node, Registry, Symbols};
+use crate::onnx::graph::attr_int;
+
+pub(super) fn register(registry: &mut Registry) {
+    registry.insert(&["Gemm"], gemm);
+    registry.insert(&["MatMul"], matmul);
+}
+
+fn gemm(node: &Node, _: &mut Symbols) -> Vec<Fact> {
+    let pick = |shape: Option<&[Dim]>, transposed: bool, row: bool| match shape {
+        Some([first, second]) => Some(if transposed == row { second.clone() } else { first.clone() }),
+        _ => None,
+    };
+    let rows = pick(node.shape(0), attr_int(node.proto, "transA", 0) != 0, true);
+    let cols = pick(node.shape(1), attr_int(node.proto, "transB", 0) != 0, false);
+    vec![Fact::of(node.dtype(0), rows.zip(cols).map(|(m, n)| vec![m, n]))]
+}
+
+/// numpy's matmul: a vector operand gains an axis of 1 for the product and loses it after.
+fn matmul(node: &Node, symbols: &mut Symbols) -> Vec<Fact> {
+    let shape = match (node.shape(0), node.shape(1)) {
+        (Some(a), Some(b)) if !a.is_empty() && !b.is_empty() => {
+            let a2 = if a.len() == 1 { vec![Dim::known(1), a[0].clone()] } else { a.to_vec() };
+            let b2 = if b.len() == 1 { vec![b[0].clone(), Dim::known(1)] } else { b.to_vec() };
+            let (a_batch, a_matrix) = a2.split_at(a2.len() - 2);
+            let (b_batch, b_matrix) = b2.split_at(b2.len() - 2);
+            let mut dims = symbols.broadcast(&[a_batch, b_batch]);
+            if a.len() > 1 {
+                dims.push(a_matrix[0].clone());
+            }
+            if b.len() > 1 {
+                dims.push(b_matrix[1].clone());
+            }
+            Some(dims)
+        }
+        _ => None,
+    };
+    vec![Fact::of(node.dtype(0), shape)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{dims, fact_of, node};
+    use crate::onnx::builder::int;
+
+    #[test]
+    fn products_take_rows_and_columns() {
+        let w: [(&str, &[i64]); 1] = [("w", &[1, 2, 3, 4, 5, 6])];
+        // w is a vector of 6: MatMul of [2, 3, 6] by it drops the last axis.
+        let product = fact_of(&w, &[2, 3, 6], node("MatMul", &["x", "w"], vec![]));
+        assert_eq!(dims(&product), Some(vec![Some(2), Some(3)]));
+        let transposed = fact_of(&[], &[5, 7], node("Gemm", &["x", "x"], vec![int("transA", 1)]));
+        assert_eq!(dims(&transposed), Some(vec![Some(7), Some(7)]));
+    }
+}
