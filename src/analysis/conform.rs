@@ -93,6 +93,31 @@ fn axis_fits(axis: i64, rank: usize, inclusive: bool) -> bool {
     axis >= -rank && (axis < rank || (inclusive && axis == rank))
 }
 
+/// A Reshape target against its input: a 0 copies an input dimension that must exist (unless
+/// `allowzero`), and the sizes must account for the input's elements when they are all known.
+fn check_reshape_target(input: &[Dim], target: &[i64], allowzero: bool) -> std::result::Result<(), String> {
+    let mut sizes = Vec::with_capacity(target.len());
+    for (i, &d) in target.iter().enumerate() {
+        sizes.push(match d {
+            0 if !allowzero => match input.get(i) {
+                Some(dim) => dim.value(),
+                None => return Err(format!("target shape {target:?} copies dimension {i} with a 0, but the input has rank {}", input.len())),
+            },
+            -1 => None,
+            d => Some(d),
+        });
+    }
+    let elements = input.iter().map(Dim::value).try_fold(1i64, |n, d| n.checked_mul(d?));
+    let known = sizes.iter().zip(target).filter(|(_, &d)| d != -1).map(|(s, _)| *s).try_fold(1i64, |n, d| n.checked_mul(d?));
+    if let (Some(elements), Some(known)) = (elements, known) {
+        let fits = if target.contains(&-1) { known != 0 && elements % known == 0 } else { known == elements };
+        if !fits {
+            return Err(format!("target shape {target:?} does not hold the input's {elements} elements"));
+        }
+    }
+    Ok(())
+}
+
 fn check_shapes(node: &NodeProto, facts: &Facts) -> std::result::Result<(), String> {
     let op = node.op_type.as_deref().unwrap_or("");
     let rank = |i: usize| shape(node, facts, i).map(<[Dim]>::len);
@@ -228,6 +253,10 @@ fn check_shapes(node: &NodeProto, facts: &Facts) -> std::result::Result<(), Stri
             if target.iter().filter(|&&d| d == -1).count() > 1 || target.iter().any(|&d| d < -1) {
                 return Err(format!("target shape {target:?}: at most one -1 and no other negative size"));
             }
+            let known_target = node.input.get(1).and_then(|t| facts.get(t)).and_then(Fact::ints);
+            if let (Some(input), Some(target)) = (shape(node, facts, 0), known_target) {
+                check_reshape_target(input, &target, attr_int(node, "allowzero", 0) != 0)?;
+            }
         }
         "Gather" | "Softmax" | "LogSoftmax" | "Hardmax" => {
             if let Some(r) = rank(0) {
@@ -293,6 +322,19 @@ mod tests {
         for name in ["resnet20_cifar10.onnx", "tiny_dw_cifar10.onnx", "branchy_cnn.onnx", "legacy_opset8.onnx", "decision_dynamic.onnx"] {
             check(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
+    }
+
+    #[test]
+    fn reshape_targets_must_fit_their_input() {
+        let dims = |d: &[i64]| d.iter().map(|&v| Dim::known(v)).collect::<Vec<_>>();
+        // A scalar: no dimension for a 0 to copy (fuzz seed 94), and one element is not a multiple of 2 (seed 92).
+        assert!(check_reshape_target(&[], &[0, -1], false).unwrap_err().contains("copies dimension 0"));
+        assert!(check_reshape_target(&[], &[1, -1, 2], false).unwrap_err().contains("1 elements"));
+        assert!(check_reshape_target(&dims(&[2, 3, 4]), &[0, 5], false).is_err());
+        for ok in [&[0, -1][..], &[2, 12], &[-1], &[0, 3, 2, 2]] {
+            check_reshape_target(&dims(&[2, 3, 4]), ok, false).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+        assert!(check_reshape_target(&dims(&[2, 3, 4]), &[0, 24], true).is_err());
     }
 
     /// The error for the tiny CNN after `edit`.

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::graph::{attribute, node_label, FastMap, FastSet};
 use super::schema;
 use super::proto::{
-    attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_proto::DataType, AttributeProto, GraphProto, ModelProto, NodeProto,
-    TensorProto,
+    attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
+    ModelProto, NodeProto, TensorProto, ValueInfoProto,
 };
 use crate::error::{Error, Result};
 
@@ -192,6 +192,13 @@ fn check_imports_and_metadata(model: &ModelProto) -> Result<()> {
 }
 
 fn check_graph(graph: &GraphProto, opset: i64) -> Result<()> {
+    let mut inputs = FastSet::default();
+    if let Some(name) = graph.input.iter().filter_map(|v| v.name.as_deref()).find(|name| !inputs.insert(*name)) {
+        return Err(Error::InvalidGraph(format!("graph input '{name}' is declared twice")));
+    }
+    for value in graph.input.iter().chain(&graph.output).chain(&graph.value_info) {
+        check_declared_dims(value)?;
+    }
     if let Some(sparse) = graph.sparse_initializer.first() {
         let name = sparse.values.as_ref().and_then(|v| v.name.as_deref()).unwrap_or("");
         return Err(Error::InvalidGraph(format!("sparse initializer '{name}': sparse initializers are not supported")));
@@ -212,6 +219,21 @@ fn check_graph(graph: &GraphProto, opset: i64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Declared dimensions a runtime can hold: shape inference adds and multiplies them, so values near
+/// the i64 limit overflow in `onnx.checker` (and no tensor has 2⁴⁰ elements along one axis).
+fn check_declared_dims(value: &ValueInfoProto) -> Result<()> {
+    const LARGEST: i64 = 1 << 40;
+    let Some(type_proto::Value::TensorType(tensor)) = value.r#type.as_ref().and_then(|t| t.value.as_ref()) else { return Ok(()) };
+    let sizes = tensor.shape.iter().flat_map(|s| &s.dim).filter_map(|d| match d.value {
+        Some(tensor_shape_proto::dimension::Value::DimValue(v)) => Some(v),
+        _ => None,
+    });
+    match sizes.into_iter().find(|v| !(0..=LARGEST).contains(v)) {
+        Some(v) => Err(Error::InvalidGraph(format!("value '{}' declares a dimension of {v}, outside [0, 2^40]", value.name.as_deref().unwrap_or("")))),
+        None => Ok(()),
+    }
 }
 
 /// A node's attributes: each name once, and the tensors and subgraphs they hold.
@@ -733,11 +755,33 @@ mod tests {
     }
 
     #[test]
+    fn graph_inputs_are_declared_once_with_dimensions_a_runtime_can_hold() {
+        let input = |name: &str, size: i64| ValueInfoProto {
+            name: Some(name.into()),
+            r#type: Some(crate::onnx::proto::TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: Some(DataType::Float as i32),
+                    shape: Some(crate::onnx::proto::TensorShapeProto {
+                        dim: vec![tensor_shape_proto::Dimension { value: Some(tensor_shape_proto::dimension::Value::DimValue(size)), ..Default::default() }],
+                    }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let twice = GraphProto { input: vec![input("b", 3), input("b", 3)], ..Default::default() };
+        assert!(check_graph(&twice, 13).unwrap_err().to_string().contains("graph input 'b' is declared twice"));
+        let huge = GraphProto { input: vec![input("x", i64::MAX)], ..Default::default() };
+        assert!(check_graph(&huge, 13).unwrap_err().to_string().contains("outside [0, 2^40]"));
+        assert!(check_graph(&GraphProto { input: vec![input("x", 32)], ..Default::default() }, 13).is_ok());
+    }
+
+    #[test]
     fn before_ir_4_initializers_must_be_graph_inputs() {
         let graph = GraphProto { initializer: vec![weight(&[2])], ..Default::default() };
         let message = check_initializers_are_inputs(&graph, 3).unwrap_err().to_string();
         assert!(message.contains("initializer 'w' is not a graph input") && message.contains("IR version 3"), "{message}");
-        let declared = GraphProto { input: vec![crate::onnx::proto::ValueInfoProto { name: Some("w".into()), ..Default::default() }], ..graph };
+        let declared = GraphProto { input: vec![ValueInfoProto { name: Some("w".into()), ..Default::default() }], ..graph };
         assert!(check_initializers_are_inputs(&declared, 3).is_ok());
     }
 
