@@ -139,7 +139,7 @@ mod tests {
     fn walks_every_corruption_in_batches() {
         let data = data(12);
         let indices: Vec<usize> = (0..10).rev().collect();
-        let corruptions = vec![Corruption::Clean, Corruption::Blur(1.0)];
+        let corruptions = [Corruption::Clean, Corruption::Blur(1.0)];
         let levels = corruptions.iter().map(|c| indices.iter().map(|&i| (i, c.clone())).collect()).collect();
         let stream = BatchStream::new(data.clone(), levels, Preprocess::default(), 4);
         let batches: Vec<Batch> = stream.collect::<Result<_>>().unwrap();
