@@ -325,6 +325,16 @@ mod tests {
     }
 
     #[test]
+    fn an_emptied_axis_reaches_the_classifier() {
+        // Fuzz seed 90, case 765, reduced: a Slice empties the channels, a shape subgraph reshapes
+        // the pooled [N, 0, 1, 1] to [N, -1], and the Gemm takes 16 inputs. onnxruntime refused the
+        // ResNet20 mutant; the tool patched it with exit 0 while the -1 stayed unknown.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fuzz/gemm-after-empty-reshape-minus-one.onnx");
+        let message = check(&crate::onnx::load_model(&path).unwrap()).unwrap_err().to_string();
+        assert!(message.contains("inner dimensions 0 of 'flat' and 16 of 'w_fc' differ"), "{message}");
+    }
+
+    #[test]
     fn reshape_targets_must_fit_their_input() {
         let dims = |d: &[i64]| d.iter().map(|&v| Dim::known(v)).collect::<Vec<_>>();
         // A scalar: no dimension for a 0 to copy (fuzz seed 94), and one element is not a multiple of 2 (seed 92).

@@ -49,6 +49,10 @@ impl Dim {
         if other.coef == 0 {
             return None;
         }
+        // Nothing divided by a non-zero size is nothing, whatever its symbols.
+        if self.coef == 0 {
+            return Some(Dim::known(0));
+        }
         if self.symbols.is_empty() && other.symbols.is_empty() {
             return Some(Dim::known(self.coef.checked_div(other.coef)?));
         }
@@ -100,5 +104,8 @@ mod tests {
         assert_eq!(n.add(&n), Some(Dim { coef: 2, symbols: vec![0] }));
         assert_eq!(n.add(&Dim::known(1)), None);
         assert_eq!(Dim::known(7).div(&Dim::known(2)), Some(Dim::known(3)));
+        // An empty tensor reshaped to [N, -1]: the -1 is 0, as onnxruntime infers it.
+        assert_eq!(n.mul(&Dim::known(0)).unwrap().div(&n), Some(Dim::known(0)));
+        assert_eq!(Dim::known(0).div(&Dim::known(0)), None);
     }
 }

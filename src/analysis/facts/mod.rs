@@ -22,7 +22,6 @@ mod shape;
 mod slice;
 mod window;
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use ndarray::{ArrayD, IxDyn};
@@ -32,7 +31,7 @@ pub(crate) use reduce::reduced_axes;
 pub(crate) use reshape::transpose_perm;
 pub(crate) use slice::{pad_amounts, slice_axes};
 
-use crate::onnx::graph::{attr_ints, GraphIndex};
+use crate::onnx::graph::{attr_ints, FastMap, FastSet, GraphIndex};
 use crate::onnx::proto::tensor_proto::DataType;
 use crate::onnx::proto::tensor_shape_proto::dimension::Value as DimValue;
 use crate::onnx::proto::{type_proto, GraphProto, NodeProto};
@@ -95,7 +94,7 @@ impl Fact {
 /// derived.
 #[derive(Default)]
 struct Symbols<'g> {
-    names: HashMap<&'g str, u32>,
+    names: FastMap<&'g str, u32>,
     next: u32,
 }
 
@@ -128,14 +127,19 @@ impl<'g> Symbols<'g> {
         let rank = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
         (0..rank)
             .map(|axis| {
-                let mut dims = shapes
+                let dims: Vec<&Dim> = shapes
                     .iter()
                     .filter_map(|s| (axis + s.len()).checked_sub(rank).and_then(|i| s.get(i)))
-                    .filter(|d| d.value() != Some(1));
-                match dims.next() {
-                    None => Dim::known(1),
-                    Some(first) if dims.all(|d| d == first) => first.clone(),
-                    Some(_) => self.fresh(),
+                    .filter(|d| d.value() != Some(1))
+                    .collect();
+                // A known size d ≠ 1 fixes the axis: every other operand is 1 or d in a valid model,
+                // whatever its symbol (as onnxruntime unifies them).
+                let mut known = dims.iter().filter_map(|d| d.value());
+                match (known.next(), dims.first()) {
+                    (Some(d), _) if known.all(|k| k == d) => Dim::known(d),
+                    (None, None) => Dim::known(1),
+                    (None, Some(first)) if dims.iter().all(|d| d == first) => (*first).clone(),
+                    _ => self.fresh(),
                 }
             })
             .collect()
@@ -178,14 +182,14 @@ impl<'a> Node<'a> {
 type Rule = fn(&Node, &mut Symbols) -> Vec<Fact>;
 
 /// Inference rules by operator type (default ONNX domain).
-struct Registry(HashMap<&'static str, Rule>);
+struct Registry(FastMap<&'static str, Rule>);
 
 impl Registry {
     /// The rules of every family, built once.
     fn get() -> &'static Registry {
         static REGISTRY: OnceLock<Registry> = OnceLock::new();
         REGISTRY.get_or_init(|| {
-            let mut registry = Registry(HashMap::new());
+            let mut registry = Registry(FastMap::default());
             elementwise::register(&mut registry);
             linear::register(&mut registry);
             normalization::register(&mut registry);
@@ -222,7 +226,7 @@ fn with_extra(node: &Node, first: Fact, extra: Fact) -> Vec<Fact> {
 
 /// Facts about every value of one graph.
 pub(crate) struct Facts<'g> {
-    facts: HashMap<&'g str, Fact>,
+    facts: FastMap<&'g str, Fact>,
     symbols: Symbols<'g>,
     opset: i64,
 }
@@ -230,7 +234,8 @@ pub(crate) struct Facts<'g> {
 impl<'g> Facts<'g> {
     /// Infers the facts of every value of `graph`, whose default-domain opset is `opset`.
     pub fn infer(graph: &'g GraphProto, index: &GraphIndex, opset: i64) -> Facts<'g> {
-        let mut facts = HashMap::with_capacity(graph.input.len() + graph.initializer.len() + graph.node.len());
+        let capacity = graph.input.len() + graph.initializer.len() + graph.node.len();
+        let mut facts = FastMap::with_capacity_and_hasher(capacity, Default::default());
         let mut symbols = Symbols::default();
         for input in &graph.input {
             let Some(name) = input.name.as_deref() else { continue };
@@ -241,11 +246,12 @@ impl<'g> Facts<'g> {
             let shape = tensor.shape.as_ref().map(|shape| shape.dim.iter().map(|d| symbols.declared(d.value.as_ref())).collect());
             facts.insert(name, Fact::of(tensor.elem_type.unwrap_or(0), shape).bounded());
         }
+        let inputs: FastSet<&str> = graph.input.iter().filter_map(|i| i.name.as_deref()).collect();
         for tensor in &graph.initializer {
             if let Some(name) = tensor.name.as_deref() {
-                let overridable = graph.input.iter().any(|i| i.name.as_deref() == Some(name));
                 let mut fact = shape::tensor_fact(tensor);
-                if overridable {
+                // An initializer that is also a graph input is only a default: its value may change.
+                if inputs.contains(name) {
                     fact.value = None;
                 }
                 facts.insert(name, fact.bounded());
@@ -356,6 +362,21 @@ mod testing {
 mod tests {
     use super::testing::{fact_of, node};
     use super::*;
+
+    #[test]
+    fn broadcasting_keeps_what_any_operand_knows() {
+        let mut symbols = Symbols::default();
+        let (n, c, d) = (symbols.fresh(), symbols.fresh(), symbols.fresh());
+        let known = |v: i64| Dim::known(v);
+        // An unknown channel count added to 64 channels is 64 (or the model is invalid).
+        let sum = symbols.broadcast(&[&[n.clone(), c.clone()], &[n.clone(), known(64)]]);
+        assert_eq!(sum, vec![n.clone(), known(64)]);
+        assert_eq!(symbols.broadcast(&[&[known(1), c.clone()], &[known(7), known(1)]]), vec![known(7), c.clone()]);
+        // Two different symbols, or two different sizes: nothing is known.
+        let unknown = symbols.broadcast(&[&[c.clone()], &[d.clone()]]);
+        assert!(unknown[0].value().is_none() && unknown[0] != c && unknown[0] != d);
+        assert!(symbols.broadcast(&[&[known(3)], &[known(5)]])[0].value().is_none());
+    }
 
     #[test]
     fn a_node_of_another_domain_has_no_rule() {
