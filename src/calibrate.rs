@@ -1,5 +1,5 @@
 //! Calibration of the γ decision (docs/specification.md §3.4, issue 6.1): fits the per-sample rule on T_val (clean)
-//! and T_val* (six blurred copies) and reports three rules side by side on T_val° = both.
+//! and T_val* (its corrupted copies: six blurred ones by default) and reports three rules side by side on T_val° = both.
 //!
 //! One pass of a measuring model over T_val° gives, per sample, the CR, the probe's raw features
 //! and the original path's prediction; one pass of the β model gives the replacement path's
@@ -76,7 +76,7 @@ pub struct RuleFigures {
 /// The calibration artifact.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Calibration {
-    /// T_val images (T_val* has six times as many).
+    /// T_val images (T_val* holds their corrupted copies).
     pub val_images: usize,
     pub mu_clean: f64,
     pub mu_aug: f64,
@@ -160,7 +160,7 @@ impl Calibration {
             (cr_path, "Corrective Rate at the first patched layer", "CR", &cr_clean, &cr_star),
             (logit_path, "Probe logit (adapt when > 0)", "logit", &logit_clean, &logit_star),
         ] {
-            let svg = crate::report::histogram::histogram(title, axis, &[("T_val (clean)", clean), ("T_val* (blurred)", star)], 40);
+            let svg = crate::report::histogram::histogram(title, axis, &[("T_val (clean)", clean), ("T_val* (corrupted)", star)], 40);
             crate::onnx::io::write_atomically(&path, svg.as_bytes())?;
         }
         Ok(())
@@ -168,7 +168,7 @@ impl Calibration {
 
     /// The figures as a text table.
     pub fn summary(&self) -> String {
-        let mut text = format!("μ_clean {:.4}  μ_aug {:.4}  ({} T_val images, six blurred copies)\n", self.mu_clean, self.mu_aug, self.val_images);
+        let mut text = format!("μ_clean {:.4}  μ_aug {:.4}  ({} T_val images and their corrupted copies)\n", self.mu_clean, self.mu_aug, self.val_images);
         text += &format!("rule          clean   star    T_val°  adapted clean/star   clean change, {:.0} % lower bound\n", 100.0 * self.confidence);
         for f in std::iter::once(&self.original).chain(&self.rules) {
             text += &format!(

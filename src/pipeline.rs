@@ -151,7 +151,7 @@ pub fn rewrite(input: &Path, output: &Path, config: &Config, options: &RewriteOp
     progress::info("stage 4/4: writing the patched model");
     onnx::save_model(&gamma_model(&model, &spec)?, output, &save)?;
     let reason = format!(
-        "rule {} adapts {:.1} % of clean and {:.1} % of blurred T_val images; T_val° {:.2} % against the original's {:.2} %; \
+        "rule {} adapts {:.1} % of clean and {:.1} % of corrupted T_val images; T_val° {:.2} % against the original's {:.2} %; \
          lower bound on the clean-accuracy change {:+.2} points",
         calibration.chosen,
         calibration.served.adapted_clean,

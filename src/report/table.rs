@@ -57,7 +57,7 @@ fn patch_notes(report: &Report) -> Vec<String> {
     let Some(patch) = &report.patch else { return Vec::new() };
     vec![
         format!(
-            "decision: {}; DP-γ batch-{}: one decision per {} consecutive images by majority of the flags; oracle: clean images on PT, blurred on DP-β.",
+            "decision: {}; DP-γ batch-{}: one decision per {} consecutive images by majority of the flags; oracle: clean images on PT, corrupted ones on DP-β.",
             decision_summary(&patch.decision),
             patch.majority_batch,
             patch.majority_batch
