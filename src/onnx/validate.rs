@@ -140,9 +140,12 @@ pub fn check_model(model: &ModelProto) -> Result<()> {
     if ir < 4 {
         check_initializers_are_inputs(graph, ir)?;
     }
-    let imported: FastSet<&str> = model.opset_import.iter().map(|o| o.domain.as_deref().unwrap_or("")).collect();
+    let domains = Domains {
+        imported: model.opset_import.iter().map(|o| o.domain.as_deref().unwrap_or("")).collect(),
+        functions: model.functions.iter().map(|f| (f.domain.as_deref().unwrap_or(""), f.name.as_deref().unwrap_or(""))).collect(),
+    };
     check_graph(graph, opset)?;
-    check_order_and_domains(graph, &imported, &FastSet::default())?;
+    check_order_and_domains(graph, &domains, &FastSet::default())?;
     for function in &model.functions {
         for node in &function.node {
             check_attributes(node, opset)?;
@@ -355,9 +358,17 @@ fn check_subgraphs(node: &NodeProto, position: usize) -> Result<()> {
     Ok(())
 }
 
+/// The operator domains a model may use: those it imports, and its own functions by (domain, name).
+struct Domains<'m> {
+    imported: FastSet<&'m str>,
+    functions: FastSet<(&'m str, &'m str)>,
+}
+
 /// Nodes in topological order (every input computed before a node reads it, as ONNX requires: the
-/// rewrites keep the original order), each of a domain the model imports, in subgraphs too.
-fn check_order_and_domains<'g>(graph: &'g GraphProto, imported: &FastSet<&str>, outer: &FastSet<&'g str>) -> Result<()> {
+/// rewrites keep the original order), each of a domain the model imports, in subgraphs too. Outside
+/// the default domain only the model's own functions are accepted: the tool can neither check nor
+/// run another domain's operators, and a runtime without them refuses the whole file.
+fn check_order_and_domains<'g>(graph: &'g GraphProto, domains: &Domains, outer: &FastSet<&'g str>) -> Result<()> {
     let mut defined: FastSet<&'g str> = outer.clone();
     defined.extend(graph.initializer.iter().filter_map(|t| t.name.as_deref()));
     defined.extend(graph.input.iter().filter_map(|v| v.name.as_deref()));
@@ -370,15 +381,24 @@ fn check_order_and_domains<'g>(graph: &'g GraphProto, imported: &FastSet<&str>, 
         }
         let domain = node.domain.as_deref().unwrap_or("");
         // 'ai.onnx' names the default domain, but a node that spells it needs an import that does.
-        if !(imported.contains(domain) || (domain.is_empty() && imported.contains("ai.onnx"))) {
+        let default = domain.is_empty() || domain == "ai.onnx";
+        if !(domains.imported.contains(domain) || (domain.is_empty() && domains.imported.contains("ai.onnx"))) {
             return Err(unsupported(node, position, format!("its domain '{domain}' is not among the model's opset imports")));
+        }
+        let op = node.op_type.as_deref().unwrap_or("");
+        if !default && !domains.functions.contains(&(domain, op)) {
+            return Err(unsupported(
+                node,
+                position,
+                format!("'{op}' of domain '{domain}' is not a function of the model; the tool checks, patches and runs default-domain operators only"),
+            ));
         }
         if let Some(input) = node.input.iter().find(|i| !i.is_empty() && !defined.contains(i.as_str())) {
             return Err(unsupported(node, position, format!("reads '{input}' before any node computes it (nodes must be in topological order)")));
         }
         for attribute in &node.attribute {
             for subgraph in attribute.g.iter().chain(&attribute.graphs) {
-                check_order_and_domains(subgraph, imported, &defined)?;
+                check_order_and_domains(subgraph, domains, &defined)?;
             }
         }
         defined.extend(node.output.iter().map(String::as_str).filter(|o| !o.is_empty()));
@@ -642,6 +662,7 @@ mod tests {
     use super::*;
     use crate::onnx::tensor::{from_f32, from_i64};
     use ndarray::ArrayD;
+    use prost::Message;
 
     fn weight(dims: &[usize]) -> TensorProto {
         from_f32("w", &ArrayD::<f32>::zeros(dims.to_vec()).view())
@@ -743,6 +764,24 @@ mod tests {
         assert!(check_modes(&pad("wrap"), 0, 19).is_ok());
         let (_, conv) = conv(vec![string("auto_pad", "SAME")], &["x", "w"]);
         assert!(check_modes(&conv, 0, 13).unwrap_err().to_string().contains("'auto_pad' is \"SAME\""));
+    }
+
+    #[test]
+    fn other_domains_serve_only_the_models_own_functions() {
+        use crate::onnx::proto::{FunctionProto, OperatorSetIdProto};
+        // Fuzz seed 99, case 706: a Flatten moved to 'com.microsoft', which onnxruntime does not register.
+        let path = crate::test_support::fixture_model("decision_dynamic");
+        let mut model = crate::onnx::proto::ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap();
+        model.opset_import.push(OperatorSetIdProto { domain: Some("com.microsoft".into()), version: Some(1) });
+        let graph = model.graph.as_mut().unwrap();
+        let flatten = graph.node.iter_mut().find(|n| n.op_type.as_deref() == Some("Flatten")).unwrap();
+        flatten.domain = Some("com.microsoft".into());
+        let message = check_model(&model).unwrap_err().to_string();
+        assert!(message.contains("'Flatten' of domain 'com.microsoft' is not a function of the model"), "{message}");
+        // The same node calling a function the model defines is the model's own business.
+        let function = FunctionProto { name: Some("Flatten".into()), domain: Some("com.microsoft".into()), ..Default::default() };
+        model.functions.push(function);
+        check_model(&model).unwrap();
     }
 
     #[test]
