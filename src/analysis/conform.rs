@@ -14,7 +14,7 @@
 //! Only what is derived for certain is compared: an unknown dimension, and any element type that
 //! flows from an operator without a rule of its own, are left alone.
 
-use super::facts::{Dim, Fact, Facts};
+use super::facts::{normalize_axis, Dim, Fact, Facts};
 use crate::error::{Error, Result};
 use crate::onnx::graph::{attr_int, attr_ints, attribute, node_label, GraphIndex};
 use crate::onnx::proto::tensor_proto::DataType;
@@ -28,7 +28,7 @@ pub fn check(model: &ModelProto) -> Result<()> {
     let index = GraphIndex::new(graph)?;
     let facts = Facts::infer(graph, &index, opset);
     for &position in index.topological_order() {
-        let node = &graph.node[position];
+        let Some(node) = graph.node.get(position) else { continue };
         if node.domain.as_deref().is_some_and(|d| !d.is_empty() && d != "ai.onnx") {
             continue;
         }
@@ -87,10 +87,14 @@ fn shape<'f>(node: &NodeProto, facts: &'f Facts, i: usize) -> Option<&'f [Dim]> 
     facts.get(node.input.get(i).filter(|n| !n.is_empty())?)?.shape.as_deref()
 }
 
+/// The name of input `i` for a message (empty when absent).
+fn input_name(node: &NodeProto, i: usize) -> &str {
+    node.input.get(i).map_or("", String::as_str)
+}
+
 /// Whether `axis` is within `[-rank, rank)` (`[-rank, rank]` when `inclusive`).
 fn axis_fits(axis: i64, rank: usize, inclusive: bool) -> bool {
-    let rank = rank as i64;
-    axis >= -rank && (axis < rank || (inclusive && axis == rank))
+    normalize_axis(axis, rank).is_some() || (inclusive && usize::try_from(axis) == Ok(rank))
 }
 
 /// A Reshape target against its input: a 0 copies an input dimension that must exist (unless
@@ -110,7 +114,7 @@ fn check_reshape_target(input: &[Dim], target: &[i64], allowzero: bool) -> std::
     let elements = input.iter().map(Dim::value).try_fold(1i64, |n, d| n.checked_mul(d?));
     let known = sizes.iter().zip(target).filter(|(_, &d)| d != -1).map(|(s, _)| *s).try_fold(1i64, |n, d| n.checked_mul(d?));
     if let (Some(elements), Some(known)) = (elements, known) {
-        let fits = if target.contains(&-1) { known != 0 && elements % known == 0 } else { known == elements };
+        let fits = if target.contains(&-1) { known != 0 && elements.checked_rem(known) == Some(0) } else { known == elements };
         if !fits {
             return Err(format!("target shape {target:?} does not hold the input's {elements} elements"));
         }
@@ -125,21 +129,21 @@ fn check_shapes(node: &NodeProto, facts: &Facts) -> std::result::Result<(), Stri
         "Conv" | "ConvTranspose" | "MaxPool" | "AveragePool" | "LpPool" => {
             if let Some(r) = rank(0) {
                 if r < 3 {
-                    return Err(format!("input '{}' has rank {r}; {op} needs [N, C, spatial…] (rank 3 or more)", node.input[0]));
+                    return Err(format!("input '{}' has rank {r}; {op} needs [N, C, spatial…] (rank 3 or more)", input_name(node, 0)));
                 }
                 let kernel = attr_ints(node, "kernel_shape");
-                if !kernel.is_empty() && kernel.len() + 2 != r {
-                    return Err(format!("attribute 'kernel_shape' {kernel:?} does not fit input '{}' of rank {r}", node.input[0]));
+                if !kernel.is_empty() && kernel.len().checked_add(2) != Some(r) {
+                    return Err(format!("attribute 'kernel_shape' {kernel:?} does not fit input '{}' of rank {r}", input_name(node, 0)));
                 }
                 if let Some(w) = rank(1).filter(|&w| op.starts_with("Conv") && w != r) {
-                    return Err(format!("weight '{}' has rank {w}, input '{}' rank {r}: they must agree", node.input[1], node.input[0]));
+                    return Err(format!("weight '{}' has rank {w}, input '{}' rank {r}: they must agree", input_name(node, 1), input_name(node, 0)));
                 }
                 // Conv: the input's channels are the weight's channels per group times the groups.
                 let channel = |i: usize| shape(node, facts, i).and_then(|s| s.get(1)?.value());
                 if let (true, Some(c), Some(per_group)) = (op == "Conv", channel(0), channel(1)) {
                     let group = attr_int(node, "group", 1);
                     if per_group.checked_mul(group) != Some(c) {
-                        return Err(format!("input '{}' has {c} channels, weight '{}' takes {per_group} per group in {group} groups", node.input[0], node.input[1]));
+                        return Err(format!("input '{}' has {c} channels, weight '{}' takes {per_group} per group in {group} groups", input_name(node, 0), input_name(node, 1)));
                     }
                 }
             }
@@ -147,14 +151,14 @@ fn check_shapes(node: &NodeProto, facts: &Facts) -> std::result::Result<(), Stri
         "Gemm" => {
             for i in 0..2 {
                 if let Some(r) = rank(i).filter(|&r| r != 2) {
-                    return Err(format!("input {i} '{}' has rank {r}; Gemm takes matrices (rank 2)", node.input[i]));
+                    return Err(format!("input {i} '{}' has rank {r}; Gemm takes matrices (rank 2)", input_name(node, i)));
                 }
             }
             // The inner dimension: A's columns (rows when transposed) against B's rows.
             let inner = |i: usize, transposed: bool| shape(node, facts, i).and_then(|s| s.get(usize::from(transposed != (i == 0)))?.value());
             if let (Some(a), Some(b)) = (inner(0, attr_int(node, "transA", 0) != 0), inner(1, attr_int(node, "transB", 0) != 0)) {
                 if a != b {
-                    return Err(format!("inner dimensions {a} of '{}' and {b} of '{}' differ", node.input[0], node.input[1]));
+                    return Err(format!("inner dimensions {a} of '{}' and {b} of '{}' differ", input_name(node, 0), input_name(node, 1)));
                 }
             }
         }
@@ -164,23 +168,22 @@ fn check_shapes(node: &NodeProto, facts: &Facts) -> std::result::Result<(), Stri
                 let Some(dims) = shape(node, facts, i) else { continue };
                 match (dims, channels) {
                     ([d], Some(c)) if d.value().is_some_and(|d| d != c) => {
-                        return Err(format!("input {i} '{}' holds {} values for {c} channels", node.input[i], d.value().unwrap_or_default()))
+                        return Err(format!("input {i} '{}' holds {} values for {c} channels", input_name(node, i), d.value().unwrap_or_default()))
                     }
                     ([_], _) => {}
-                    _ => return Err(format!("input {i} '{}' has rank {}; one value per channel (rank 1) is needed", node.input[i], dims.len())),
+                    _ => return Err(format!("input {i} '{}' has rank {}; one value per channel (rank 1) is needed", input_name(node, i), dims.len())),
                 }
             }
         }
         "MatMul" => {
             if let (Some(a), Some(b)) = (shape(node, facts, 0), shape(node, facts, 1)) {
-                if a.is_empty() || b.is_empty() {
+                // The inner dimension: A's last, B's only or second to last.
+                let (Some(k_a), [k_b] | [.., k_b, _]) = (a.last(), b) else {
                     return Err("MatMul takes inputs of rank 1 or more".into());
-                }
-                let k_a = &a[a.len() - 1];
-                let k_b = &b[if b.len() == 1 { 0 } else { b.len() - 2 }];
+                };
                 if let (Some(x), Some(y)) = (k_a.value(), k_b.value()) {
                     if x != y {
-                        return Err(format!("inner dimensions {x} and {y} of '{}' and '{}' differ", node.input[0], node.input[1]));
+                        return Err(format!("inner dimensions {x} and {y} of '{}' and '{}' differ", input_name(node, 0), input_name(node, 1)));
                     }
                 }
             }
@@ -188,7 +191,7 @@ fn check_shapes(node: &NodeProto, facts: &Facts) -> std::result::Result<(), Stri
         "Transpose" => {
             if let (Some(perm), Some(r)) = (attribute(node, "perm").map(|a| a.ints.len()), rank(0)) {
                 if perm != r {
-                    return Err(format!("attribute 'perm' has {perm} axes, input '{}' rank {r}", node.input[0]));
+                    return Err(format!("attribute 'perm' has {perm} axes, input '{}' rank {r}", input_name(node, 0)));
                 }
             }
         }
@@ -196,21 +199,20 @@ fn check_shapes(node: &NodeProto, facts: &Facts) -> std::result::Result<(), Stri
             if let Some(r) = rank(0) {
                 let axis = attr_int(node, "axis", 1);
                 if !axis_fits(axis, r, true) {
-                    return Err(format!("attribute 'axis' {axis} is outside [-{r}, {r}] for input '{}'", node.input[0]));
+                    return Err(format!("attribute 'axis' {axis} is outside [-{r}, {r}] for input '{}'", input_name(node, 0)));
                 }
             }
         }
         "Squeeze" | "Unsqueeze" => {
             let axes = facts.axes(node).unwrap_or_default();
             if let Some(dims) = shape(node, facts, 0) {
-                let r = if op == "Unsqueeze" { dims.len() + axes.len() } else { dims.len() };
+                let r = if op == "Unsqueeze" { dims.len().checked_add(axes.len()).ok_or("too many axes")? } else { dims.len() };
                 for &axis in &axes {
                     if !axis_fits(axis, r, false) {
-                        return Err(format!("axis {axis} is outside [-{r}, {r}) for input '{}'", node.input[0]));
+                        return Err(format!("axis {axis} is outside [-{r}, {r}) for input '{}'", input_name(node, 0)));
                     }
-                    let at = if axis < 0 { axis + r as i64 } else { axis } as usize;
-                    match dims.get(at).and_then(Dim::value) {
-                        Some(d) if op == "Squeeze" && d != 1 => return Err(format!("axis {axis} of input '{}' has size {d}, not 1", node.input[0])),
+                    match normalize_axis(axis, r).and_then(|at| dims.get(at)).and_then(Dim::value) {
+                        Some(d) if op == "Squeeze" && d != 1 => return Err(format!("axis {axis} of input '{}' has size {d}, not 1", input_name(node, 0))),
                         _ => {}
                     }
                 }
@@ -240,9 +242,9 @@ fn check_shapes(node: &NodeProto, facts: &Facts) -> std::result::Result<(), Stri
             };
             if let Some(r) = rank(0) {
                 if let Some(axis) = axes.iter().find(|&&a| !axis_fits(a, r, false)) {
-                    return Err(format!("axis {axis} is outside [-{r}, {r}) for input '{}'", node.input[0]));
+                    return Err(format!("axis {axis} is outside [-{r}, {r}) for input '{}'", input_name(node, 0)));
                 }
-                let normalized: std::collections::HashSet<i64> = axes.iter().map(|&a| if a < 0 { a + r as i64 } else { a }).collect();
+                let normalized: std::collections::HashSet<usize> = axes.iter().filter_map(|&a| normalize_axis(a, r)).collect();
                 if normalized.len() != axes.len() {
                     return Err(format!("axes {axes:?} name an axis twice"));
                 }
@@ -263,7 +265,7 @@ fn check_shapes(node: &NodeProto, facts: &Facts) -> std::result::Result<(), Stri
                 let default = if op == "Gather" { 0 } else { -1 };
                 let axis = attr_int(node, "axis", default);
                 if !axis_fits(axis, r, false) {
-                    return Err(format!("attribute 'axis' {axis} is outside [-{r}, {r}) for input '{}'", node.input[0]));
+                    return Err(format!("attribute 'axis' {axis} is outside [-{r}, {r}) for input '{}'", input_name(node, 0)));
                 }
             }
         }
@@ -272,8 +274,8 @@ fn check_shapes(node: &NodeProto, facts: &Facts) -> std::result::Result<(), Stri
             let shapes: Vec<&[Dim]> = (0..node.input.len()).filter_map(|i| shape(node, facts, i)).collect();
             let longest = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
             for back in 1..=longest {
-                let sizes: Vec<i64> = shapes.iter().filter_map(|s| s.len().checked_sub(back).and_then(|a| s[a].value())).filter(|&d| d != 1).collect();
-                if sizes.windows(2).any(|w| w[0] != w[1]) {
+                let sizes: Vec<i64> = shapes.iter().filter_map(|s| s.len().checked_sub(back).and_then(|a| s.get(a)?.value())).filter(|&d| d != 1).collect();
+                if sizes.first().is_some_and(|first| sizes.iter().any(|d| d != first)) {
                     return Err(format!("its inputs do not broadcast: sizes {sizes:?} meet on axis -{back}"));
                 }
             }
@@ -309,6 +311,7 @@ fn check_declared(declared: &ValueInfoProto, facts: &Facts) -> Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::onnx::builder;

@@ -1,7 +1,6 @@
 //! Index arithmetic shared by shape inference and the backward rules, so that both agree with the
 //! runtimes on the sizes they produce: sliding windows (Conv, pooling) and Slice ranges. Every
-//! size here comes from the model, so the arithmetic is checked (the lints below enforce it).
-#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation, clippy::indexing_slicing)]
+//! size here comes from the model, so the arithmetic is checked (as everywhere in `analysis`).
 
 use crate::onnx::graph::{attr_int, attr_ints, attribute};
 use crate::onnx::proto::NodeProto;
@@ -22,6 +21,26 @@ pub(crate) struct Window {
     pub output: Vec<i64>,
     /// How far one window reaches along each axis: (kernel − 1) · dilation + 1.
     pub extent: Vec<i64>,
+}
+
+/// One spatial axis of a [`Window`], its numbers side by side (the kernel's size is in `extent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WindowAxis {
+    pub stride: i64,
+    pub dilation: i64,
+    pub begin: i64,
+    pub end: i64,
+    pub input: i64,
+    pub output: i64,
+    pub extent: i64,
+}
+
+impl WindowAxis {
+    /// How far the last window reaches in padded coordinates, (output − 1) · stride + extent: an
+    /// i64, as [`Window::new`] checked, so `None` only for a window built otherwise.
+    pub fn reach(&self) -> Option<i64> {
+        self.output.checked_sub(1)?.checked_mul(self.stride)?.checked_add(self.extent)
+    }
 }
 
 /// How an axis is padded.
@@ -157,6 +176,24 @@ impl Window {
             window.extent.push(axis.extent);
         }
         Ok(window)
+    }
+
+    /// The spatial axes one by one.
+    pub fn axes(&self) -> Vec<WindowAxis> {
+        let per_axis = self.strides.iter().zip(&self.dilations).zip(&self.begin).zip(&self.end).zip(&self.input);
+        per_axis
+            .zip(&self.output)
+            .zip(&self.extent)
+            .map(|((((((&stride, &dilation), &begin), &end), &input), &output), &extent)| WindowAxis {
+                stride,
+                dilation,
+                begin,
+                end,
+                input,
+                output,
+                extent,
+            })
+            .collect()
     }
 }
 

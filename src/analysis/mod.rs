@@ -1,6 +1,11 @@
 //! Model analysis: which convolutions a model has, their filters and parameters, where their
 //! activations are, and what is statically known about every value (element types, symbolic
 //! shapes, sliding-window geometry), which the gradient builder and the rewrites share.
+//!
+//! Every size here comes from the model, a hostile one included: the arithmetic is checked and
+//! nothing is indexed unchecked, so that no model can make the analysis panic (the lints below
+//! enforce it in every submodule).
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation, clippy::indexing_slicing)]
 
 pub mod conform;
 pub(crate) mod facts;
@@ -42,7 +47,7 @@ pub fn convolutions(model: &ModelProto) -> Result<Vec<ConvInfo>> {
     let index = GraphIndex::new(graph)?;
     let mut convs = Vec::new();
     for &position in index.topological_order() {
-        let node = &graph.node[position];
+        let Some(node) = graph.node.get(position) else { continue };
         let added = node.name.as_deref().is_some_and(|n| n.starts_with(crate::onnx::builder::PREFIX));
         if added || node.op_type.as_deref() != Some("Conv") || node.domain.as_deref().is_some_and(|d| !d.is_empty()) {
             continue;
@@ -55,6 +60,13 @@ pub fn convolutions(model: &ModelProto) -> Result<Vec<ConvInfo>> {
         };
         let bias = node.input.get(2).filter(|b| !b.is_empty());
         let bias_count = bias.and_then(|b| index.constant(b)).map(element_count_of).unwrap_or(0);
+        let refuse = |message: String| Error::Unsupported { node: node_label(node, position), op_type: "Conv".into(), message };
+        let group = attr_int(node, "group", 1).max(1);
+        let group = usize::try_from(group).map_err(|_| refuse(format!("group {group} out of range")))?;
+        let weights = if shape.is_empty() { Some(0) } else { shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) };
+        let parameters = weights
+            .and_then(|w| w.checked_add(bias_count))
+            .ok_or_else(|| refuse(format!("weight {shape:?}: too many parameters")))?;
         convs.push(ConvInfo {
             position,
             name: node_label(node, position),
@@ -63,9 +75,9 @@ pub fn convolutions(model: &ModelProto) -> Result<Vec<ConvInfo>> {
             filters: shape.first().copied().unwrap_or(0),
             channels_per_group: shape.get(1).copied().unwrap_or(0),
             kernel: shape.iter().skip(2).copied().collect(),
-            group: attr_int(node, "group", 1).max(1) as usize,
+            group,
             has_bias: bias.is_some(),
-            parameters: shape.iter().product::<usize>() * usize::from(!shape.is_empty()) + bias_count,
+            parameters,
             weight,
         });
     }

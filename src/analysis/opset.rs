@@ -57,8 +57,8 @@ fn raise(mut model: ModelProto, opset: i64) -> Result<ModelProto> {
         graph.node.iter().map(|n| n.input.first().and_then(|x| facts.get(x)).map(|f| f.dtype).filter(|&d| d != 0)).collect();
     let mut builder = Builder::new(graph, PATCHABLE_OPSET);
     builder.set_scope("opset11/");
-    for (position, node) in graph.node.iter_mut().enumerate() {
-        convert(node, position, opset, Some((dtypes[position], &mut builder)))?;
+    for ((position, node), &dtype) in graph.node.iter_mut().enumerate().zip(&dtypes) {
+        convert(node, position, opset, Some((dtype, &mut builder)))?;
     }
     graph.initializer.append(&mut builder.initializers);
     for import in &mut model.opset_import {

@@ -34,10 +34,11 @@ fn sole_reader<'g>(index: &GraphIndex<'g>, value: &str) -> Option<(usize, &'g No
 }
 
 /// The site of the Conv node at `position`. `output` is empty when the convolution computes no
-/// (named) value, which only a broken model has; the decision refuses such a site.
+/// (named) value, which only a broken model has, or when there is no node at `position`; the
+/// decision refuses such a site.
 pub fn site(index: &GraphIndex, position: usize) -> Site {
-    let conv = &index.graph().node[position];
-    let mut output = conv.output.first().cloned().unwrap_or_default();
+    let conv = index.graph().node.get(position);
+    let mut output = conv.and_then(|c| c.output.first()).cloned().unwrap_or_default();
     // Five inputs (X, scale, B, mean, var): the rewrites read all four parameters.
     let batchnorm = follower(index, &output, |op, node| op == "BatchNormalization" && node.input.len() == 5).map(|(p, next)| {
         output = next;
@@ -47,7 +48,8 @@ pub fn site(index: &GraphIndex, position: usize) -> Site {
         output = next;
         p
     });
-    Site { conv: position, input: conv.input.first().cloned().unwrap_or_default(), batchnorm, activation, output }
+    let input = conv.and_then(|c| c.input.first()).cloned().unwrap_or_default();
+    Site { conv: position, input, batchnorm, activation, output }
 }
 
 /// The sole reader of `value`, with the value it computes, when it is a default-domain node that
@@ -74,6 +76,7 @@ pub fn batchnorm_after(graph: &GraphProto, position: usize) -> Option<usize> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::onnx::load_model;

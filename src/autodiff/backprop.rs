@@ -38,6 +38,11 @@ impl<'m> Forward<'m> {
         Ok(Forward { model, graph, index, facts })
     }
 
+    /// The nodes in topological order, with their positions in `graph.node`.
+    fn nodes_in_order(&self) -> impl DoubleEndedIterator<Item = (usize, &'m NodeProto)> + '_ {
+        self.index.topological_order().iter().filter_map(|&position| Some((position, self.graph.node.get(position)?)))
+    }
+
     pub fn builder(&self) -> Builder {
         Builder::new(self.graph, self.facts.opset())
     }
@@ -123,16 +128,13 @@ pub(crate) fn backpropagate(
     seeds: &[(String, String)],
     wrt: &[String],
 ) -> Result<Vec<Option<String>>> {
-    let graph = forward.graph;
-    let order = forward.index.topological_order();
     let carries = |value: &str| {
         let dtype = forward.facts.get(value).map_or(0, |f| f.dtype);
         dtype == 0 || is_float(dtype)
     };
     // Values that depend on a source through float values.
     let mut depends: HashSet<&str> = wrt.iter().map(String::as_str).collect();
-    for &position in order {
-        let node = &graph.node[position];
+    for (_, node) in forward.nodes_in_order() {
         if reads(node).iter().any(|r| depends.contains(r)) {
             depends.extend(node.output.iter().map(String::as_str).filter(|o| !o.is_empty() && carries(o)));
         }
@@ -140,10 +142,9 @@ pub(crate) fn backpropagate(
     // Values between a source and a seed; the nodes that compute them, consumers first.
     let mut needs: HashSet<&str> = seeds.iter().map(|(v, _)| v.as_str()).filter(|v| depends.contains(v)).collect();
     let mut active = Vec::new();
-    for &position in order.iter().rev() {
-        let node = &graph.node[position];
+    for (position, node) in forward.nodes_in_order().rev() {
         if node.output.iter().any(|o| needs.contains(o.as_str())) {
-            active.push(position);
+            active.push((position, node));
             needs.extend(reads(node).into_iter().filter(|r| depends.contains(r)));
         }
     }
@@ -154,8 +155,7 @@ pub(crate) fn backpropagate(
     for (value, grad) in seeds {
         grads.entry(value.clone()).or_default().push(grad.clone());
     }
-    for position in active {
-        let node = &graph.node[position];
+    for (position, node) in active {
         let ctx = Ctx::new(node, position, &forward.facts, &rows);
         let domain = node.domain.as_deref().unwrap_or("");
         let rule = match registry.get(ctx.op()) {
@@ -168,10 +168,10 @@ pub(crate) fn backpropagate(
         };
         let wanted: Vec<bool> = node.input.iter().map(|i| !i.is_empty() && needs.contains(i.as_str())).collect();
         let direct = node.input.iter().filter(|i| !i.is_empty()).count();
-        if reads(node)[direct..].iter().any(|r| needs.contains(r)) {
+        if reads(node).iter().skip(direct).any(|r| needs.contains(r)) {
             return Err(ctx.error("gradients through subgraphs are not supported"));
         }
-        for (i, input) in node.input.iter().enumerate().filter(|(i, _)| wanted[*i]) {
+        for ((i, input), _) in node.input.iter().enumerate().zip(&wanted).filter(|(_, &w)| w) {
             if !rule.inputs.contains(i) {
                 return Err(ctx.error(format!("no gradient with respect to its input {i} ('{input}')")));
             }
@@ -183,7 +183,7 @@ pub(crate) fn backpropagate(
         b.set_scope(&format!("grad/{}", ctx.label.trim_start_matches('/')));
         let dy: Vec<Option<String>> = node.output.iter().map(|o| accumulate(b, grads.remove(o))).collect();
         let dx = (rule.backward)(&ctx, b, &dy, &wanted)?;
-        for (i, input) in node.input.iter().enumerate().filter(|(i, _)| wanted[*i]) {
+        for ((i, input), _) in node.input.iter().enumerate().zip(&wanted).filter(|(_, &w)| w) {
             let g = dx
                 .get(i)
                 .cloned()
@@ -209,9 +209,9 @@ fn needed_rows(forward: &Forward, needs: &HashSet<&str>) -> HashMap<String, Vec<
             continue;
         }
         let Some(fact) = forward.facts.get(indices) else { continue };
-        let whole_rows = fact.shape.as_ref().is_some_and(|s| s.len() == 2 && s[1].value() == Some(1));
-        if let (true, Some(selected)) = (whole_rows, fact.ints()) {
-            rows.insert(node.output[0].clone(), selected);
+        let whole_rows = matches!(fact.shape.as_deref(), Some([_, index_length]) if index_length.value() == Some(1));
+        if let (true, Some(selected), Some(output)) = (whole_rows, fact.ints(), node.output.first()) {
+            rows.insert(output.clone(), selected);
         }
     }
     rows
@@ -233,19 +233,16 @@ pub(crate) fn assemble(forward: &Forward, b: Builder, interface: Interface) -> M
     let mut needed: HashSet<&str> = b.nodes.iter().flat_map(reads).collect();
     needed.extend(interface.outputs.iter().filter_map(|o| o.name.as_deref()));
     let mut kept = HashSet::new();
-    for &position in forward.index.topological_order().iter().rev() {
-        let node = &graph.node[position];
+    for (position, node) in forward.nodes_in_order().rev() {
         if node.output.iter().any(|o| needed.contains(o.as_str())) {
             kept.insert(position);
             needed.extend(reads(node));
         }
     }
     let nodes: Vec<NodeProto> = forward
-        .index
-        .topological_order()
-        .iter()
-        .filter(|p| kept.contains(*p))
-        .map(|&p| graph.node[p].clone())
+        .nodes_in_order()
+        .filter(|(position, _)| kept.contains(position))
+        .map(|(_, node)| node.clone())
         .chain(b.nodes.iter().cloned())
         .collect();
     let produced: HashSet<&str> = nodes.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();

@@ -15,26 +15,30 @@ pub(crate) fn interleave(
     dims: &[Option<i64>],
     dtype: i32,
 ) -> std::result::Result<String, String> {
-    let rank = dims.len();
-    let len = dims[axis].ok_or("the strided axis must be static")?;
-    let target: Vec<i64> = (0..rank)
-        .map(|j| match j.cmp(&axis) {
+    let len = dims.get(axis).copied().flatten().ok_or("the strided axis must be static")?;
+    let overflow = || format!("an axis of {len} elements strided by {step} overflows");
+    let spread_len = len.checked_mul(step).ok_or_else(overflow)?;
+    let target: Vec<i64> = dims
+        .iter()
+        .enumerate()
+        .map(|(j, dim)| match j.cmp(&axis) {
             std::cmp::Ordering::Less => 0,
-            std::cmp::Ordering::Equal => len * step,
-            std::cmp::Ordering::Greater => dims[j].unwrap_or(-1),
+            std::cmp::Ordering::Equal => spread_len,
+            std::cmp::Ordering::Greater => dim.unwrap_or(-1),
         })
         .collect();
     if target.iter().filter(|&&d| d == -1).count() > 1 {
         return Err("the axes after a strided one must be static".into());
     }
-    let widened = b.unsqueeze(x, &[axis + 1]);
-    let mut mask_shape = vec![step as usize];
-    mask_shape.resize(rank - axis, 1);
-    let mut mask = vec![0.0; step as usize];
-    mask[0] = 1.0;
+    // `axis` indexes `dims`, a list in memory, so the axis after it cannot saturate.
+    let widened = b.unsqueeze(x, &[axis.saturating_add(1)]);
+    let mask_len = usize::try_from(step).map_err(|_| format!("a stride of {step}"))?;
+    // One axis per axis of x from `axis` on: the step, then ones.
+    let mask_shape: Vec<usize> = dims.iter().skip(axis).enumerate().map(|(k, _)| if k == 0 { mask_len } else { 1 }).collect();
+    let mask: Vec<f64> = (0..mask_len).map(|k| if k == 0 { 1.0 } else { 0.0 }).collect();
     let mask = b.floats(dtype, &mask_shape, &mask).map_err(|e| e.to_string())?;
     let spread = b.op("Mul", &[&widened, &mask], vec![]);
     let merged = b.reshape(&spread, &target);
-    b.slice(&merged, &[0], &[(len - 1) * step + 1], &[axis], &[1]).map_err(|e| e.to_string())
+    let end = len.checked_sub(1).and_then(|l| l.checked_mul(step)?.checked_add(1)).ok_or_else(overflow)?;
+    b.slice(&merged, &[0], &[end], &[axis], &[1]).map_err(|e| e.to_string())
 }
-

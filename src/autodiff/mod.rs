@@ -27,6 +27,11 @@
 //!   operators all exist in opset 9 (ReduceSum, Unsqueeze, Slice and Pad are written in the form of
 //!   the model's opset; ScatterND and GatherND appear only for models that already use ScatterND),
 //!   so the model's opset is never raised; opsets below 9 are refused.
+//!
+//! Shapes, attributes and inputs come from the model, a hostile one included: the arithmetic is
+//! checked and nothing is indexed unchecked, so that no model can make a rule panic (the lints
+//! below enforce it in every submodule).
+#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation, clippy::indexing_slicing)]
 
 mod backprop;
 mod emit;

@@ -215,6 +215,7 @@ fn sgd(
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation, clippy::indexing_slicing)]
 mod tests {
     use std::collections::HashMap;
 

@@ -11,6 +11,8 @@
 //! operators in float64 (onnxruntime's Conv and pooling, HardSwish anywhere) it also compares with
 //! float32 finite differences (step 2⁻⁷, tolerance 1e-3), so that each runtime's own semantics are
 //! checked.
+// Test support may panic by design, and rounds float64 draws to float32 on purpose.
+#![allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation, clippy::indexing_slicing)]
 
 use std::collections::HashMap;
 

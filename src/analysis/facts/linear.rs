@@ -22,19 +22,23 @@ fn gemm(node: &Node, _: &mut Symbols) -> Vec<Fact> {
 /// numpy's matmul: a vector operand gains an axis of 1 for the product and loses it after.
 fn matmul(node: &Node, symbols: &mut Symbols) -> Vec<Fact> {
     let shape = match (node.shape(0), node.shape(1)) {
-        (Some(a), Some(b)) if !a.is_empty() && !b.is_empty() => {
-            let a2 = if a.len() == 1 { vec![Dim::known(1), a[0].clone()] } else { a.to_vec() };
-            let b2 = if b.len() == 1 { vec![b[0].clone(), Dim::known(1)] } else { b.to_vec() };
-            let (a_batch, a_matrix) = a2.split_at(a2.len() - 2);
-            let (b_batch, b_matrix) = b2.split_at(b2.len() - 2);
-            let mut dims = symbols.broadcast(&[a_batch, b_batch]);
-            if a.len() > 1 {
-                dims.push(a_matrix[0].clone());
+        (Some(a), Some(b)) => {
+            let a2 = if let [k] = a { vec![Dim::known(1), k.clone()] } else { a.to_vec() };
+            let b2 = if let [k] = b { vec![k.clone(), Dim::known(1)] } else { b.to_vec() };
+            // A scalar operand has no matrix axes.
+            match (a2.split_last_chunk::<2>(), b2.split_last_chunk::<2>()) {
+                (Some((a_batch, [rows, _])), Some((b_batch, [_, columns]))) => {
+                    let mut dims = symbols.broadcast(&[a_batch, b_batch]);
+                    if a.len() > 1 {
+                        dims.push(rows.clone());
+                    }
+                    if b.len() > 1 {
+                        dims.push(columns.clone());
+                    }
+                    Some(dims)
+                }
+                _ => None,
             }
-            if b.len() > 1 {
-                dims.push(b_matrix[1].clone());
-            }
-            Some(dims)
         }
         _ => None,
     };

@@ -101,8 +101,9 @@ struct Symbols<'g> {
 impl<'g> Symbols<'g> {
     /// A symbol never seen before.
     fn fresh(&mut self) -> Dim {
-        self.next += 1;
-        Dim::symbol(self.next - 1)
+        let id = self.next;
+        self.next = next_symbol(id);
+        Dim::symbol(id)
     }
 
     /// A dimension as a graph input declares it: a number, a named symbol (one per name), or a
@@ -114,7 +115,7 @@ impl<'g> Symbols<'g> {
                 let next = self.next;
                 let id = *self.names.entry(name.as_str()).or_insert(next);
                 if id == next {
-                    self.next += 1;
+                    self.next = next_symbol(next);
                 }
                 Dim::symbol(id)
             }
@@ -129,7 +130,7 @@ impl<'g> Symbols<'g> {
             .map(|axis| {
                 let dims: Vec<&Dim> = shapes
                     .iter()
-                    .filter_map(|s| (axis + s.len()).checked_sub(rank).and_then(|i| s.get(i)))
+                    .filter_map(|s| axis.checked_add(s.len())?.checked_sub(rank).and_then(|i| s.get(i)))
                     .filter(|d| d.value() != Some(1))
                     .collect();
                 // A known size d ≠ 1 fixes the axis: every other operand is 1 or d in a valid model,
@@ -144,6 +145,12 @@ impl<'g> Symbols<'g> {
             })
             .collect()
     }
+}
+
+/// The symbol after `id`. Every symbol is the dimension of a value held in memory, and 2³² of
+/// them do not fit: the count never saturates.
+fn next_symbol(id: u32) -> u32 {
+    id.saturating_add(1)
 }
 
 /// One node as its rule sees it: the node and the facts of its inputs (`None` for an absent
@@ -234,7 +241,8 @@ pub(crate) struct Facts<'g> {
 impl<'g> Facts<'g> {
     /// Infers the facts of every value of `graph`, whose default-domain opset is `opset`.
     pub fn infer(graph: &'g GraphProto, index: &GraphIndex, opset: i64) -> Facts<'g> {
-        let capacity = graph.input.len() + graph.initializer.len() + graph.node.len();
+        // A hint: the lengths of three lists in memory add up to far less than usize::MAX.
+        let capacity = graph.input.len().saturating_add(graph.initializer.len()).saturating_add(graph.node.len());
         let mut facts = FastMap::with_capacity_and_hasher(capacity, Default::default());
         let mut symbols = Symbols::default();
         for input in &graph.input {
@@ -359,6 +367,7 @@ mod testing {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation, clippy::indexing_slicing)]
 mod tests {
     use super::testing::{fact_of, node};
     use super::*;
@@ -373,7 +382,7 @@ mod tests {
         assert_eq!(sum, vec![n.clone(), known(64)]);
         assert_eq!(symbols.broadcast(&[&[known(1), c.clone()], &[known(7), known(1)]]), vec![known(7), c.clone()]);
         // Two different symbols, or two different sizes: nothing is known.
-        let unknown = symbols.broadcast(&[&[c.clone()], &[d.clone()]]);
+        let unknown = symbols.broadcast(&[std::slice::from_ref(&c), std::slice::from_ref(&d)]);
         assert!(unknown[0].value().is_none() && unknown[0] != c && unknown[0] != d);
         assert!(symbols.broadcast(&[&[known(3)], &[known(5)]])[0].value().is_none());
     }

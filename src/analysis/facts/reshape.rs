@@ -51,7 +51,8 @@ fn reshape(node: &Node, symbols: &mut Symbols) -> Vec<Fact> {
 
 fn flatten(node: &Node, symbols: &mut Symbols) -> Vec<Fact> {
     let shape = node.shape(0).map(|shape| {
-        let axis = normalize_axis(attr_int(node.proto, "axis", 1), shape.len() + 1).unwrap_or(1);
+        // The axis may also be the rank: everything in the outer product.
+        let axis = shape.len().checked_add(1).and_then(|rank| normalize_axis(attr_int(node.proto, "axis", 1), rank)).unwrap_or(1);
         let (outer, inner) = shape.split_at(axis.min(shape.len()));
         [product(outer), product(inner)].map(|d| d.unwrap_or_else(|| symbols.fresh())).to_vec()
     });
@@ -60,7 +61,7 @@ fn flatten(node: &Node, symbols: &mut Symbols) -> Vec<Fact> {
 
 fn unsqueeze(node: &Node, _: &mut Symbols) -> Vec<Fact> {
     rearranged(node, |shape, axes| {
-        let rank = shape.len() + axes.len();
+        let rank = shape.len().checked_add(axes.len())?;
         let axes: Vec<usize> = axes.iter().map(|&a| normalize_axis(a, rank)).collect::<Option<_>>()?;
         let mut rest = shape.iter();
         Some((0..rank).map(|i| if axes.contains(&i) { Dim::known(1) } else { rest.next().cloned().unwrap_or_default() }).collect())

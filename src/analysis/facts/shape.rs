@@ -105,15 +105,11 @@ fn constant_of_shape(node: &Node, _: &mut Symbols) -> Vec<Fact> {
 fn range(node: &Node, symbols: &mut Symbols) -> Vec<Fact> {
     let dtype = node.dtype(0);
     let scalar = |i: usize| node.fact(i).and_then(Fact::ints).and_then(|v| v.first().copied());
-    let (Some(start), Some(limit), Some(delta)) = (scalar(0), scalar(1), scalar(2)) else {
-        return vec![Fact::of(dtype, Some(vec![symbols.fresh()]))];
+    let known = match (scalar(0), scalar(1), scalar(2)) {
+        (Some(start), Some(limit), Some(delta)) => range_length(start, limit, delta).map(|count| (start, delta, count)),
+        _ => None,
     };
-    if delta == 0 {
-        return vec![Fact::of(dtype, Some(vec![symbols.fresh()]))];
-    }
-    // ⌈(limit − start) / delta⌉ in i128, where the span of two i64 values fits.
-    let (span, step) = (i128::from(limit) - i128::from(start), i128::from(delta));
-    let count = if span * step.signum() <= 0 { 0 } else { (span.abs() - 1) / step.abs() + 1 };
+    let Some((start, delta, count)) = known else { return vec![Fact::of(dtype, Some(vec![symbols.fresh()]))] };
     let fact = match usize::try_from(count).ok().filter(|&n| n <= VALUE_LIMIT) {
         // Exact despite the wrapping: every element lies between start and limit.
         Some(n) => vector(dtype, (0..).take(n).map(|i: i64| Dim::known(start.wrapping_add(i.wrapping_mul(delta)))).collect()),
@@ -125,20 +121,36 @@ fn range(node: &Node, symbols: &mut Symbols) -> Vec<Fact> {
     vec![fact]
 }
 
+/// The number of elements of a Range, ⌈(limit − start) / delta⌉ or 0, in 128 bits, where the span
+/// of two i64 values fits; `None` for a delta of 0.
+fn range_length(start: i64, limit: i64, delta: i64) -> Option<u128> {
+    if delta == 0 {
+        return None;
+    }
+    let span = i128::from(limit).checked_sub(i128::from(start))?;
+    if span == 0 || (span > 0) != (delta > 0) {
+        return Some(0);
+    }
+    span.unsigned_abs().checked_sub(1)?.checked_div(u128::from(delta.unsigned_abs()))?.checked_add(1)
+}
+
 fn concat(node: &Node, symbols: &mut Symbols) -> Vec<Fact> {
     let facts: Option<Vec<&Fact>> = node.inputs.iter().copied().collect();
-    let Some(facts) = facts.filter(|f| !f.is_empty()) else { return vec![Fact::default()] };
-    let dtype = facts[0].dtype;
+    let Some(facts @ [first, ..]) = facts.as_deref() else { return vec![Fact::default()] };
+    let dtype = first.dtype;
     let shapes: Option<Vec<&[Dim]>> = facts.iter().map(|f| f.shape.as_deref()).collect();
-    let Some(shapes) = shapes else { return vec![Fact::of(dtype, None)] };
-    let rank = shapes[0].len();
+    let Some(shapes @ [first_shape, ..]) = shapes.as_deref() else { return vec![Fact::of(dtype, None)] };
+    let rank = first_shape.len();
     // ONNX concatenates values of one rank; values of several ranks have no known result.
     if shapes.iter().any(|s| s.len() != rank) {
         return vec![Fact::of(dtype, None)];
     }
     let Some(axis) = normalize_axis(attr_int(node.proto, "axis", 0), rank) else { return vec![Fact::of(dtype, None)] };
-    let mut dims = shapes[0].to_vec();
-    dims[axis] = shapes.iter().try_fold(Dim::known(0), |sum, s| sum.add(&s[axis])).unwrap_or_else(|| symbols.fresh());
+    let mut dims = first_shape.to_vec();
+    let joined = shapes.iter().try_fold(Dim::known(0), |sum, s| sum.add(s.get(axis)?)).unwrap_or_else(|| symbols.fresh());
+    if let Some(dim) = dims.get_mut(axis) {
+        *dim = joined;
+    }
     let values: Option<Vec<_>> = facts.iter().map(|f| f.value.as_ref().map(|v| v.view())).collect();
     let value = values
         .filter(|v| v.iter().all(|v| v.ndim() == rank) && v.iter().map(|v| v.len()).sum::<usize>() <= VALUE_LIMIT)
@@ -151,10 +163,11 @@ fn gather(node: &Node, _: &mut Symbols) -> Vec<Fact> {
     let (Some(shape), Some(index_shape)) = (data.shape.as_deref(), indices.shape.as_deref()) else {
         return vec![Fact::of(data.dtype, None)];
     };
-    let Some(axis) = normalize_axis(attr_int(node.proto, "axis", 0), shape.len()) else {
+    let axis = normalize_axis(attr_int(node.proto, "axis", 0), shape.len());
+    let Some((axis, (before, [_, after @ ..]))) = axis.and_then(|a| Some((a, shape.split_at_checked(a)?))) else {
         return vec![Fact::of(data.dtype, None)];
     };
-    let dims: Vec<Dim> = [&shape[..axis], index_shape, &shape[axis + 1..]].concat();
+    let dims: Vec<Dim> = [before, index_shape, after].concat();
     let value = data.value.as_ref().zip(indices.ints()).and_then(|(values, picks)| {
         // Many picks of a small value may still make a large one.
         let sizes = sizes(&dims)?;
@@ -195,6 +208,7 @@ fn gather_elements(node: &Node, _: &mut Symbols) -> Vec<Fact> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation, clippy::indexing_slicing)]
 mod tests {
     use super::super::testing::{dims, fact_of, node};
     use crate::onnx::builder::int;

@@ -78,7 +78,9 @@ fn split(node: &Node, _: &mut Symbols) -> Vec<Fact> {
         .into_iter()
         .map(|size| {
             let mut dims = shape.to_vec();
-            dims[axis] = Dim::known(size);
+            if let Some(dim) = dims.get_mut(axis) {
+                *dim = Dim::known(size);
+            }
             Fact::of(dtype, Some(dims))
         })
         .collect()
@@ -167,13 +169,14 @@ fn split_sizes(node: &Node, size: i64, count: usize) -> Option<Vec<i64>> {
         None => {
             // ⌈size / count⌉, written so that a size near i64::MAX does not overflow.
             let parts = i64::try_from(count.max(1)).ok()?;
-            let chunk = if size == 0 { 0 } else { (size - 1) / parts + 1 };
+            let chunk = if size == 0 { 0 } else { size.checked_sub(1)?.checked_div(parts)?.checked_add(1)? };
             Some((0..).take(count).map(|i: i64| size.saturating_sub(i.saturating_mul(chunk)).clamp(0, chunk)).collect())
         }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation, clippy::indexing_slicing)]
 mod tests {
     use super::super::testing::{fact_of, node};
 

@@ -48,10 +48,8 @@ fn max_pool(node: &Node, symbols: &mut Symbols) -> Vec<Fact> {
 }
 
 fn global(node: &Node, _: &mut Symbols) -> Vec<Fact> {
-    let shape = node.shape(0).filter(|s| s.len() >= 2).map(|s| {
-        let mut dims = s[..2].to_vec();
-        dims.resize(s.len(), Dim::known(1));
-        dims
+    let shape = node.shape(0).and_then(|s| s.split_first_chunk::<2>()).map(|(batch_and_channels, spatial)| {
+        batch_and_channels.iter().cloned().chain(spatial.iter().map(|_| Dim::known(1))).collect()
     });
     vec![Fact::of(node.dtype(0), shape)]
 }

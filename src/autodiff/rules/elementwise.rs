@@ -1,7 +1,7 @@
 //! Broadcasting binary arithmetic (Add, Sub, Mul, Div) and Where: each operand's gradient is summed
 //! over the axes along which it was broadcast.
 
-use super::{first, unbroadcast, Builder, Ctx, Differentiable, Registry};
+use super::{first, set, unbroadcast, Builder, Ctx, Differentiable, Registry};
 use crate::error::Result;
 
 pub(super) fn register(registry: &mut Registry) {
@@ -30,7 +30,7 @@ fn per_input(
     let mut result = vec![None; ctx.node.input.len()];
     for (i, _) in wanted.iter().enumerate().filter(|(_, &w)| w) {
         let g = local(b, i)?;
-        result[i] = Some(to_input(ctx, b, &g, i)?);
+        set(&mut result, i, to_input(ctx, b, &g, i)?);
     }
     Ok(result)
 }
@@ -44,7 +44,10 @@ fn add_sub(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], wanted: &[bool]) -
 /// d(a·b)/da = b and d(a·b)/db = a.
 fn mul(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], wanted: &[bool]) -> Result<Vec<Option<String>>> {
     let dy = first(ctx, dy)?;
-    per_input(ctx, b, wanted, |b, i| Ok(b.op("Mul", &[&dy, ctx.input(1 - i)], vec![])))
+    per_input(ctx, b, wanted, |b, i| {
+        let other = if i == 0 { ctx.input(1) } else { ctx.input(0) };
+        Ok(b.op("Mul", &[&dy, other], vec![]))
+    })
 }
 
 /// d(a/b)/da = 1/b and d(a/b)/db = −(a/b)/b.

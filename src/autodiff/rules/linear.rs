@@ -1,7 +1,7 @@
 //! Gemm (with transA, transB, alpha, beta and a broadcast C) and MatMul (numpy semantics: batch
 //! broadcasting and 1-D operands).
 
-use super::{first, unbroadcast, Builder, Ctx, Differentiable, Registry};
+use super::{first, set, unbroadcast, wants, Builder, Ctx, Differentiable, Registry};
 use crate::autodiff::emit::{float, int};
 use crate::analysis::facts::Dim;
 use crate::error::Result;
@@ -27,17 +27,18 @@ fn gemm(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], wanted: &[bool]) -> R
         b.op("Gemm", &[left, right], attributes)
     };
     let mut result = vec![None; ctx.node.input.len()];
-    if wanted[0] {
-        result[0] =
-            Some(if trans_a { product(b, bm, &dy, trans_b, true) } else { product(b, &dy, bm, false, !trans_b) });
+    if wants(wanted, 0) {
+        let da = if trans_a { product(b, bm, &dy, trans_b, true) } else { product(b, &dy, bm, false, !trans_b) };
+        set(&mut result, 0, da);
     }
-    if wanted[1] {
-        result[1] = Some(if trans_b { product(b, &dy, a, true, trans_a) } else { product(b, a, &dy, !trans_a, false) });
+    if wants(wanted, 1) {
+        let db = if trans_b { product(b, &dy, a, true, trans_a) } else { product(b, a, &dy, !trans_a, false) };
+        set(&mut result, 1, db);
     }
-    if wanted.get(2).copied().unwrap_or(false) {
+    if wants(wanted, 2) {
         let scaled = b.scale(&dy, f64::from(beta), ctx.float_type())?;
         let c = ctx.input(2);
-        result[2] = Some(unbroadcast(ctx, b, &scaled, ctx.shape(ctx.output(0))?, c, ctx.shape(c)?)?);
+        set(&mut result, 2, unbroadcast(ctx, b, &scaled, ctx.shape(ctx.output(0))?, c, ctx.shape(c)?)?);
     }
     Ok(result)
 }
@@ -49,46 +50,57 @@ fn matmul(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], wanted: &[bool]) ->
     let dy = first(ctx, dy)?;
     let (a, bm) = (ctx.input(0), ctx.input(1));
     let (a_shape, b_shape) = (ctx.shape(a)?.to_vec(), ctx.shape(bm)?.to_vec());
-    if a_shape.is_empty() || b_shape.is_empty() {
-        return Err(ctx.error("MatMul of a scalar"));
-    }
     let one = Dim::known(1);
-    let a_matrix = if a_shape.len() == 1 { vec![one.clone(), a_shape[0].clone()] } else { a_shape.clone() };
-    let b_matrix = if b_shape.len() == 1 { vec![b_shape[0].clone(), one.clone()] } else { b_shape.clone() };
+    let a_matrix = match a_shape.as_slice() {
+        [] => return Err(ctx.error("MatMul of a scalar")),
+        [k] => vec![one.clone(), k.clone()],
+        _ => a_shape.clone(),
+    };
+    let b_matrix = match b_shape.as_slice() {
+        [] => return Err(ctx.error("MatMul of a scalar")),
+        [k] => vec![k.clone(), one.clone()],
+        _ => b_shape.clone(),
+    };
     let a2 = if a_shape.len() == 1 { b.unsqueeze(a, &[0]) } else { a.to_string() };
     let b2 = if b_shape.len() == 1 { b.unsqueeze(bm, &[1]) } else { bm.to_string() };
-    // The output with the axes that 1-D operands dropped put back.
-    let rank = a_matrix.len().max(b_matrix.len());
+    // The output with the axes that 1-D operands dropped put back: the row before the column, the
+    // column last.
     let mut out = ctx.shape(ctx.output(0))?.to_vec();
-    let mut restored = Vec::new();
-    if a_shape.len() == 1 {
-        restored.push(rank - 2);
-    }
     if b_shape.len() == 1 {
-        restored.push(rank - 1);
+        out.push(one.clone());
     }
-    for &axis in &restored {
-        out.insert(axis, one.clone());
+    if a_shape.len() == 1 {
+        let column = out.len().checked_sub(1).ok_or_else(|| ctx.error("the product has no column axis"))?;
+        out.insert(column, one.clone());
     }
+    let (batch, _) = out.split_last_chunk::<2>().ok_or_else(|| ctx.error("the product is not a matrix"))?;
+    // The row and column axes follow the batch axes.
+    let restored: Vec<usize> =
+        (batch.len()..).zip([a_shape.len() == 1, b_shape.len() == 1]).filter_map(|(axis, dropped)| dropped.then_some(axis)).collect();
     let dy2 = b.unsqueeze(&dy, &restored);
+    // A matrix operand with its last two axes swapped.
     let swap = |b: &mut Builder, x: &str, rank: usize| {
         let mut perm: Vec<usize> = (0..rank).collect();
-        perm.swap(rank - 1, rank - 2);
+        if let Some(matrix) = perm.last_chunk_mut::<2>() {
+            matrix.reverse();
+        }
         b.transpose(x, &perm)
     };
-    let batch = &out[..rank - 2];
+    // The gradient of a product as its operand's matrix axes after the batch axes.
+    let with_batch = |matrix: &[Dim]| -> Result<Vec<Dim>> {
+        let (_, axes) = matrix.split_last_chunk::<2>().ok_or_else(|| ctx.error("an operand is not a matrix"))?;
+        Ok([batch, axes.as_slice()].concat())
+    };
     let mut result = vec![None; 2];
-    if wanted[0] {
+    if wants(wanted, 0) {
         let bt = swap(b, &b2, b_matrix.len());
         let g = b.op("MatMul", &[&dy2, &bt], vec![]);
-        let from = [batch, &a_matrix[a_matrix.len() - 2..]].concat();
-        result[0] = Some(unbroadcast(ctx, b, &g, &from, a, &a_matrix)?);
+        set(&mut result, 0, unbroadcast(ctx, b, &g, &with_batch(&a_matrix)?, a, &a_matrix)?);
     }
-    if wanted[1] {
+    if wants(wanted, 1) {
         let at = swap(b, &a2, a_matrix.len());
         let g = b.op("MatMul", &[&at, &dy2], vec![]);
-        let from = [batch, &b_matrix[b_matrix.len() - 2..]].concat();
-        result[1] = Some(unbroadcast(ctx, b, &g, &from, bm, &b_matrix)?);
+        set(&mut result, 1, unbroadcast(ctx, b, &g, &with_batch(&b_matrix)?, bm, &b_matrix)?);
     }
     Ok(result)
 }

@@ -139,6 +139,13 @@ impl<'a> Ctx<'a> {
             .ok_or_else(|| self.error(format!("dimensions {axes:?} of '{value}' must be static")))
     }
 
+    /// The dimension of `value` on `axis`, which must be static.
+    pub fn dim(&self, value: &str, axis: usize) -> Result<i64> {
+        let shape = self.shape(value)?;
+        let dim = shape.get(axis).ok_or_else(|| self.error(format!("'{value}' has rank {}", shape.len())))?;
+        dim.value().ok_or_else(|| self.error(format!("dimension {axis} of '{value}' must be static")))
+    }
+
     /// The facts of the node's inputs, in order.
     pub fn input_facts(&self) -> Vec<Option<&'a Fact>> {
         self.node.input.iter().map(|name| self.facts.get(name)).collect()
@@ -155,6 +162,19 @@ fn first(ctx: &Ctx, dy: &[Option<String>]) -> Result<String> {
     dy.first().cloned().flatten().ok_or_else(|| ctx.error("called without the gradient of its output"))
 }
 
+/// Whether input `i` needs a gradient (`wanted` has one entry per input of the node).
+fn wants(wanted: &[bool], i: usize) -> bool {
+    wanted.get(i).copied().unwrap_or(false)
+}
+
+/// Stores `gradient` as input `i`'s in `result`, which has one slot per input of the node. A slot
+/// past the end stays unset: the caller then reports the wanted gradient as missing.
+fn set(result: &mut [Option<String>], i: usize, gradient: String) {
+    if let Some(slot) = result.get_mut(i) {
+        *slot = Some(gradient);
+    }
+}
+
 /// `g`, the gradient of a value of shape `from` that numpy-broadcasting produced from `target`
 /// (whose shape, aligned to the right, is `target_shape`), summed back over the broadcast axes and
 /// reshaped to `target`'s runtime shape when the ranks differ.
@@ -168,14 +188,15 @@ fn unbroadcast(
 ) -> Result<String> {
     let lead = from.len().checked_sub(target_shape.len()).ok_or_else(|| ctx.error("an operand outranks the result"))?;
     let mut axes: Vec<usize> = (0..lead).collect();
-    for (i, dim) in target_shape.iter().enumerate() {
-        if dim == &from[lead + i] {
+    let aligned = from.iter().enumerate().skip(lead);
+    for (i, (dim, (axis, from_dim))) in target_shape.iter().zip(aligned).enumerate() {
+        if dim == from_dim {
             continue;
         }
         if dim.value() != Some(1) {
             return Err(ctx.error(format!("cannot tell statically whether '{target}' broadcasts along axis {i}")));
         }
-        axes.push(lead + i);
+        axes.push(axis);
     }
     let summed = b.reduce_sum(g, &axes, true);
     if ctx.rank(target)? == from.len() {
@@ -185,9 +206,20 @@ fn unbroadcast(
     }
 }
 
+/// Sizes read from the model as array extents; an error naming `what` when one is negative or too
+/// large.
+fn extents(ctx: &Ctx, what: &str, sizes: &[i64]) -> Result<Vec<usize>> {
+    sizes.iter().map(|&s| usize::try_from(s).map_err(|_| ctx.error(format!("{what} {sizes:?}: a size out of range")))).collect()
+}
+
+/// The product of `sizes`; an error naming `what` when it overflows.
+fn product(ctx: &Ctx, what: &str, sizes: &[usize]) -> Result<usize> {
+    sizes.iter().try_fold(1usize, |p, &s| p.checked_mul(s)).ok_or_else(|| ctx.error(format!("{what} {sizes:?}: too many elements")))
+}
+
 /// A result with `gradient` for input `i` and nothing else.
 fn only(count: usize, i: usize, gradient: String) -> Vec<Option<String>> {
     let mut result = vec![None; count];
-    result[i] = Some(gradient);
+    set(&mut result, i, gradient);
     result
 }

@@ -2,7 +2,7 @@
 //! (axis 1), with the running statistics as constants of the computation. Training mode (batch
 //! statistics) is refused.
 
-use super::{first, Builder, Ctx, Differentiable, Registry};
+use super::{first, set, wants, Builder, Ctx, Differentiable, Registry};
 use crate::error::Result;
 use crate::onnx::graph::{attr_int, attribute};
 
@@ -18,14 +18,11 @@ fn batch_norm(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], wanted: &[bool]
     let dy = first(ctx, dy)?;
     let dtype = ctx.float_type();
     let rank = ctx.rank(ctx.input(0))?;
-    if rank < 2 {
-        return Err(ctx.error("the input needs a channel axis"));
-    }
+    let spatial = rank.checked_sub(2).ok_or_else(|| ctx.error("the input needs a channel axis"))?;
     let [x, scale, _, mean, var] = [0, 1, 2, 3, 4].map(|i| ctx.input(i));
     let epsilon = attribute(ctx.node, "epsilon").and_then(|a| a.f).unwrap_or(1e-5);
     // Per-channel vectors reshaped to [C, 1, …] broadcast against [N, C, …].
-    let mut channel_shape = vec![-1];
-    channel_shape.resize(rank - 1, 1);
+    let channel_shape: Vec<i64> = std::iter::once(-1).chain(std::iter::repeat_n(1, spatial)).collect();
     let per_channel = |b: &mut Builder, v: &str| b.reshape(v, &channel_shape);
     let others: Vec<usize> = std::iter::once(0).chain(2..rank).collect();
 
@@ -34,9 +31,9 @@ fn batch_norm(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], wanted: &[bool]
     let deviation = b.op("Sqrt", &[&shifted], vec![]);
     let inverse = b.op("Reciprocal", &[&deviation], vec![]);
     let gain = b.op("Mul", &[scale, &inverse], vec![]);
-    let total = (wanted[2] || wanted[3]).then(|| b.reduce_sum(&dy, &others, false));
+    let total = (wants(wanted, 2) || wants(wanted, 3)).then(|| b.reduce_sum(&dy, &others, false));
     // Σ dy · (x − mean), shared by the scale and variance gradients.
-    let moment = (wanted[1] || wanted[4]).then(|| {
+    let moment = (wants(wanted, 1) || wants(wanted, 4)).then(|| {
         let centre = per_channel(b, mean);
         let centred = b.op("Sub", &[x, &centre], vec![]);
         let weighted = b.op("Mul", &[&dy, &centred], vec![]);
@@ -44,30 +41,30 @@ fn batch_norm(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], wanted: &[bool]
     });
 
     let mut result = vec![None; 5];
-    if wanted[0] {
+    if wants(wanted, 0) {
         let gain = per_channel(b, &gain);
-        result[0] = Some(b.op("Mul", &[&dy, &gain], vec![]));
+        set(&mut result, 0, b.op("Mul", &[&dy, &gain], vec![]));
     }
     if let Some(moment) = &moment {
-        if wanted[1] {
-            result[1] = Some(b.op("Mul", &[moment, &inverse], vec![]));
+        if wants(wanted, 1) {
+            set(&mut result, 1, b.op("Mul", &[moment, &inverse], vec![]));
         }
-        if wanted[4] {
+        if wants(wanted, 4) {
             // d/dvar (var + ε)^(-1/2) = −½ · inverse³.
             let squared = b.op("Mul", &[&inverse, &inverse], vec![]);
             let cubed = b.op("Mul", &[&squared, &inverse], vec![]);
             let slope = b.scale(&cubed, -0.5, dtype)?;
             let scaled = b.op("Mul", &[moment, scale], vec![]);
-            result[4] = Some(b.op("Mul", &[&scaled, &slope], vec![]));
+            set(&mut result, 4, b.op("Mul", &[&scaled, &slope], vec![]));
         }
     }
     if let Some(total) = total {
-        if wanted[3] {
+        if wants(wanted, 3) {
             let shifted = b.op("Mul", &[&total, &gain], vec![]);
-            result[3] = Some(b.op("Neg", &[&shifted], vec![]));
+            set(&mut result, 3, b.op("Neg", &[&shifted], vec![]));
         }
-        if wanted[2] {
-            result[2] = Some(total);
+        if wants(wanted, 2) {
+            set(&mut result, 2, total);
         }
     }
     Ok(result)

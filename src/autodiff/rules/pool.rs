@@ -2,11 +2,10 @@
 //! send the output gradient back through a depthwise ConvTranspose with the forward geometry:
 //! AveragePool with a kernel of ones after dividing by each window's divisor, MaxPool with one-hot
 //! kernels that place each window's gradient on the element the runtime picked as its maximum.
-//! Sizes and attributes come from the model: the arithmetic is checked, the lints below enforce it.
-#![deny(clippy::arithmetic_side_effects, clippy::cast_possible_truncation, clippy::indexing_slicing)]
+//! Sizes and attributes come from the model: the arithmetic is checked (as everywhere in `autodiff`).
 
 use super::conv::scatter;
-use super::{first, only, Builder, Ctx, Differentiable, Registry};
+use super::{extents, first, only, product, Builder, Ctx, Differentiable, Registry};
 use crate::autodiff::emit::int;
 use crate::analysis::geometry::{grid, Window};
 use crate::error::Result;
@@ -28,17 +27,6 @@ fn geometry(ctx: &Ctx) -> Result<(Window, i64)> {
     let (channels, spatial) = dims.split_first().ok_or_else(|| ctx.error("the input has no channel axis"))?;
     let window = Window::new(ctx.node, spatial, attr_ints(ctx.node, "kernel_shape")).map_err(|m| ctx.error(m))?;
     Ok((window, *channels))
-}
-
-/// Sizes read from the model as array extents; an error naming `what` when one is negative or too
-/// large.
-fn extents(ctx: &Ctx, what: &str, sizes: &[i64]) -> Result<Vec<usize>> {
-    sizes.iter().map(|&s| usize::try_from(s).map_err(|_| ctx.error(format!("{what} {sizes:?}: a size out of range")))).collect()
-}
-
-/// The product of `sizes`; an error naming `what` when it overflows.
-fn product(ctx: &Ctx, what: &str, sizes: &[usize]) -> Result<usize> {
-    sizes.iter().try_fold(1usize, |p, &s| p.checked_mul(s)).ok_or_else(|| ctx.error(format!("{what} {sizes:?}: too many elements")))
 }
 
 /// The flat index within one channel plane of `input` that kernel tap `tap` of the window at

@@ -46,7 +46,7 @@ fn spread(
     let kept = if keepdims { dy.to_string() } else { b.unsqueeze(dy, axes) };
     let scaled = if mean {
         let shape = ctx.shape(x)?;
-        let size: Option<i64> = axes.iter().map(|&a| shape[a].value()).product();
+        let size = axes.iter().try_fold(1i64, |n, &a| n.checked_mul(shape.get(a)?.value()?));
         let size = size.ok_or_else(|| ctx.error("the reduced axes must be static"))?;
         b.scale(&kept, 1.0 / size as f64, ctx.float_type())?
     } else {

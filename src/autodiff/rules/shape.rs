@@ -2,7 +2,7 @@
 //! Dropout (inference), Transpose, Concat, Split, Slice (steps, negative steps and axes) and Pad
 //! (constant, edge and reflect modes).
 
-use super::{first, only, Builder, Ctx, Differentiable, Registry};
+use super::{first, only, set, wants, Builder, Ctx, Differentiable, Registry};
 use crate::autodiff::emit::int;
 use crate::analysis::facts::{normalize_axis, pad_amounts, slice_axes, transpose_perm, Dim};
 use crate::error::Result;
@@ -59,13 +59,14 @@ fn concat(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], wanted: &[bool]) ->
     let rank = ctx.rank(ctx.output(0))?;
     let axis = normalize_axis(attr_int(ctx.node, "axis", 0), rank).ok_or_else(|| ctx.error("axis out of range"))?;
     let mut result = vec![None; ctx.node.input.len()];
-    let mut offset = 0;
+    let mut offset = 0i64;
     for (i, input) in ctx.node.input.iter().enumerate() {
-        let size = ctx.dims(input, axis..axis + 1).map_err(|_| ctx.error("the concatenation axis must be static"))?[0];
-        if wanted[i] {
-            result[i] = Some(b.slice(&dy, &[offset], &[offset + size], &[axis], &[1])?);
+        let size = ctx.dim(input, axis).map_err(|_| ctx.error("the concatenation axis must be static"))?;
+        let end = offset.checked_add(size).ok_or_else(|| ctx.error("the concatenated sizes overflow"))?;
+        if wants(wanted, i) {
+            set(&mut result, i, b.slice(&dy, &[offset], &[end], &[axis], &[1])?);
         }
-        offset += size;
+        offset = end;
     }
     Ok(result)
 }
@@ -93,7 +94,6 @@ fn split(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], _: &[bool]) -> Resul
 fn slice(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], _: &[bool]) -> Result<Vec<Option<String>>> {
     let (x, count) = (ctx.input(0), ctx.node.input.len());
     let shape = ctx.shape(x)?;
-    let rank = shape.len();
     let ranges = slice_axes(ctx.node, &ctx.input_facts(), shape)
         .ok_or_else(|| ctx.error("the Slice bounds must be constants and the sliced axes static"))?;
     if ranges.iter().any(|r| r.len == 0) {
@@ -101,24 +101,25 @@ fn slice(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], _: &[bool]) -> Resul
     }
     let mut g = first(ctx, dy)?;
     let mut dims: Vec<Option<i64>> = ctx.shape(ctx.output(0))?.iter().map(Dim::value).collect();
+    let overflow = || ctx.error(format!("Slice of '{x}': a position overflows"));
     for range in ranges {
         let axis = range.axis;
-        let size = shape[axis].value().ok_or_else(|| ctx.error("a sliced axis must be static"))?;
+        let size = shape.get(axis).and_then(Dim::value).ok_or_else(|| ctx.error("a sliced axis must be static"))?;
         if range.step < 0 {
             g = b.slice(&g, &[-1], &[i64::MIN], &[axis], &[-1])?;
         }
-        let step = range.step.abs();
         let mut len = range.len;
-        if step > 1 {
+        // A step of i64::MIN has no i64 magnitude but takes one element at most: nothing to spread.
+        if let Some(step) = range.step.checked_abs().filter(|&s| s > 1) {
             g = crate::autodiff::emit::interleave(b, &g, axis, step, &dims, ctx.dtype(x)).map_err(|m| ctx.error(m))?;
-            len = (len - 1) * step + 1;
+            len = len.checked_sub(1).and_then(|l| l.checked_mul(step)?.checked_add(1)).ok_or_else(overflow)?;
         }
         let lowest = range.lowest();
-        let mut pads = vec![0; 2 * rank];
-        pads[axis] = lowest;
-        pads[rank + axis] = size - lowest - len;
-        g = b.pad(&g, &pads);
-        dims[axis] = Some(size);
+        let after = size.checked_sub(lowest).and_then(|rest| rest.checked_sub(len)).ok_or_else(overflow)?;
+        g = b.pad(&g, &pads_on(shape.len(), axis, lowest, after));
+        if let Some(dim) = dims.get_mut(axis) {
+            *dim = Some(size);
+        }
     }
     Ok(only(count, 0, g))
 }
@@ -134,22 +135,24 @@ fn pad(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], _: &[bool]) -> Result<
         return Err(ctx.error("negative pads (cropping) have no gradient rule"));
     }
     let mode = attribute(ctx.node, "mode").and_then(|a| a.s.as_deref()).unwrap_or(b"constant").to_vec();
+    let overflow = || ctx.error(format!("Pad of '{x}': a position overflows"));
     let mut g = first(ctx, dy)?;
-    for axis in (0..rank).filter(|&a| begin[a] > 0 || end[a] > 0) {
-        let (before, after) = (begin[axis], end[axis]);
-        let centre_end = if after > 0 { -after } else { i64::MAX };
+    for (axis, (&before, &after)) in begin.iter().zip(&end).enumerate().filter(|(_, (&b, &e))| b > 0 || e > 0) {
+        // after > 0 here, so its negation cannot saturate.
+        let centre_end = if after > 0 { after.saturating_neg() } else { i64::MAX };
         let centre = b.slice(&g, &[before], &[centre_end], &[axis], &[1])?;
         g = match mode.as_slice() {
             b"constant" => centre,
             b"edge" | b"reflect" => {
-                let size = ctx.dims(x, axis..axis + 1)?[0];
+                let size = ctx.dim(x, axis)?;
+                let tail = before.checked_add(size).ok_or_else(overflow)?;
                 let mut total = centre;
                 for at_start in [true, false] {
                     let amount = if at_start { before } else { after };
                     if amount == 0 {
                         continue;
                     }
-                    let (from, to) = if at_start { (0, before) } else { (before + size, before + size + after) };
+                    let (from, to) = if at_start { (0, before) } else { (tail, tail.checked_add(after).ok_or_else(overflow)?) };
                     let border = b.slice(&g, &[from], &[to], &[axis], &[1])?;
                     // Where the border's gradient lands: one edge element, or the mirrored run
                     // next to the edge (reversed so that it lines up).
@@ -161,16 +164,16 @@ fn pad(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], _: &[bool]) -> Result<
                         }
                         (b.slice(&border, &[-1], &[i64::MIN], &[axis], &[-1])?, amount)
                     };
+                    let last = size.checked_sub(1).ok_or_else(overflow)?;
                     let offset = match (mode.as_slice(), at_start) {
-                        (b"edge", true) => 0,
-                        (b"edge", false) => size - 1,
-                        (_, true) => 1,
-                        (_, false) => size - 1 - amount,
+                        (b"edge", true) => Some(0),
+                        (b"edge", false) => Some(last),
+                        (_, true) => Some(1),
+                        (_, false) => last.checked_sub(amount),
                     };
-                    let mut pads = vec![0; 2 * rank];
-                    pads[axis] = offset;
-                    pads[rank + axis] = size - offset - width;
-                    let placed = b.pad(&folded, &pads);
+                    let offset = offset.ok_or_else(overflow)?;
+                    let rest = size.checked_sub(offset).and_then(|r| r.checked_sub(width)).ok_or_else(overflow)?;
+                    let placed = b.pad(&folded, &pads_on(rank, axis, offset, rest));
                     total = b.op("Add", &[&total, &placed], vec![]);
                 }
                 total
@@ -183,6 +186,13 @@ fn pad(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], _: &[bool]) -> Result<
     Ok(only(ctx.node.input.len(), 0, g))
 }
 
+/// The pads of a value of rank `rank` that add `before` and `after` elements on `axis` alone (the
+/// begins of all axes, then their ends).
+fn pads_on(rank: usize, axis: usize, before: i64, after: i64) -> Vec<i64> {
+    let on_axis = |amount: i64| (0..rank).map(move |a| if a == axis { amount } else { 0 });
+    on_axis(before).chain(on_axis(after)).collect()
+}
+
 /// ScatterND without reduction (how β units merge replacement filters into a kernel): the updates
 /// receive the gradient at their indices, the data everywhere else. Indices are distinct, as ONNX
 /// requires for this reduction.
@@ -193,17 +203,18 @@ fn scatter_nd(ctx: &Ctx, b: &mut Builder, dy: &[Option<String>], wanted: &[bool]
     let dy = first(ctx, dy)?;
     let (indices, updates) = (ctx.input(1), ctx.input(2));
     let mut result = vec![None; ctx.node.input.len()];
-    if wanted[0] {
+    if wants(wanted, 0) {
         let cleared = b.zeros_like(updates, ctx.dtype(updates))?;
-        result[0] = Some(b.op("ScatterND", &[&dy, indices, &cleared], vec![]));
+        set(&mut result, 0, b.op("ScatterND", &[&dy, indices, &cleared], vec![]));
     }
-    if wanted[2] {
-        result[2] = Some(b.op("GatherND", &[&dy, indices], vec![]));
+    if wants(wanted, 2) {
+        set(&mut result, 2, b.op("GatherND", &[&dy, indices], vec![]));
     }
     Ok(result)
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation, clippy::indexing_slicing)]
 mod tests {
     use crate::autodiff::emit::{int, ints};
     use crate::autodiff::testing::{check, check_opset, string};
