@@ -122,6 +122,23 @@ fn check_reshape_target(input: &[Dim], target: &[i64], allowzero: bool) -> std::
     Ok(())
 }
 
+/// A Conv's weight has no empty axis (a filter, a channel and a kernel element at least), and its
+/// bias one value per filter: computed parameters can break both (fuzz seed 99, case 75: a Slice
+/// empties a bias, and onnxruntime's inference, which disagrees on its length, refuses the γ model).
+fn check_conv_parameters(node: &NodeProto, weight: Option<&[Dim]>, bias: Option<&[Dim]>) -> std::result::Result<(), String> {
+    if let Some(axis) = weight.and_then(|w| w.iter().position(|d| d.value() == Some(0))) {
+        return Err(format!("weight '{}' is empty along axis {axis}", input_name(node, 1)));
+    }
+    let filters = weight.and_then(|w| w.first()?.value());
+    match (bias, filters) {
+        (Some([b]), Some(m)) if b.value().is_some_and(|b| b != m) => {
+            Err(format!("bias '{}' holds {} values for {m} filters", input_name(node, 2), b.value().unwrap_or_default()))
+        }
+        (Some([_]) | None, _) => Ok(()),
+        (Some(dims), _) => Err(format!("bias '{}' has rank {}; one value per filter (rank 1) is needed", input_name(node, 2), dims.len())),
+    }
+}
+
 fn check_shapes(node: &NodeProto, facts: &Facts) -> std::result::Result<(), String> {
     let op = node.op_type.as_deref().unwrap_or("");
     let rank = |i: usize| shape(node, facts, i).map(<[Dim]>::len);
@@ -146,6 +163,9 @@ fn check_shapes(node: &NodeProto, facts: &Facts) -> std::result::Result<(), Stri
                         return Err(format!("input '{}' has {c} channels, weight '{}' takes {per_group} per group in {group} groups", input_name(node, 0), input_name(node, 1)));
                     }
                 }
+            }
+            if op == "Conv" {
+                check_conv_parameters(node, shape(node, facts, 1), shape(node, facts, 2))?;
             }
         }
         "Gemm" => {
@@ -325,6 +345,18 @@ mod tests {
         for name in ["resnet20_cifar10.onnx", "tiny_dw_cifar10.onnx", "branchy_cnn.onnx", "legacy_opset8.onnx", "decision_dynamic.onnx"] {
             check(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
+    }
+
+    #[test]
+    fn conv_parameters_have_no_empty_axis_and_a_bias_per_filter() {
+        // Fuzz seed 99, case 75 reduced: a Slice with step i64::MIN empties a Conv's bias.
+        let dims = |d: &[i64]| d.iter().map(|&v| Dim::known(v)).collect::<Vec<_>>();
+        let conv = NodeProto { op_type: Some("Conv".into()), input: vec!["x".into(), "w".into(), "b".into()], ..Default::default() };
+        let check = |weight: &[i64], bias: &[i64]| check_conv_parameters(&conv, Some(&dims(weight)), Some(&dims(bias)));
+        assert!(check(&[16, 16, 3, 3], &[16]).is_ok());
+        assert_eq!(check(&[16, 16, 3, 3], &[0]).unwrap_err(), "bias 'b' holds 0 values for 16 filters");
+        assert_eq!(check(&[16, 16, 3, 0], &[16]).unwrap_err(), "weight 'w' is empty along axis 3");
+        assert!(check(&[16, 16, 3, 3], &[16, 1]).unwrap_err().contains("rank 2"));
     }
 
     #[test]
