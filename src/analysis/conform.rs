@@ -29,7 +29,7 @@ pub fn check(model: &ModelProto) -> Result<()> {
     let facts = Facts::infer(graph, &index, opset);
     for &position in index.topological_order() {
         let Some(node) = graph.node.get(position) else { continue };
-        if node.domain.as_deref().is_some_and(|d| !d.is_empty() && d != "ai.onnx") {
+        if !crate::onnx::graph::in_default_domain(node) {
             continue;
         }
         let fail = |message: String| Error::Unsupported { node: node_label(node, position), op_type: node.op_type.clone().unwrap_or_default(), message };

@@ -81,7 +81,7 @@ fn convert(node: &mut NodeProto, position: usize, opset: i64, main: Option<(Opti
             }
         }
     }
-    if node.domain.as_deref().is_some_and(|d| !d.is_empty() && d != "ai.onnx") {
+    if !crate::onnx::graph::in_default_domain(node) {
         return Ok(());
     }
     let op = node.op_type.clone().unwrap_or_default();

@@ -60,8 +60,7 @@ fn follower(index: &GraphIndex, value: &str, accepts: impl Fn(&str, &NodeProto) 
         return None;
     }
     let (position, node) = sole_reader(index, value)?;
-    let default_domain = node.domain.as_deref().is_none_or(|d| d.is_empty() || d == "ai.onnx");
-    let op = node.op_type.as_deref().filter(|_| default_domain)?;
+    let op = node.op_type.as_deref().filter(|_| crate::onnx::graph::in_default_domain(node))?;
     if !accepts(op, node) || node.input.first().map(String::as_str) != Some(value) {
         return None;
     }

@@ -157,9 +157,8 @@ pub(crate) fn backpropagate(
     }
     for (position, node) in active {
         let ctx = Ctx::new(node, position, &forward.facts, &rows);
-        let domain = node.domain.as_deref().unwrap_or("");
         let rule = match registry.get(ctx.op()) {
-            Some(rule) if domain.is_empty() || domain == "ai.onnx" => rule,
+            Some(rule) if crate::onnx::graph::in_default_domain(node) => rule,
             _ => {
                 return Err(ctx.error(
                     "no backward rule for this operator, which lies on the gradient path from a trainable tensor to the loss",

@@ -9,6 +9,12 @@ use std::collections::{HashMap, HashSet};
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 pub(crate) type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
+/// Whether `node` is an operator of the default ONNX domain ('' or its alias 'ai.onnx'): a node of
+/// another domain only shares an op type's name, not its meaning.
+pub fn in_default_domain(node: &NodeProto) -> bool {
+    node.domain.as_deref().is_none_or(|d| d.is_empty() || d == "ai.onnx")
+}
+
 use super::proto::{GraphProto, NodeProto, TensorProto};
 use crate::error::{Error, Result};
 
@@ -103,8 +109,7 @@ impl<'g> GraphIndex<'g> {
             return Some(t);
         }
         let (_, node) = self.producer(value)?;
-        let default_domain = node.domain.as_deref().is_none_or(|d| d.is_empty() || d == "ai.onnx");
-        match node.op_type.as_deref().filter(|_| default_domain)? {
+        match node.op_type.as_deref().filter(|_| in_default_domain(node))? {
             "Constant" => node.attribute.iter().find(|a| a.name.as_deref() == Some("value"))?.t.as_ref(),
             // Exporters that de-duplicate equal parameters put the shared one behind Identity
             // nodes (the graph is acyclic, so the chain ends).

@@ -15,7 +15,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::graph::{attribute, node_label, FastMap, FastSet};
+use super::graph::{attribute, in_default_domain, node_label, FastMap, FastSet};
 use super::schema;
 use super::proto::{
     attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
@@ -217,7 +217,7 @@ fn check_graph(graph: &GraphProto, opset: i64) -> Result<()> {
     }
     for (position, node) in graph.node.iter().enumerate() {
         check_attributes(node, opset)?;
-        if node.domain.as_deref().is_none_or(|d| d.is_empty() || d == "ai.onnx") {
+        if in_default_domain(node) {
             check_operator(&constants, node, position, opset)?;
         }
     }
@@ -381,12 +381,11 @@ fn check_order_and_domains<'g>(graph: &'g GraphProto, domains: &Domains, outer: 
         }
         let domain = node.domain.as_deref().unwrap_or("");
         // 'ai.onnx' names the default domain, but a node that spells it needs an import that does.
-        let default = domain.is_empty() || domain == "ai.onnx";
         if !(domains.imported.contains(domain) || (domain.is_empty() && domains.imported.contains("ai.onnx"))) {
             return Err(unsupported(node, position, format!("its domain '{domain}' is not among the model's opset imports")));
         }
         let op = node.op_type.as_deref().unwrap_or("");
-        if !default && !domains.functions.contains(&(domain, op)) {
+        if !in_default_domain(node) && !domains.functions.contains(&(domain, op)) {
             return Err(unsupported(
                 node,
                 position,

@@ -31,7 +31,7 @@ pub(crate) use reduce::reduced_axes;
 pub(crate) use reshape::transpose_perm;
 pub(crate) use slice::{pad_amounts, slice_axes};
 
-use crate::onnx::graph::{attr_ints, FastMap, FastSet, GraphIndex};
+use crate::onnx::graph::{attr_ints, in_default_domain, FastMap, FastSet, GraphIndex};
 use crate::onnx::proto::tensor_proto::DataType;
 use crate::onnx::proto::tensor_shape_proto::dimension::Value as DimValue;
 use crate::onnx::proto::{type_proto, GraphProto, NodeProto};
@@ -271,9 +271,7 @@ impl<'g> Facts<'g> {
             let inputs: Vec<Option<&Fact>> =
                 proto.input.iter().map(|name| if name.is_empty() { None } else { facts.get(name.as_str()) }).collect();
             let doubt = inputs.iter().flatten().any(|f| f.guessed);
-            // A node of another domain only shares the op type's name, not its meaning.
-            let default_domain = proto.domain.as_deref().is_none_or(|d| d.is_empty() || d == "ai.onnx");
-            let op = proto.op_type.as_deref().filter(|_| default_domain).unwrap_or("");
+            let op = proto.op_type.as_deref().filter(|_| in_default_domain(proto)).unwrap_or("");
             let outputs = registry.infer(&Node { proto, op, inputs: &inputs }, &mut symbols);
             for (name, mut fact) in proto.output.iter().zip(outputs) {
                 fact.guessed |= doubt;
