@@ -242,7 +242,8 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
-    /// What model validation costs against the whole `patch --random-spec` path, side by side.
+    /// What model validation costs against the whole `patch --random-spec` path (in this process and
+    /// as a command of its own), side by side.
     Validate {
         model: PathBuf,
         /// Alternating rounds of each; the fastest of each counts.
@@ -459,7 +460,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&result)?);
         }
         Command::Bench(Bench::Validate { model, rounds }) => {
-            println!("{}", serde_json::to_string_pretty(&bench::validation_cost(&model, rounds)?)?);
+            let executable = std::env::current_exe().context("finding this program's own executable")?;
+            println!("{}", serde_json::to_string_pretty(&bench::validation_cost(&model, rounds, &executable)?)?);
         }
         Command::Bench(Bench::Eval { model, common, rounds }) => {
             let config = common.resolve()?;

@@ -24,9 +24,14 @@ use crate::onnx::schema::{self, Presence};
 /// Checks `model`'s main graph (see the module documentation).
 pub fn check(model: &ModelProto) -> Result<()> {
     let Some(graph) = model.graph.as_ref() else { return Ok(()) };
+    check_indexed(model, &GraphIndex::new(graph)?)
+}
+
+/// [`check`] over an index of the model's graph that the caller built.
+pub fn check_indexed(model: &ModelProto, index: &GraphIndex) -> Result<()> {
+    let graph = index.graph();
     let opset = crate::onnx::default_opset(model);
-    let index = GraphIndex::new(graph)?;
-    let facts = Facts::infer(graph, &index, opset);
+    let facts = Facts::infer(graph, index, opset);
     for &position in index.topological_order() {
         let Some(node) = graph.node.get(position) else { continue };
         if !crate::onnx::graph::in_default_domain(node) {

@@ -93,9 +93,20 @@ pub fn load(path: &std::path::Path) -> Result<ModelProto> {
 /// Loads and validates a model, its types and shapes included ([`conform::check`]), as the file
 /// holds it (its opset unchanged): what `inspect` shows.
 pub fn load_as_is(path: &std::path::Path) -> Result<ModelProto> {
-    let model = crate::onnx::load_model(path)?;
-    conform::check(&model).map_err(|e| in_file(path, e))?;
+    let model = crate::onnx::io::read_model(path)?;
+    validate(&model, path)?;
     Ok(model)
+}
+
+/// Everything [`load_as_is`] checks on a decoded model: its structure
+/// ([`crate::onnx::validate::check_indexed`]) and its types and shapes ([`conform::check_indexed`]),
+/// over one index of its graph. `path` names the model in errors.
+pub fn validate(model: &ModelProto, path: &std::path::Path) -> Result<()> {
+    let structural = |e: Error| Error::model(path, e.to_string());
+    let graph = model.graph.as_ref().ok_or_else(|| Error::model(path, "the model has no graph"))?;
+    let index = GraphIndex::new(graph).map_err(structural)?;
+    crate::onnx::validate::check_indexed(model, &index).map_err(structural)?;
+    conform::check_indexed(model, &index).map_err(|e| in_file(path, e))
 }
 
 /// A model-level error, named after the file.

@@ -50,8 +50,7 @@ impl<'m> Forward<'m> {
     /// Checks that `name` is a float graph input or initializer, something a gradient can be taken
     /// with respect to.
     pub fn check_source(&self, name: &str) -> Result<()> {
-        let defined =
-            self.graph.input.iter().any(|i| i.name.as_deref() == Some(name)) || self.index.initializer(name).is_some();
+        let defined = self.index.is_graph_input(name) || self.index.initializer(name).is_some();
         if !defined || self.index.producer(name).is_some() {
             return Err(Error::InvalidGraph(format!("'{name}' is neither an input nor an initializer of the model")));
         }

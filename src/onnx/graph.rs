@@ -15,15 +15,22 @@ pub fn in_default_domain(node: &NodeProto) -> bool {
     node.domain.as_deref().is_none_or(|d| d.is_empty() || d == "ai.onnx")
 }
 
+use smallvec::SmallVec;
+
 use super::proto::{GraphProto, NodeProto, TensorProto};
 use crate::error::{Error, Result};
+
+/// Node positions: the readers of one value, or the producers one node reads from. Most have one
+/// or two, so they live inline.
+type Positions = SmallVec<[usize; 2]>;
 
 /// Read-only indices over one graph. Node positions refer to `graph.node`.
 pub struct GraphIndex<'g> {
     graph: &'g GraphProto,
     producer: FastMap<&'g str, usize>,
-    consumers: FastMap<&'g str, Vec<usize>>,
+    consumers: FastMap<&'g str, Positions>,
     initializers: FastMap<&'g str, &'g TensorProto>,
+    inputs: FastSet<&'g str>,
     order: Vec<usize>,
 }
 
@@ -35,13 +42,17 @@ impl<'g> GraphIndex<'g> {
 
     /// Indexes a subgraph that may read the values named in `outer` from its enclosing graph.
     pub fn with_outer_scope(graph: &'g GraphProto, outer: &HashSet<String>) -> Result<Self> {
-        let initializers: FastMap<&str, &TensorProto> =
-            graph.initializer.iter().filter_map(|t| Some((t.name.as_deref()?, t))).collect();
-        let mut defined: FastSet<&str> = initializers.keys().copied().collect();
-        defined.extend(graph.input.iter().filter_map(|v| v.name.as_deref()));
+        let hasher = foldhash::fast::RandomState::default;
+        let mut initializers: FastMap<&str, &TensorProto> = FastMap::with_capacity_and_hasher(graph.initializer.len(), hasher());
+        initializers.extend(graph.initializer.iter().filter_map(|t| Some((t.name.as_deref()?, t))));
+        let inputs: FastSet<&str> = graph.input.iter().filter_map(|v| v.name.as_deref()).collect();
+        let mut defined: FastSet<&str> = FastSet::with_capacity_and_hasher(initializers.len() + inputs.len(), hasher());
+        defined.extend(initializers.keys().copied());
+        defined.extend(inputs.iter().copied());
         defined.extend(graph.sparse_initializer.iter().filter_map(|s| s.values.as_ref()?.name.as_deref()));
 
-        let mut producer = FastMap::default();
+        let outputs = graph.node.iter().map(|n| n.output.len()).sum();
+        let mut producer = FastMap::with_capacity_and_hasher(outputs, hasher());
         for (position, node) in graph.node.iter().enumerate() {
             for output in node.output.iter().filter(|o| !o.is_empty()) {
                 if producer.insert(output.as_str(), position).is_some() || defined.contains(output.as_str()) {
@@ -52,18 +63,24 @@ impl<'g> GraphIndex<'g> {
                 }
             }
         }
-        let mut consumers: FastMap<&str, Vec<usize>> = FastMap::default();
+        let mut consumers: FastMap<&str, Positions> = FastMap::with_capacity_and_hasher(defined.len() + outputs, hasher());
+        let mut sources = Vec::with_capacity(graph.node.len());
         for (position, node) in graph.node.iter().enumerate() {
+            let mut from: Positions = SmallVec::new();
             for input in node_reads(node) {
-                let known = defined.contains(input) || producer.contains_key(input) || outer.contains(input);
-                if !known {
+                let produced = producer.get(input).copied();
+                if !(produced.is_some() || defined.contains(input) || outer.contains(input)) {
                     return Err(Error::InvalidGraph(format!(
                         "node '{}' reads '{input}', which nothing defines",
                         node_label(node, position)
                     )));
                 }
                 consumers.entry(input).or_default().push(position);
+                from.extend(produced);
             }
+            from.sort_unstable();
+            from.dedup();
+            sources.push(from);
         }
         for output in &graph.output {
             let name = output.name.as_deref().unwrap_or("");
@@ -71,8 +88,8 @@ impl<'g> GraphIndex<'g> {
                 return Err(Error::InvalidGraph(format!("graph output '{name}' is not computed by any node")));
             }
         }
-        let order = topological_order(graph, &producer)?;
-        Ok(GraphIndex { graph, producer, consumers, initializers, order })
+        let order = topological_order(graph, &sources)?;
+        Ok(GraphIndex { graph, producer, consumers, initializers, inputs, order })
     }
 
     /// The indexed graph.
@@ -104,8 +121,7 @@ impl<'g> GraphIndex<'g> {
     /// could override), the output of a `Constant` node with a `value` attribute, or an `Identity`
     /// of either.
     pub fn constant(&self, value: &str) -> Option<&'g TensorProto> {
-        let overridable = self.graph.input.iter().any(|i| i.name.as_deref() == Some(value));
-        if let Some(t) = self.initializer(value).filter(|_| !overridable) {
+        if let Some(t) = self.initializer(value).filter(|_| !self.is_graph_input(value)) {
             return Some(t);
         }
         let (_, node) = self.producer(value)?;
@@ -120,7 +136,12 @@ impl<'g> GraphIndex<'g> {
 
     /// Whether `value` is an input of the graph that has no default initializer.
     pub fn is_runtime_input(&self, value: &str) -> bool {
-        self.graph.input.iter().any(|i| i.name.as_deref() == Some(value)) && !self.initializers.contains_key(value)
+        self.is_graph_input(value) && !self.initializers.contains_key(value)
+    }
+
+    /// Whether `value` is an input of the graph (an initializer of that name is only its default).
+    pub fn is_graph_input(&self, value: &str) -> bool {
+        self.inputs.contains(value)
     }
 }
 
@@ -185,8 +206,8 @@ pub fn renamed_values(node: &NodeProto, names: &HashMap<String, String>) -> Node
 }
 
 /// Every value a node reads: its inputs and the outer-scope values its subgraphs use.
-fn node_reads(node: &NodeProto) -> Vec<&str> {
-    let mut reads: Vec<&str> = node.input.iter().map(String::as_str).filter(|n| !n.is_empty()).collect();
+fn node_reads(node: &NodeProto) -> SmallVec<[&str; 4]> {
+    let mut reads: SmallVec<[&str; 4]> = node.input.iter().map(String::as_str).filter(|n| !n.is_empty()).collect();
     for attribute in &node.attribute {
         for subgraph in attribute.g.iter().chain(attribute.graphs.iter()) {
             reads.extend(outer_reads(subgraph));
@@ -208,16 +229,12 @@ fn outer_reads(graph: &GraphProto) -> Vec<&str> {
 }
 
 /// Kahn's algorithm, keeping the file's order among ready nodes; a leftover node is on a cycle.
-fn topological_order(graph: &GraphProto, producer: &FastMap<&str, usize>) -> Result<Vec<usize>> {
+fn topological_order(graph: &GraphProto, sources: &[Positions]) -> Result<Vec<usize>> {
     let count = graph.node.len();
-    let mut pending = vec![0usize; count];
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); count];
-    for (position, node) in graph.node.iter().enumerate() {
-        let mut sources: Vec<usize> = node_reads(node).iter().filter_map(|n| producer.get(n).copied()).collect();
-        sources.sort_unstable();
-        sources.dedup();
-        pending[position] = sources.len();
-        for source in sources {
+    let mut pending: Vec<usize> = sources.iter().map(|s| s.len()).collect();
+    let mut dependents: Vec<Positions> = vec![SmallVec::new(); count];
+    for (position, from) in sources.iter().enumerate() {
+        for &source in from {
             dependents[source].push(position);
         }
     }

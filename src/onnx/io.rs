@@ -7,7 +7,6 @@ use std::path::{Component, Path, PathBuf};
 
 use prost::Message;
 
-use super::graph::GraphIndex;
 use super::proto::{tensor_proto::DataLocation, GraphProto, ModelProto, StringStringEntryProto, TensorProto};
 use crate::error::{Error, Result};
 
@@ -26,12 +25,19 @@ pub const MODEL_FILE_LIMIT: u64 = PROTOBUF_LIMIT as u64;
 /// Reads an ONNX model, resolves external data into memory and validates it
 /// ([`super::validate::check_model`]): everything later stages believe about it is checked here.
 pub fn load_model(path: &Path) -> Result<ModelProto> {
+    let model = read_model(path)?;
+    super::validate::check_model(&model).map_err(|e| Error::model(path, e.to_string()))?;
+    Ok(model)
+}
+
+/// Reads and decodes an ONNX model with its external data inlined, **not validated**: for a caller
+/// that runs [`super::validate::check_indexed`] itself, on an index it needs too.
+pub(crate) fn read_model(path: &Path) -> Result<ModelProto> {
     let bytes = read_input(path, MODEL_FILE_LIMIT)?;
     let mut model = decode_structure(&bytes, path)?;
     // A bare file name's folder is the working folder (`Path::parent` gives an empty path).
     let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     for_each_tensor_mut(&mut model, &mut |tensor| inline_external_data(tensor, &folder, path))?;
-    super::validate::check_model(&model).map_err(|e| Error::model(path, e.to_string()))?;
     Ok(model)
 }
 
@@ -82,7 +88,7 @@ pub fn decode_model(bytes: &[u8], origin: &Path) -> Result<ModelProto> {
     Ok(model)
 }
 
-/// Decodes a model and checks its graph's edges (every value defined once, no cycle).
+/// Decodes a model that has a graph with nodes, of an IR version the tool reads.
 fn decode_structure(bytes: &[u8], origin: &Path) -> Result<ModelProto> {
     let model = ModelProto::decode(bytes)
         .map_err(|e| Error::model(origin, format!("not a valid ONNX model ({e})")))?;
@@ -93,7 +99,6 @@ fn decode_structure(bytes: &[u8], origin: &Path) -> Result<ModelProto> {
     if model.ir_version.unwrap_or(0) < 3 {
         return Err(Error::model(origin, format!("IR version {} is not supported (3 or newer)", model.ir_version.unwrap_or(0))));
     }
-    GraphIndex::new(graph).map_err(|e| Error::model(origin, e.to_string()))?;
     Ok(model)
 }
 

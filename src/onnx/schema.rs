@@ -4,7 +4,9 @@
 //! its input and output counts are in range, required inputs are not left empty, and every
 //! attribute is one the operator takes, of the type it takes, required ones present.
 
-use super::graph::node_label;
+use std::sync::OnceLock;
+
+use super::graph::{node_label, FastMap};
 use super::proto::{attribute_proto::AttributeType, NodeProto};
 use crate::error::{Error, Result};
 
@@ -67,8 +69,17 @@ impl OpSchema {
 
 /// The schema of `op` in the default domain at `opset`: its newest version not newer than it.
 pub fn lookup(op: &str, opset: i64) -> Option<&'static OpSchema> {
-    let start = table::SCHEMAS.partition_point(|s| s.op < op);
-    table::SCHEMAS[start..].iter().take_while(|s| s.op == op).filter(|s| s.since <= opset).last()
+    versions(op).iter().take_while(|s| s.since <= opset).last()
+}
+
+/// Every version of `op`, oldest first. Validation looks up each node of every model loaded, so the
+/// table is indexed by name once rather than searched by string comparisons each time.
+fn versions(op: &str) -> &'static [OpSchema] {
+    static BY_NAME: OnceLock<FastMap<&'static str, &'static [OpSchema]>> = OnceLock::new();
+    let index = BY_NAME.get_or_init(|| {
+        table::SCHEMAS.chunk_by(|a, b| a.op == b.op).filter_map(|versions| Some((versions.first()?.op, versions))).collect()
+    });
+    index.get(op).copied().unwrap_or_default()
 }
 
 /// Checks a default-domain node against its schema at `opset` (see the module documentation).

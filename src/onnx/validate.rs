@@ -15,7 +15,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::graph::{attribute, in_default_domain, node_label, FastMap, FastSet};
+use super::graph::{attribute, in_default_domain, node_label, FastMap, FastSet, GraphIndex};
 use super::schema;
 use super::proto::{
     attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
@@ -123,6 +123,41 @@ fn tensor_error(tensor: &TensorProto, message: String) -> Error {
 /// Validates `model` (see the module documentation). External data must already be inlined for
 /// the non-finite check to see it; its extent is checked either way.
 pub fn check_model(model: &ModelProto) -> Result<()> {
+    match model.graph.as_ref() {
+        Some(graph) => check_indexed(model, &GraphIndex::new(graph)?),
+        None => check_model_level(model),
+    }
+}
+
+/// [`check_model`] with the index of the model's graph already built (by a caller that needs it
+/// too): every value defined once, no cycle.
+pub fn check_indexed(model: &ModelProto, index: &GraphIndex) -> Result<()> {
+    check_model_level(model)?;
+    let graph = index.graph();
+    let opset = super::default_opset(model);
+    let ir = model.ir_version.unwrap_or(0);
+    if ir < 4 {
+        check_initializers_are_inputs(graph, ir)?;
+    }
+    let domains = Domains::of(model);
+    check_graph(graph, opset)?;
+    // The index's order is the file's own exactly when the file is sorted; subgraphs are checked
+    // against the values defined before their node, which only the walk over the file keeps.
+    let sorted = index.topological_order().iter().enumerate().all(|(i, &p)| i == p);
+    let nested = graph.node.iter().flat_map(|n| &n.attribute).any(|a| a.g.is_some() || !a.graphs.is_empty());
+    let order = if sorted && !nested { Order::Known } else { Order::Check(FastSet::default()) };
+    check_order_and_domains(graph, &domains, order)?;
+    for function in &model.functions {
+        for node in &function.node {
+            check_attributes(node, opset)?;
+        }
+    }
+    check_finite(graph)
+}
+
+/// What holds for the whole model, graph or not: the IR version, the default opset, the imports
+/// and the metadata.
+fn check_model_level(model: &ModelProto) -> Result<()> {
     let ir = model.ir_version.unwrap_or(0);
     if ir > MAX_IR_VERSION {
         return Err(Error::InvalidGraph(format!("IR version {ir} is newer than this tool knows ({MAX_IR_VERSION})")));
@@ -135,23 +170,7 @@ pub fn check_model(model: &ModelProto) -> Result<()> {
             OPSETS.end()
         )));
     }
-    check_imports_and_metadata(model)?;
-    let Some(graph) = model.graph.as_ref() else { return Ok(()) };
-    if ir < 4 {
-        check_initializers_are_inputs(graph, ir)?;
-    }
-    let domains = Domains {
-        imported: model.opset_import.iter().map(|o| o.domain.as_deref().unwrap_or("")).collect(),
-        functions: model.functions.iter().map(|f| (f.domain.as_deref().unwrap_or(""), f.name.as_deref().unwrap_or(""))).collect(),
-    };
-    check_graph(graph, opset)?;
-    check_order_and_domains(graph, &domains, &FastSet::default())?;
-    for function in &model.functions {
-        for node in &function.node {
-            check_attributes(node, opset)?;
-        }
-    }
-    check_finite(graph)
+    check_imports_and_metadata(model)
 }
 
 /// Before IR version 4 an initializer only gives a graph input its default value, so every
@@ -364,15 +383,31 @@ struct Domains<'m> {
     functions: FastSet<(&'m str, &'m str)>,
 }
 
+impl<'m> Domains<'m> {
+    fn of(model: &'m ModelProto) -> Self {
+        Domains {
+            imported: model.opset_import.iter().map(|o| o.domain.as_deref().unwrap_or("")).collect(),
+            functions: model.functions.iter().map(|f| (f.domain.as_deref().unwrap_or(""), f.name.as_deref().unwrap_or(""))).collect(),
+        }
+    }
+
+    /// Whether the model imports the domain a node names. 'ai.onnx' names the default domain, but
+    /// a node that spells it needs an import that does.
+    fn imports(&self, domain: &str) -> bool {
+        self.imported.contains(domain) || (domain.is_empty() && self.imported.contains("ai.onnx"))
+    }
+}
+
 /// Nodes in topological order (every input computed before a node reads it, as ONNX requires: the
 /// rewrites keep the original order), each of a domain the model imports, in subgraphs too. Outside
 /// the default domain only the model's own functions are accepted: the tool can neither check nor
 /// run another domain's operators, and a runtime without them refuses the whole file.
-fn check_order_and_domains<'g>(graph: &'g GraphProto, domains: &Domains, outer: &FastSet<&'g str>) -> Result<()> {
-    let mut defined: FastSet<&'g str> = outer.clone();
-    defined.extend(graph.initializer.iter().filter_map(|t| t.name.as_deref()));
-    defined.extend(graph.input.iter().filter_map(|v| v.name.as_deref()));
-    let mut names: FastSet<&str> = FastSet::default();
+fn check_order_and_domains<'g>(graph: &'g GraphProto, domains: &Domains, mut order: Order<'g>) -> Result<()> {
+    if let Order::Check(defined) = &mut order {
+        defined.extend(graph.initializer.iter().filter_map(|t| t.name.as_deref()));
+        defined.extend(graph.input.iter().filter_map(|v| v.name.as_deref()));
+    }
+    let mut names: FastSet<&str> = FastSet::with_capacity_and_hasher(graph.node.len(), Default::default());
     for (position, node) in graph.node.iter().enumerate() {
         if let Some(name) = node.name.as_deref().filter(|n| !n.is_empty()) {
             if !names.insert(name) {
@@ -380,8 +415,7 @@ fn check_order_and_domains<'g>(graph: &'g GraphProto, domains: &Domains, outer: 
             }
         }
         let domain = node.domain.as_deref().unwrap_or("");
-        // 'ai.onnx' names the default domain, but a node that spells it needs an import that does.
-        if !(domains.imported.contains(domain) || (domain.is_empty() && domains.imported.contains("ai.onnx"))) {
+        if !domains.imports(domain) {
             return Err(unsupported(node, position, format!("its domain '{domain}' is not among the model's opset imports")));
         }
         let op = node.op_type.as_deref().unwrap_or("");
@@ -392,17 +426,25 @@ fn check_order_and_domains<'g>(graph: &'g GraphProto, domains: &Domains, outer: 
                 format!("'{op}' of domain '{domain}' is not a function of the model; the tool checks, patches and runs default-domain operators only"),
             ));
         }
+        let Order::Check(defined) = &mut order else { continue };
         if let Some(input) = node.input.iter().find(|i| !i.is_empty() && !defined.contains(i.as_str())) {
             return Err(unsupported(node, position, format!("reads '{input}' before any node computes it (nodes must be in topological order)")));
         }
         for attribute in &node.attribute {
             for subgraph in attribute.g.iter().chain(&attribute.graphs) {
-                check_order_and_domains(subgraph, domains, &defined)?;
+                check_order_and_domains(subgraph, domains, Order::Check(defined.clone()))?;
             }
         }
         defined.extend(node.output.iter().map(String::as_str).filter(|o| !o.is_empty()));
     }
     Ok(())
+}
+
+/// Whether [`check_order_and_domains`] must check the nodes' order, with the values defined so far.
+enum Order<'g> {
+    /// Known to be topological (the graph index found the file's order to be one).
+    Known,
+    Check(FastSet<&'g str>),
 }
 
 /// A node-level problem, naming node, field and value.

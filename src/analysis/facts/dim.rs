@@ -1,20 +1,26 @@
 //! Symbolic dimensions: monomials `coef · s₁ · s₂ …` over symbols, with the exact arithmetic that
 //! shape subgraphs need (an unknown result is `None`, never a wrong one).
 
+use smallvec::{smallvec, SmallVec};
+
+/// The symbols one dimension multiplies. Almost every dimension has none or one (the batch), and a fact
+/// holds one `Dim` per axis of every value, so they live inline rather than on the heap.
+type Factors = SmallVec<[u32; 2]>;
+
 /// A dimension: `coef` times the product of `symbols` (sorted, with repetition).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub(crate) struct Dim {
     coef: i64,
-    symbols: Vec<u32>,
+    symbols: Factors,
 }
 
 impl Dim {
     pub fn known(value: i64) -> Dim {
-        Dim { coef: value, symbols: Vec::new() }
+        Dim { coef: value, symbols: Factors::new() }
     }
 
     pub(super) fn symbol(id: u32) -> Dim {
-        Dim { coef: 1, symbols: vec![id] }
+        Dim { coef: 1, symbols: smallvec![id] }
     }
 
     /// The value when it does not depend on a symbol.
@@ -30,7 +36,7 @@ impl Dim {
         }
     }
 
-    fn normalized(coef: i64, symbols: Vec<u32>) -> Dim {
+    fn normalized(coef: i64, symbols: Factors) -> Dim {
         if coef == 0 {
             Dim::known(0)
         } else {
@@ -39,7 +45,7 @@ impl Dim {
     }
 
     pub(super) fn mul(&self, other: &Dim) -> Option<Dim> {
-        let mut symbols = [self.symbols.as_slice(), other.symbols.as_slice()].concat();
+        let mut symbols: Factors = self.symbols.iter().chain(&other.symbols).copied().collect();
         symbols.sort_unstable();
         Some(Dim::normalized(self.coef.checked_mul(other.coef)?, symbols))
     }
@@ -101,7 +107,7 @@ mod tests {
         assert_eq!(total.div(&n), Some(Dim::known(64)));
         assert_eq!(total.div(&Dim::known(64)), Some(n.clone()));
         assert_eq!(total.div(&Dim::known(7)), None);
-        assert_eq!(n.add(&n), Some(Dim { coef: 2, symbols: vec![0] }));
+        assert_eq!(n.add(&n), Some(Dim { coef: 2, symbols: smallvec![0] }));
         assert_eq!(n.add(&Dim::known(1)), None);
         assert_eq!(Dim::known(7).div(&Dim::known(2)), Some(Dim::known(3)));
         // An empty tensor reshaped to [N, -1]: the -1 is 0, as onnxruntime infers it.

@@ -31,7 +31,7 @@ pub(crate) use reduce::reduced_axes;
 pub(crate) use reshape::transpose_perm;
 pub(crate) use slice::{pad_amounts, slice_axes};
 
-use crate::onnx::graph::{attr_ints, in_default_domain, FastMap, FastSet, GraphIndex};
+use crate::onnx::graph::{attr_ints, in_default_domain, FastMap, GraphIndex};
 use crate::onnx::proto::tensor_proto::DataType;
 use crate::onnx::proto::tensor_shape_proto::dimension::Value as DimValue;
 use crate::onnx::proto::{type_proto, GraphProto, NodeProto};
@@ -254,12 +254,11 @@ impl<'g> Facts<'g> {
             let shape = tensor.shape.as_ref().map(|shape| shape.dim.iter().map(|d| symbols.declared(d.value.as_ref())).collect());
             facts.insert(name, Fact::of(tensor.elem_type.unwrap_or(0), shape).bounded());
         }
-        let inputs: FastSet<&str> = graph.input.iter().filter_map(|i| i.name.as_deref()).collect();
         for tensor in &graph.initializer {
             if let Some(name) = tensor.name.as_deref() {
                 let mut fact = shape::tensor_fact(tensor);
                 // An initializer that is also a graph input is only a default: its value may change.
-                if inputs.contains(name) {
+                if index.is_graph_input(name) {
                     fact.value = None;
                 }
                 facts.insert(name, fact.bounded());
@@ -268,11 +267,13 @@ impl<'g> Facts<'g> {
         let registry = Registry::get();
         for &position in index.topological_order() {
             let Some(proto) = graph.node.get(position) else { continue };
-            let inputs: Vec<Option<&Fact>> =
+            let inputs: smallvec::SmallVec<[Option<&Fact>; 4]> =
                 proto.input.iter().map(|name| if name.is_empty() { None } else { facts.get(name.as_str()) }).collect();
             let doubt = inputs.iter().flatten().any(|f| f.guessed);
             let op = proto.op_type.as_deref().filter(|_| in_default_domain(proto)).unwrap_or("");
             let outputs = registry.infer(&Node { proto, op, inputs: &inputs }, &mut symbols);
+            // The inputs borrow the facts that the outputs join.
+            drop(inputs);
             for (name, mut fact) in proto.output.iter().zip(outputs) {
                 fact.guessed |= doubt;
                 if !name.is_empty() {
