@@ -24,6 +24,8 @@ pub struct EvalThroughput {
     pub inference_rate: f64,
     /// eval_rate / inference_rate.
     pub ratio: f64,
+    /// Peak resident memory of the process, in MiB (see `docs/cli.md` for what it holds).
+    pub peak_resident_mib: Option<f64>,
 }
 
 /// Runs `evaluate` and bare inference alternately `rounds` times over the same images and
@@ -65,6 +67,7 @@ pub fn eval_throughput(model_path: &std::path::Path, config: &Config, rounds: us
         eval_rate: best_eval,
         inference_rate: best_inference,
         ratio: best_eval / best_inference,
+        peak_resident_mib: peak_resident_mib(),
     })
 }
 
@@ -258,6 +261,8 @@ pub struct TrainThroughput {
     pub forward_rate: f64,
     /// step_rate / forward_rate.
     pub ratio: f64,
+    /// Peak resident memory of the process, in MiB.
+    pub peak_resident_mib: Option<f64>,
 }
 
 /// Times `steps` training steps of batch `batch` on the β model of a random patch at `kappa`
@@ -320,6 +325,7 @@ pub fn train_throughput(
         step_rate,
         forward_rate,
         ratio: step_rate / forward_rate,
+        peak_resident_mib: peak_resident_mib(),
     })
 }
 
@@ -357,6 +363,8 @@ pub struct AssessSpeed {
     /// System load (1, 5 and 15 minutes) before and after, where `/proc/loadavg` exists.
     pub load_before: Option<[f64; 3]>,
     pub load_after: Option<[f64; 3]>,
+    /// Peak resident memory of the process, in MiB.
+    pub peak_resident_mib: Option<f64>,
 }
 
 /// Assesses the `layers` (indices among the assessable convolutions, all when `None`) with the
@@ -413,10 +421,19 @@ pub fn assess_speed(model_path: &std::path::Path, config: &Config, layers: Optio
     progress.finish();
     let naive_s = original_s + times.iter().map(|t| t.naive_s).sum::<f64>();
     let fast_s = original_s + times.iter().map(|t| t.fast_s).sum::<f64>();
-    Ok(AssessSpeed { images: data.len(), rounds, original_s, layers: times, naive_s, fast_s, ratio: naive_s / fast_s, load_before, load_after: load_average() })
+    Ok(AssessSpeed { images: data.len(), rounds, original_s, layers: times, naive_s, fast_s, ratio: naive_s / fast_s, load_before, load_after: load_average(), peak_resident_mib: peak_resident_mib() })
 }
 
 /// The 1, 5 and 15 minute load averages, where the system publishes them.
+/// This process's peak resident memory so far, in MiB, where `/proc/self/status` exists: the
+/// benches report it so that memory growth shows beside speed.
+fn peak_resident_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 fn load_average() -> Option<[f64; 3]> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;
     let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().ok());

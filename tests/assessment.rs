@@ -240,22 +240,42 @@ fn killed_assessment_resumes_to_the_same_artifact() {
     assert!(!partial.exists());
 }
 
+/// The scale-out recipe of docs/assessment.md (a Kubernetes Indexed Job or an Argo fan-out): n
+/// shard processes at once, then `--merge`, give the unsharded artifact byte for byte.
 #[test]
-fn merged_shards_equal_an_unsharded_run() {
+fn parallel_shards_merge_to_the_unsharded_artifact_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     let whole = dir.path().join("whole.json");
     run_ok(&assess_args(&whole, &[]));
-    let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
-    run_ok(&assess_args(&a, &["--shard", "0/2"]));
-    run_ok(&assess_args(&b, &["--shard", "1/2"]));
-    let shard = artifact(&b);
-    assert_eq!(shard.layers.iter().map(|l| l.index).collect::<Vec<_>>(), vec![1]);
+    let shards: Vec<std::path::PathBuf> = (0..3).map(|i| dir.path().join(format!("shard-{i}.json"))).collect();
+    let running: Vec<std::process::Child> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, out)| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_onnx-deeppatch"))
+                .args(assess_args(out, &["--shard", &format!("{i}/3")]))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in running {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    // tiny_cnn has three layers: one per shard.
+    for (i, shard) in shards.iter().enumerate() {
+        assert_eq!(artifact(shard).layers.iter().map(|l| l.index).collect::<Vec<_>>(), vec![i]);
+    }
     let merged = dir.path().join("merged.json");
-    let output = common::cli(os_args!["assess", "--merge", a, b, "--out", merged]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(artifact(&merged), artifact(&whole));
-    // A shard alone is incomplete.
-    let output = common::cli(os_args!["assess", "--merge", a, "--out", merged]);
+    let mut merge: Vec<std::ffi::OsString> = vec!["assess".into(), "--merge".into()];
+    merge.extend(shards.iter().rev().map(|s| s.clone().into_os_string()));
+    merge.extend(["--out".into(), merged.clone().into_os_string()]);
+    run_ok(&merge);
+    assert_eq!(std::fs::read(&merged).unwrap(), std::fs::read(&whole).unwrap());
+    // Shards missing a layer are incomplete.
+    let output = common::cli(os_args!["assess", "--merge", shards[0], shards[2], "--out", merged]);
     assert_eq!(output.status.code(), Some(2));
 }
 
