@@ -32,7 +32,8 @@ use crate::onnx::proto::ModelProto;
 use crate::progress::Progress;
 use crate::tensor::Tensor;
 use crate::units::decision::PROBE_FEATURES;
-use crate::units::{beta_model, gamma_model, Decision, Direction, PatchSpec, ADAPTED_OUTPUT, CR_OUTPUT};
+use crate::units::target::{self, Target, SPEC_TARGET_KEY};
+use crate::units::{beta_model, gamma_model, gamma_model_for, Decision, Direction, PatchSpec, ADAPTED_OUTPUT, CR_OUTPUT};
 
 /// L2 penalty of the probe's logistic regression (on the weights, not the bias).
 pub const PROBE_L2: f64 = 1e-3;
@@ -53,6 +54,9 @@ pub enum RuleChoice {
 #[derive(Debug, Clone)]
 pub struct CalibrateOptions {
     pub rule: RuleChoice,
+    /// The runtime the served γ model is built for (else the spec's recorded one, else the
+    /// default): the serving pass runs that form, and the spec records it.
+    pub target: Option<Target>,
 }
 
 /// One rule's decision and its figures on T_val° (accuracies and adapted shares in percent).
@@ -88,6 +92,9 @@ pub struct Calibration {
     pub chosen: String,
     /// The chosen rule's figures measured by running its γ model over T_val°.
     pub served: RuleFigures,
+    /// The target whose form was served (reports written before targets existed: the default).
+    #[serde(default)]
+    pub target: Target,
     /// The clean-accuracy tolerance (points) and the confidence of its bound.
     pub tolerance: f64,
     pub confidence: f64,
@@ -118,6 +125,7 @@ impl Calibration {
         spec.decision = self.served.decision.clone();
         let statistics = serde_json::json!({ "rule": self.chosen, "mu_clean": self.mu_clean, "mu_aug": self.mu_aug });
         spec.metadata.insert("calibration".into(), statistics.to_string());
+        spec.metadata.insert(SPEC_TARGET_KEY.into(), self.target.name().into());
     }
 
     /// Whether the chosen rule adapts any T_val° sample (if not, the γ model is the original model
@@ -260,6 +268,8 @@ fn exposing_features(mut model: ModelProto) -> ModelProto {
 pub fn calibrate(model: &ModelProto, spec: &PatchSpec, config: &Config, options: &CalibrateOptions) -> Result<Calibration> {
     let io = ModelIo::resolve(model, &config.preprocess)?;
     let backend = BackendOptions { kind: config.backend.kind, device: config.backend.device, threads: config.backend.threads };
+    let target = target::resolve(options.target, spec)?;
+    target::check_backend(target, backend.kind)?;
     let encode = |m: &ModelProto| prost::Message::encode_to_vec(m);
     let convs = spec.validate(model)?;
     let channels = convs[crate::units::gamma::first_patched(model, &convs)?].filters;
@@ -331,7 +341,7 @@ pub fn calibrate(model: &ModelProto, spec: &PatchSpec, config: &Config, options:
     // The chosen rule as served: its γ model over T_val°.
     let mut served_spec = spec.clone();
     served_spec.decision = chosen.decision.clone();
-    let mut pool = Pool::open(&encode(&gamma_model(model, &served_spec)?), &backend)?;
+    let mut pool = Pool::open(&encode(&gamma_model_for(model, &served_spec, target)?), &backend)?;
     let served = run_all(&mut pool, &io.input, &data, &[io.output.as_str(), ADAPTED_OUTPUT], "serving")?;
     let mut adapted = Vec::new();
     for tensor in &served[1] {
@@ -347,6 +357,7 @@ pub fn calibrate(model: &ModelProto, spec: &PatchSpec, config: &Config, options:
         rules,
         chosen: chosen.rule.clone(),
         served,
+        target,
         tolerance: bound.tolerance,
         confidence: bound.confidence,
         data_fingerprint: data.fingerprint,

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::analysis::{convolutions, parameter_count, ConvInfo};
 use crate::error::Result;
 use crate::onnx::proto::{tensor_shape_proto::dimension::Value as DimValue, type_proto, ModelProto, ValueInfoProto};
+use crate::units::target::{form_of, Form, TARGET_KEY};
 
 /// A model input or output: name, element type and shape (symbolic dimensions by name).
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -32,6 +33,8 @@ pub struct Inspection {
     pub parameters: usize,
     /// Metadata properties written by onnx-deeppatch (keys starting with `deeppatch`).
     pub deeppatch: Vec<(String, String)>,
+    /// The routing form of a γ-patched model (None for other models or an unknown form).
+    pub form: Option<Form>,
 }
 
 /// Describes `model`.
@@ -56,6 +59,7 @@ pub fn inspect(model: &ModelProto) -> Result<Inspection> {
             .filter_map(|p| Some((p.key.clone()?, p.value.clone().unwrap_or_default())))
             .filter(|(k, _)| k.starts_with("deeppatch"))
             .collect(),
+        form: crate::units::strip::is_patched(model).then(|| form_of(model).ok()).flatten(),
     })
 }
 
@@ -139,6 +143,10 @@ impl Inspection {
                         let _ = writeln!(out, "  {:<width$}  {} of {} filters replaced", c.name, channels.len(), c.filters);
                     }
                 }
+                let _ = match self.form {
+                    Some(form) => writeln!(out, "routing: {} form (target {}), runs on {}", form.name(), meta(TARGET_KEY).unwrap_or("ort"), form.runtimes()),
+                    None => writeln!(out, "routing: unknown form '{}'", meta(crate::units::target::FORM_KEY).unwrap_or("?")),
+                };
                 let _ = writeln!(out, "metadata:");
                 for (k, v) in self.deeppatch.iter().filter(|(k, _)| k != "deeppatch.layout") {
                     let _ = writeln!(out, "  {k}: {v}");

@@ -121,6 +121,10 @@ enum Command {
         /// Also write the spec used (with --random-spec).
         #[arg(long, value_name = "FILE")]
         save_spec: Option<PathBuf>,
+        /// The runtime the γ model is built for (its routing form; docs/deploy.md). Default: the
+        /// target the spec records (calibrate --target), else ort.
+        #[arg(long, value_enum, conflicts_with_all = ["beta", "conv"])]
+        target: Option<units::Target>,
     },
     /// Retrain replacement filters for the blamed filters of an assessment (the β model), keeping
     /// the best epoch on T_val°; writes RUN/spec.json, its weights, train.csv and checkpoints.
@@ -164,6 +168,9 @@ enum Command {
         /// Exit with code 5 (after writing OUT) when OUT is the original model, unchanged.
         #[arg(long)]
         require_improvement: bool,
+        /// The runtime the γ model is built for (its routing form; docs/deploy.md).
+        #[arg(long, value_enum, default_value = "ort")]
+        target: units::Target,
     },
     /// The whole pipeline on the bundled ResNet20 and CIFAR-10 subset, ending with the table.
     Demo {
@@ -197,6 +204,10 @@ enum Command {
         /// Write histograms of CR and of the probe's logit (SVG) into DIR.
         #[arg(long, value_name = "DIR")]
         svg_dir: Option<PathBuf>,
+        /// The runtime the served γ model is built for, recorded in the spec for `patch`.
+        /// Default: the target the spec records, else ort.
+        #[arg(long, value_enum)]
+        target: Option<units::Target>,
         #[command(flatten)]
         common: Common,
     },
@@ -376,7 +387,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             };
             print!("{}", assessment.summary());
         }
-        Command::Patch { model, output, spec, random_spec, kappa, seed, boundary, beta, conv, channels, save_spec } => {
+        Command::Patch { model, output, spec, random_spec, kappa, seed, boundary, beta, conv, channels, save_spec, target } => {
             let spec_weights = spec.as_deref().map(units::spec::weights_path);
             let saved_weights = save_spec.as_deref().map(units::spec::weights_path);
             guard(
@@ -398,7 +409,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 if let Some(path) = save_spec {
                     spec.save(&path)?;
                 }
-                if beta { units::beta_model(&proto, &spec)?.0 } else { units::gamma_model(&proto, &spec)? }
+                if beta { units::beta_model(&proto, &spec)?.0 } else { units::gamma_model_for(&proto, &spec, units::target::resolve(target, &spec)?)? }
             };
             onnx::save_model(&patched, &output, &onnx::SaveOptions { protect: Some(model), ..Default::default() })?;
         }
@@ -413,26 +424,26 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("training replacement filters for {}", model.display()))?;
             println!("{}", serde_json::to_string_pretty(&trained.summary)?);
         }
-        Command::Calibrate { model, spec, out_spec, report, rule, svg_dir, common } => {
+        Command::Calibrate { model, spec, out_spec, report, rule, svg_dir, target, common } => {
             let (spec_weights, out_weights) = (units::spec::weights_path(&spec), units::spec::weights_path(&out_spec));
             let histograms = svg_dir.as_deref().map(onnx_deeppatch::calibrate::histogram_paths).unwrap_or_default();
             let mut outputs = vec![("--out-spec", Some(&out_spec)), ("--out-spec's weights", Some(&out_weights)), ("--report", Some(&report))];
             outputs.extend(histograms.iter().map(|p| ("histogram", Some(p))));
             guard(&[("model", Some(&model)), ("spec", Some(&spec)), ("spec's weights", Some(&spec_weights)), ("configuration", common.config.as_ref())], &outputs)?;
             let config = common.resolve()?;
-            let options = onnx_deeppatch::calibrate::CalibrateOptions { rule };
+            let options = onnx_deeppatch::calibrate::CalibrateOptions { rule, target };
             let calibration = onnx_deeppatch::calibrate::calibrate_files(&model, &spec, &out_spec, &report, svg_dir.as_deref(), &config, &options)
                 .with_context(|| format!("calibrating {}", spec.display()))?;
             print!("{}", calibration.summary());
         }
-        Command::Rewrite { input, output, common, kappa, run, rule, no_eval, require_improvement } => {
+        Command::Rewrite { input, output, common, kappa, run, rule, no_eval, require_improvement, target } => {
             let config = with_kappa(common.resolve()?, kappa)?;
             let run = run.unwrap_or_else(|| onnx_deeppatch::pipeline::default_run(&output));
             let files = onnx_deeppatch::pipeline::run_files(&run);
             let mut outputs = vec![("output", Some(&output))];
             outputs.extend(files.iter().map(|f| ("run folder file", Some(f))));
             guard(&[("input model", Some(&input)), ("configuration", common.config.as_ref())], &outputs)?;
-            let options = onnx_deeppatch::pipeline::RewriteOptions { run, rule, evaluate: !no_eval };
+            let options = onnx_deeppatch::pipeline::RewriteOptions { run, rule, evaluate: !no_eval, target };
             let done = onnx_deeppatch::pipeline::rewrite(&input, &output, &config, &options)
                 .with_context(|| format!("rewriting {}", input.display()))?;
             print_rewritten(&done);

@@ -26,7 +26,7 @@ use crate::onnx::{self, SaveOptions};
 use crate::progress;
 use crate::train::{self, TrainData};
 use crate::units::spec::{model_sha256, weights_path};
-use crate::units::{gamma_model, PatchSpec};
+use crate::units::{gamma_model_for, target, PatchSpec, Target};
 
 /// How `rewrite` runs.
 #[derive(Debug, Clone)]
@@ -37,6 +37,8 @@ pub struct RewriteOptions {
     pub rule: RuleChoice,
     /// Evaluate the output on the test set (report files in the run folder).
     pub evaluate: bool,
+    /// The runtime the γ model is built for.
+    pub target: Target,
 }
 
 /// What OUT is.
@@ -113,6 +115,7 @@ fn claim_run_folder(run: &Path, model: &crate::onnx::proto::ModelProto) -> Resul
 pub fn rewrite(input: &Path, output: &Path, config: &Config, options: &RewriteOptions) -> Result<Rewritten> {
     let (run, evaluate) = (options.run.as_path(), options.evaluate);
     onnx::io::check_outputs(&[("input model", input)], &[("output", output)])?;
+    target::check_backend(options.target, config.backend.kind)?;
     let model = crate::analysis::load(input)?;
     let data = TrainData::load(&model, config)?;
     claim_run_folder(run, &model)?;
@@ -140,7 +143,7 @@ pub fn rewrite(input: &Path, output: &Path, config: &Config, options: &RewriteOp
     }
 
     progress::info("stage 3/4: calibrating the γ decision");
-    let (spec, calibration) = calibrated(&model, &trained.spec, config, run, options.rule)?;
+    let (spec, calibration) = calibrated(&model, &trained.spec, config, run, options)?;
     if !calibration.adapts() {
         return unchanged(Outcome { status: Status::Unchanged, reason: format!(
             "no decision rule keeps clean accuracy within its bound on T_val ({}), so no sample would be adapted",
@@ -149,7 +152,7 @@ pub fn rewrite(input: &Path, output: &Path, config: &Config, options: &RewriteOp
     }
 
     progress::info("stage 4/4: writing the patched model");
-    onnx::save_model(&gamma_model(&model, &spec)?, output, &save)?;
+    onnx::save_model(&gamma_model_for(&model, &spec, options.target)?, output, &save)?;
     let reason = format!(
         "rule {} adapts {:.1} % of clean and {:.1} % of corrupted T_val images; T_val° {:.2} % against the original's {:.2} %; \
          lower bound on the clean-accuracy change {:+.2} points",
@@ -189,11 +192,12 @@ struct CalibrationStamp {
 
 /// The calibrated spec and its calibration: reused from the run folder when made from the same
 /// trained spec and settings, else calibrated afresh.
-fn calibrated(model: &crate::onnx::proto::ModelProto, trained: &PatchSpec, config: &Config, run: &Path, rule: RuleChoice) -> Result<(PatchSpec, Calibration)> {
+fn calibrated(model: &crate::onnx::proto::ModelProto, trained: &PatchSpec, config: &Config, run: &Path, options: &RewriteOptions) -> Result<(PatchSpec, Calibration)> {
+    let (rule, target) = (options.rule, options.target);
     let spec_path = run.join("spec.json");
     let report_path = run.join("calibration.json");
     let stamp_path = run.join("calibration.stamp.json");
-    let stamp = CalibrationStamp { trained_spec_sha256: spec_sha256(&train::spec_path(&run.join("train")))?, settings: format!("{rule:?} {:?} {:?} {:?}", config.data, config.preprocess, config.calibrate) };
+    let stamp = CalibrationStamp { trained_spec_sha256: spec_sha256(&train::spec_path(&run.join("train")))?, settings: format!("{rule:?} {target:?} {:?} {:?} {:?}", config.data, config.preprocess, config.calibrate) };
     let previous: Option<CalibrationStamp> = crate::onnx::io::read_text(&stamp_path, crate::onnx::io::TEXT_LIMIT).ok().and_then(|t| serde_json::from_str(&t).ok());
     if previous.as_ref() == Some(&stamp) && spec_path.exists() {
         if let Ok(calibration) = Calibration::load_report(&report_path) {
@@ -201,7 +205,7 @@ fn calibrated(model: &crate::onnx::proto::ModelProto, trained: &PatchSpec, confi
             return Ok((PatchSpec::load(&spec_path)?, calibration));
         }
     }
-    let calibration = calibrate::calibrate(model, trained, config, &CalibrateOptions { rule })?;
+    let calibration = calibrate::calibrate(model, trained, config, &CalibrateOptions { rule, target: Some(target) })?;
     progress::info(&calibration.summary());
     calibration.save_report(&report_path)?;
     calibration.save_histograms(run)?;
@@ -280,6 +284,6 @@ pub fn demo(out: &Path) -> Result<Rewritten> {
         config.backend.kind,
         out.display()
     ));
-    let options = RewriteOptions { run: out.join("run"), rule: RuleChoice::Auto, evaluate: true };
+    let options = RewriteOptions { run: out.join("run"), rule: RuleChoice::Auto, evaluate: true, target: Target::default() };
     rewrite(&fixtures.join("models/resnet20_cifar10.onnx"), &out.join("resnet20_deeppatch.onnx"), &config, &options)
 }

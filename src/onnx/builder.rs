@@ -122,6 +122,11 @@ impl Builder {
         self.int64s(&[values.len()], values)
     }
 
+    /// A bool scalar constant.
+    pub fn boolean(&mut self, value: bool) -> String {
+        self.constant(BOOL, &[], vec![u8::from(value)])
+    }
+
     /// A float constant of element type `dtype` (float32 or float64).
     pub fn floats(&mut self, dtype: i32, shape: &[usize], values: &[f64]) -> Result<String> {
         let raw = encode_floats(dtype, values)?;

@@ -6,21 +6,24 @@
 //!    the original nodes because a `Constant` node may compute the parameters they read);
 //! 3. the decision at the first patched layer (CR, per-sample flags, "any adapted");
 //! 4. `If(any adapted)`: the else branch passes the original outputs through (clean batches pay
-//!    only for the decision); the then branch runs a `Scan` over the batch whose body is an `If` on
-//!    the sample's flag: an adapted sample goes alone through a copy of the model on the merged
-//!    parameters, any other passes its original output through.
+//!    only for the decision); the then branch runs the adapted samples through a copy of the model
+//!    on the merged parameters, in the target's form ([`Form`]): a `Scan` over the batch whose body
+//!    is an `If` on the sample's flag, a `Loop` over the adapted rows, or the copy over the whole
+//!    batch with its rows chosen by `Where`.
 //!
 //! The original computation is never altered, so a non-adapted sample's output is bit-identical
-//! to the original model's; every sample's output depends only on that sample.
+//! to the original model's; in the Scan and Loop forms every sample's output depends only on that
+//! sample (each adapted sample runs alone).
 
 use std::collections::HashMap;
 
 use serde_json::json;
 
+use super::target::{Form, Target, FORM_KEY, TARGET_KEY};
 use super::{decision, merge_parameters, spec::PatchSpec, with_patched_inputs, ADAPTED_OUTPUT, CR_OUTPUT, DECISION_INPUT, PROBE_LOGIT_OUTPUT};
 use crate::analysis::site::site;
 use crate::error::{Error, Result};
-use crate::onnx::builder::{graph_attribute, int, tensor_info, Builder, BOOL, FLOAT};
+use crate::onnx::builder::{graph_attribute, int, tensor_info, Builder, BOOL, FLOAT, INT64};
 use crate::onnx::graph::{renamed_values, GraphIndex};
 use crate::onnx::proto::{
     tensor_shape_proto::{dimension::Value as DimValue, Dimension},
@@ -31,9 +34,15 @@ use crate::onnx::tensor::from_bool;
 /// Metadata key under which the rewrite records what `strip` needs to undo it.
 pub const LAYOUT_KEY: &str = "deeppatch.layout";
 
-/// Builds the γ-patched model of `model` for `spec`: the steps of the module documentation, each
-/// built by its own function (merges, original graph, decision, routing), then assembled.
+/// Builds the γ-patched model of `model` for `spec` in the default target's form.
 pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
+    gamma_model_for(model, spec, Target::default())
+}
+
+/// Builds the γ-patched model of `model` for `spec`, routed in `target`'s form: the steps of the
+/// module documentation, each built by its own function (merges, original graph, decision,
+/// routing), then assembled.
+pub fn gamma_model_for(model: &ModelProto, spec: &PatchSpec, target: Target) -> Result<ModelProto> {
     let graph = model.graph.as_ref().ok_or_else(|| Error::InvalidGraph("the model has no graph".into()))?;
     if graph.input.iter().any(|i| i.name.as_deref() == Some(DECISION_INPUT)) {
         return Err(Error::Config(format!("the model is already patched (it has the input '{DECISION_INPUT}'); strip it first")));
@@ -44,7 +53,7 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     let image = crate::analysis::image_input(graph)?;
     let convs = spec.validate(model)?;
     let index = GraphIndex::new(graph)?;
-    check_batch_first(graph, &index, crate::onnx::default_opset(model), image)?;
+    let ranks = check_batch_first(graph, &index, crate::onnx::default_opset(model), image)?;
     let first = first_patched(model, &convs)?;
     let runtime_inputs: Vec<&ValueInfoProto> =
         graph.input.iter().filter(|i| index.is_runtime_input(i.name.as_deref().unwrap_or(""))).collect();
@@ -60,8 +69,8 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     let decision =
         decision::emit(&mut builder, graph, &first_site, &convs[first], &patched[first], &spec.layers[first].blamed, &spec.decision, DECISION_INPUT, &names)?;
     let decision_nodes = std::mem::take(&mut builder.nodes);
-    let sample = Sample { graph, runtime_inputs: &runtime_inputs, original: &original, patched: &patched };
-    let route = route(&mut builder, &sample, &decision);
+    let sample = Sample { graph, runtime_inputs: &runtime_inputs, original: &original, patched: &patched, ranks: &ranks };
+    let route = route(&mut builder, &sample, &decision, target.form())?;
 
     let mut out = model.clone();
     let g = out.graph.as_mut().ok_or_else(|| Error::Internal("graph vanished".into()))?;
@@ -84,7 +93,7 @@ pub fn gamma_model(model: &ModelProto, spec: &PatchSpec) -> Result<ModelProto> {
     if matches!(spec.decision, super::Decision::Probe { .. }) {
         g.output.push(tensor_info(PROBE_LOGIT_OUTPUT, FLOAT, vec![batch]));
     }
-    set_metadata(&mut out, spec, &convs, layout);
+    set_metadata(&mut out, spec, &convs, layout, target);
     Ok(out)
 }
 
@@ -115,30 +124,38 @@ impl Original {
     }
 }
 
-/// What routing needs to know: the graph, its runtime inputs, the original outputs and the merged
-/// parameters.
+/// What routing needs to know: the graph, its runtime inputs, the original outputs, the merged
+/// parameters and the outputs' ranks (where known).
 struct Sample<'a> {
     graph: &'a GraphProto,
     runtime_inputs: &'a [&'a ValueInfoProto],
     original: &'a Original,
     patched: &'a [super::PatchedParams],
+    ranks: &'a [Option<usize>],
 }
 
 /// Step 4: `If(any adapted)`. The else branch passes the original outputs through (a clean batch
-/// pays only for the decision); the then branch runs [`each_sample`].
-fn route(builder: &mut Builder, sample: &Sample, decision: &decision::DecisionValues) -> NodeProto {
+/// pays only for the decision); the then branch runs the adapted samples in `form`.
+fn route(builder: &mut Builder, sample: &Sample, decision: &decision::DecisionValues, form: Form) -> Result<NodeProto> {
     let outputs = &sample.graph.output;
-    let (scan, then_outputs) = each_sample(builder, sample, &decision.adapted);
+    let (then_nodes, then_outputs) = match form {
+        Form::Scan => {
+            let (scan, outputs) = each_sample(builder, sample, &decision.adapted);
+            (vec![scan], outputs)
+        }
+        Form::Loop => adapted_rows(builder, sample, &decision.adapted),
+        Form::Batch => whole_batch(builder, sample, &decision.adapted)?,
+    };
     let else_outputs: Vec<ValueInfoProto> = outputs
         .iter()
         .zip(&sample.original.outputs)
         .map(|(output, original)| retyped(output, &builder.op("Identity", &[original], vec![])))
         .collect();
     let else_nodes = std::mem::take(&mut builder.nodes);
-    let then_branch = GraphProto { name: Some(builder.fresh("adapted")), node: vec![scan], output: then_outputs, ..Default::default() };
+    let then_branch = GraphProto { name: Some(builder.fresh("adapted")), node: then_nodes, output: then_outputs, ..Default::default() };
     let else_branch = GraphProto { name: Some(builder.fresh("original")), node: else_nodes, output: else_outputs, ..Default::default() };
     let name = builder.fresh("route");
-    if_node(name, &decision.any, outputs, then_branch, else_branch)
+    Ok(if_node(name, &decision.any, outputs, then_branch, else_branch))
 }
 
 /// The then branch of the route: a `Scan` over the batch whose body is an `If` on the sample's
@@ -202,11 +219,20 @@ fn sample_body(builder: &mut Builder, sample: &Sample) -> GraphProto {
     GraphProto { name: Some(builder.fresh("per_sample")), node: vec![per_sample_route], input: body_inputs, output: body_outputs, ..Default::default() }
 }
 
-/// An adapted sample: a copy of the model on the merged parameters, its values renamed under
-/// `adapted/`, reading the sample's inputs (`names` maps each runtime input to its value); the
-/// outputs lose the batch axis again. Returns the nodes (those already in `builder` first) and the
-/// outputs.
-fn adapted_sample(builder: &mut Builder, sample: &Sample, mut names: HashMap<String, String>) -> (Vec<NodeProto>, Vec<ValueInfoProto>) {
+/// An adapted sample: [`adapted_copy`] on the sample's inputs (`names`), its outputs without the
+/// batch axis again. Returns the nodes (those already in `builder` first) and the outputs.
+fn adapted_sample(builder: &mut Builder, sample: &Sample, names: HashMap<String, String>) -> (Vec<NodeProto>, Vec<ValueInfoProto>) {
+    let (mut nodes, copied) = adapted_copy(builder, sample, names);
+    let outputs: Vec<ValueInfoProto> =
+        sample.graph.output.iter().zip(&copied).map(|(output, value)| without_batch(output, &builder.squeeze(value, &[0]))).collect();
+    nodes.append(&mut builder.nodes);
+    (nodes, outputs)
+}
+
+/// A copy of the model on the merged parameters, its values renamed under `adapted/`, reading the
+/// values `names` maps each runtime input to. Returns the nodes (those already in `builder`
+/// first) and the copy's outputs, in the order of the graph's outputs.
+fn adapted_copy(builder: &mut Builder, sample: &Sample, mut names: HashMap<String, String>) -> (Vec<NodeProto>, Vec<String>) {
     let graph = sample.graph;
     for node in &graph.node {
         for output in node.output.iter().filter(|o| !o.is_empty()) {
@@ -221,16 +247,89 @@ fn adapted_sample(builder: &mut Builder, sample: &Sample, mut names: HashMap<Str
         copy.name = Some(scoped(builder, "adapted", &label));
         nodes.push(copy);
     }
-    let outputs: Vec<ValueInfoProto> = graph
-        .output
+    let outputs = graph.output.iter().map(|output| names[output.name.as_deref().unwrap_or_default()].clone()).collect();
+    (nodes, outputs)
+}
+
+/// The then branch in the Loop form (OpenVINO has no Scan): a `Loop` over the rows of the adapted
+/// samples (`NonZero` of the flags) carrying the original outputs; each iteration runs one sample
+/// alone through [`adapted_copy`] and writes its outputs over its rows with `ScatterND`. The
+/// other rows are never written, so they stay the original outputs bit for bit; a clean sample
+/// costs no iteration. Returns the nodes and the outputs of the branch.
+fn adapted_rows(builder: &mut Builder, sample: &Sample, adapted: &str) -> (Vec<NodeProto>, Vec<ValueInfoProto>) {
+    let outputs = &sample.graph.output;
+    let found = builder.op("NonZero", &[adapted], vec![]);
+    let rows = builder.reshape(&found, &[-1]);
+    let shape = builder.shape(&rows);
+    let first = builder.int64s(&[], &[0]);
+    let count = builder.op("Gather", &[&shape, &first], vec![int("axis", 0)]);
+    // An explicit TRUE condition: onnx.reference runs no iteration when it is left out.
+    let keep_going = builder.boolean(true);
+    let branch_nodes = std::mem::take(&mut builder.nodes);
+
+    let iteration = builder.fresh("loop/iteration");
+    let condition = builder.fresh("loop/condition");
+    let carried: Vec<String> = sample.original.outputs.iter().map(|o| scoped(builder, "loop", o)).collect();
+    let step = builder.unsqueeze(&iteration, &[0]);
+    let row = builder.op("Gather", &[&rows, &step], vec![int("axis", 0)]);
+    let names: HashMap<String, String> = sample
+        .runtime_inputs
         .iter()
-        .map(|output| {
-            let squeezed = builder.squeeze(&names[output.name.as_deref().unwrap_or_default()], &[0]);
-            without_batch(output, &squeezed)
+        .map(|input| {
+            let name = input.name.clone().unwrap_or_default();
+            let one = builder.op("Gather", &[&name, &row], vec![int("axis", 0)]);
+            (name, one)
         })
         .collect();
+    let (mut body_nodes, copied) = adapted_copy(builder, sample, names);
+    let index = builder.unsqueeze(&row, &[1]);
+    let written: Vec<String> = carried.iter().zip(&copied).map(|(all, one)| builder.op("ScatterND", &[all, &index, one], vec![])).collect();
+    let condition_out = builder.op("Identity", &[&condition], vec![]);
+    body_nodes.append(&mut builder.nodes);
+    let mut body_inputs = vec![tensor_info(&iteration, INT64, vec![]), tensor_info(&condition, BOOL, vec![])];
+    body_inputs.extend(outputs.iter().zip(&carried).map(|(output, name)| without_shape(output, name)));
+    let mut body_outputs = vec![tensor_info(&condition_out, BOOL, vec![])];
+    body_outputs.extend(outputs.iter().zip(&written).map(|(output, name)| without_shape(output, name)));
+    let body = GraphProto { name: Some(builder.fresh("adapted_rows")), node: body_nodes, input: body_inputs, output: body_outputs, ..Default::default() };
+
+    let then_outputs: Vec<ValueInfoProto> =
+        outputs.iter().map(|o| retyped(o, &scoped(builder, "routed", o.name.as_deref().unwrap_or("output")))).collect();
+    let mut inputs = vec![count, keep_going];
+    inputs.extend(sample.original.outputs.iter().cloned());
+    let looped = NodeProto {
+        name: Some(builder.fresh("each_adapted_sample")),
+        op_type: Some("Loop".into()),
+        input: inputs,
+        output: then_outputs.iter().map(|o| o.name.clone().unwrap_or_default()).collect(),
+        attribute: vec![graph_attribute("body", body)],
+        ..Default::default()
+    };
+    let mut nodes = branch_nodes;
+    nodes.push(looped);
+    (nodes, then_outputs)
+}
+
+/// The then branch in the Batch form, which needs neither Scan nor Loop: [`adapted_copy`] over the
+/// whole batch, and each output's rows chosen by the flags (`Where`), so non-adapted rows are the
+/// original outputs bit for bit. An adapted sample's output may depend on the batch size in its
+/// last bits (runtimes pick kernels by batch size). Returns the nodes and the outputs.
+fn whole_batch(builder: &mut Builder, sample: &Sample, adapted: &str) -> Result<(Vec<NodeProto>, Vec<ValueInfoProto>)> {
+    let names = sample.runtime_inputs.iter().filter_map(|i| i.name.clone()).map(|n| (n.clone(), n)).collect();
+    let (mut nodes, copied) = adapted_copy(builder, sample, names);
+    let mut outputs = Vec::new();
+    for (((output, rank), copy), original) in sample.graph.output.iter().zip(sample.ranks).zip(&copied).zip(&sample.original.outputs) {
+        let name = output.name.as_deref().unwrap_or_default();
+        let rank = rank.ok_or_else(|| {
+            Error::UnsupportedModel(format!("the rank of output '{name}' is unknown; the batch form broadcasts the flags over it"))
+        })?;
+        let axes: Vec<usize> = (1..rank).collect();
+        let flags = builder.unsqueeze(adapted, &axes);
+        let routed = scoped(builder, "routed", name);
+        builder.op_named("Where", &[&flags, copy, original], vec![], &routed);
+        outputs.push(retyped(output, &routed));
+    }
     nodes.append(&mut builder.nodes);
-    (nodes, outputs)
+    Ok((nodes, outputs))
 }
 
 /// A sample that is not adapted: its original outputs (`samples`) passed through.
@@ -252,19 +351,24 @@ fn if_node(name: String, condition: &str, outputs: &[ValueInfoProto], then_branc
     }
 }
 
-/// Every graph output keeps the batch as its first axis, as the per-sample Scan assumes: by the
-/// inferred shapes, else by the declared ones (the same dimension as the image input's first).
-fn check_batch_first(graph: &GraphProto, index: &GraphIndex, opset: i64, image: &ValueInfoProto) -> Result<()> {
+/// Every graph output keeps the batch as its first axis, as routing assumes: by the inferred
+/// shapes, else by the declared ones (the same dimension as the image input's first). Returns the
+/// outputs' ranks, inferred or declared, where known.
+fn check_batch_first(graph: &GraphProto, index: &GraphIndex, opset: i64, image: &ValueInfoProto) -> Result<Vec<Option<usize>>> {
     let facts = crate::analysis::facts::Facts::infer(graph, index, opset);
     let image_name = image.name.as_deref().unwrap_or_default();
     let batch = facts.get(image_name).and_then(|f| f.shape.as_ref()?.first().cloned());
-    let declared_first = |value: &ValueInfoProto| match value.r#type.as_ref()?.value.as_ref()? {
-        type_proto::Value::TensorType(t) => t.shape.as_ref()?.dim.first()?.value.clone(),
+    let declared = |value: &ValueInfoProto| match value.r#type.as_ref()?.value.as_ref()? {
+        type_proto::Value::TensorType(t) => t.shape.clone(),
         _ => None,
     };
+    let declared_first = |value: &ValueInfoProto| declared(value)?.dim.first()?.value.clone();
+    let mut ranks = Vec::new();
     for output in &graph.output {
         let name = output.name.as_deref().unwrap_or_default();
-        let inferred = facts.get(name).and_then(|f| f.shape.as_ref()?.first().cloned());
+        let shape = facts.get(name).and_then(|f| f.shape.as_ref());
+        ranks.push(shape.map(Vec::len).or_else(|| declared(output).map(|s| s.dim.len())));
+        let inferred = shape.and_then(|s| s.first().cloned());
         let keeps_batch = match (&batch, inferred) {
             (Some(batch), Some(first)) => *batch == first,
             _ => declared_first(output).is_some() && declared_first(output) == declared_first(image),
@@ -275,7 +379,7 @@ fn check_batch_first(graph: &GraphProto, index: &GraphIndex, opset: i64, image: 
             )));
         }
     }
-    Ok(())
+    Ok(ranks)
 }
 
 /// The position in `patched` (a spec's validated convolutions) of the one closest to the input:
@@ -295,6 +399,16 @@ fn scoped(builder: &mut Builder, scope: &str, name: &str) -> String {
 /// `output`'s type under a new name.
 fn retyped(output: &ValueInfoProto, name: &str) -> ValueInfoProto {
     ValueInfoProto { name: Some(name.to_string()), r#type: output.r#type.clone(), ..Default::default() }
+}
+
+/// `value`'s element type without a shape, under a new name: a Loop's carried value, whose
+/// batch is the graph's but, inside the body, not its symbol.
+fn without_shape(value: &ValueInfoProto, name: &str) -> ValueInfoProto {
+    let mut info = retyped(value, name);
+    if let Some(type_proto::Value::TensorType(t)) = info.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+        t.shape = None;
+    }
+    info
 }
 
 /// `value`'s type without its first (batch) dimension, under a new name: one sample's value.
@@ -328,7 +442,7 @@ fn batch_dimension(inputs: &[&ValueInfoProto]) -> Dimension {
         .unwrap_or(Dimension { value: Some(DimValue::DimParam("N".into())), denotation: None })
 }
 
-fn set_metadata(model: &mut ModelProto, spec: &PatchSpec, convs: &[crate::analysis::ConvInfo], layout: serde_json::Value) {
+fn set_metadata(model: &mut ModelProto, spec: &PatchSpec, convs: &[crate::analysis::ConvInfo], layout: serde_json::Value, target: Target) {
     let blamed: serde_json::Map<String, serde_json::Value> =
         convs.iter().zip(&spec.layers).map(|(c, l)| (c.name.clone(), json!(l.blamed))).collect();
     let mut entries = vec![
@@ -338,6 +452,8 @@ fn set_metadata(model: &mut ModelProto, spec: &PatchSpec, convs: &[crate::analys
         ("deeppatch.rule".to_string(), spec.decision.rule().to_string()),
         ("deeppatch.decision".to_string(), serde_json::to_string(&spec.decision).unwrap_or_default()),
         (LAYOUT_KEY.to_string(), layout.to_string()),
+        (TARGET_KEY.to_string(), target.name().to_string()),
+        (FORM_KEY.to_string(), target.form().name().to_string()),
     ];
     if let super::Decision::Cr { boundary, direction, mu_clean, mu_aug } = &spec.decision {
         entries.push(("deeppatch.boundary".to_string(), boundary.to_string()));
@@ -349,7 +465,10 @@ fn set_metadata(model: &mut ModelProto, spec: &PatchSpec, convs: &[crate::analys
             }
         }
     }
-    entries.extend(spec.metadata.iter().map(|(k, v)| (format!("deeppatch.{k}"), v.clone())));
+    // The spec's own entries, except one naming the key the model's target already took.
+    let own = |key: &String| !entries.iter().any(|(k, _)| k == key);
+    let from_spec: Vec<(String, String)> = spec.metadata.iter().map(|(k, v)| (format!("deeppatch.{k}"), v.clone())).filter(|(k, _)| own(k)).collect();
+    entries.extend(from_spec);
     model.metadata_props.retain(|p| !p.key.as_deref().unwrap_or("").starts_with("deeppatch"));
     model.metadata_props.extend(entries.into_iter().map(|(k, v)| StringStringEntryProto { key: Some(k), value: Some(v) }));
 }

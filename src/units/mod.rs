@@ -15,12 +15,14 @@ pub mod decision;
 pub mod gamma;
 pub mod spec;
 pub mod strip;
+pub mod target;
 
 pub use alpha::alpha_model;
 pub use beta::beta_model;
-pub use gamma::gamma_model;
+pub use gamma::{gamma_model, gamma_model_for};
 pub use spec::{Boundary, Decision, Direction, LayerPatch, PatchSpec};
 pub use strip::strip;
+pub use target::{Form, Target};
 
 use crate::analysis::ConvInfo;
 use crate::error::Result;

@@ -60,6 +60,9 @@ fn layout(patched: &ModelProto) -> Result<Layout> {
 /// were, and every DeepPatch metadata entry removed.
 pub fn strip(patched: &ModelProto) -> Result<ModelProto> {
     let layout = layout(patched)?;
+    // Every form keeps the original nodes where the layout says; an unknown one (a newer tool's)
+    // may not.
+    super::target::form_of(patched)?;
     let mut model = patched.clone();
     let graph = model.graph.as_mut().ok_or_else(|| Error::InvalidGraph("the model has no graph".into()))?;
     let (_, original) = layout.ranges();
