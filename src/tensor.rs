@@ -63,9 +63,7 @@ impl Tensor {
             other => Err(Error::Internal(format!("expected a bool tensor, got {}", other.type_name()))),
         }
     }
-}
 
-impl Tensor {
     /// Row `row` of the first axis, keeping that axis (length 1).
     pub fn row(&self, row: usize) -> Result<Tensor> {
         fn take<T: Clone>(a: &ArrayD<T>, row: usize) -> Result<ArrayD<T>> {

@@ -144,8 +144,7 @@ pub trait Session: Send {
     /// `per_sample` hold one sample per row of their first axis, the others are shared, and every
     /// output holds one row per sample. A backend may group the rows as it runs fastest; the
     /// default runs them together.
-    fn run_samples(&mut self, inputs: &[(&str, &Tensor)], per_sample: &[&str]) -> Result<Vec<Tensor>> {
-        let _ = per_sample;
+    fn run_samples(&mut self, inputs: &[(&str, &Tensor)], _per_sample: &[&str]) -> Result<Vec<Tensor>> {
         self.run(inputs)
     }
 }
