@@ -24,8 +24,30 @@ pub struct Config {
     pub preprocess: PreprocessConfig,
     pub backend: BackendConfig,
     pub eval: EvalConfig,
+    pub assess: AssessConfig,
     pub train: TrainConfig,
     pub calibrate: CalibrateConfig,
+}
+
+/// How the filter assessment runs (docs/assessment.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssessConfig {
+    pub method: AssessMethod,
+}
+
+/// Which assessment method runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AssessMethod {
+    /// Every filter's exact count (the default).
+    #[default]
+    Exact,
+    /// The exact method's blamed filters, exact counts only where the screen leaves them in doubt.
+    Screened,
+    /// Screened when the exact method would run more than `assess::AUTO_SCREEN_ABOVE` (filter,
+    /// image) pairs, else exact.
+    Auto,
 }
 
 /// How the γ decision is judged (see `calibrate`).
@@ -528,6 +550,7 @@ mod tests {
         let example = Config::from_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deeppatch.yaml")).unwrap();
         let defaults = Config::default();
         assert_eq!((&example.train, &example.eval, &example.calibrate, &example.backend), (&defaults.train, &defaults.eval, &defaults.calibrate, &defaults.backend));
+        assert_eq!(example.assess, defaults.assess);
         assert_eq!((example.data.val_fraction, example.data.seed, example.data.format), (defaults.data.val_fraction, defaults.data.seed, defaults.data.format));
         assert!(example.data.root.unwrap().join("train").is_dir());
     }

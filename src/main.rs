@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use onnx_deeppatch::config::{Config, Overrides};
+use onnx_deeppatch::config::{AssessMethod, Config, Overrides};
 use onnx_deeppatch::pipeline::Status;
 use onnx_deeppatch::progress::{self, LogFormat};
 use onnx_deeppatch::{assess, bench, eval, inspect, isolate, onnx, report, units};
@@ -77,8 +77,12 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
         /// Use the oracle: one full pass over T_val* per filter.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "method")]
         naive: bool,
+        /// exact (every filter's count), screened (the exact method's blamed filters from a
+        /// small-sample screen, exact counts where it is in doubt) or auto (assess.method) [default: exact].
+        #[arg(long, value_enum)]
+        method: Option<AssessMethod>,
         /// Blamed ratio κ (default 0.25).
         #[arg(long)]
         kappa: Option<f64>,
@@ -86,7 +90,7 @@ enum Command {
         #[arg(long, value_name = "I/N")]
         shard: Option<assess::Shard>,
         /// Join shard artifacts into one (written to --out).
-        #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with_all = ["model", "naive", "shard"])]
+        #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with_all = ["model", "naive", "method", "shard"])]
         merge: Vec<PathBuf>,
     },
     /// Rewrite a model with a patch: the γ-patched model (default), the β model or an α model.
@@ -156,6 +160,9 @@ enum Command {
         /// Blamed ratio κ (train.kappa).
         #[arg(long)]
         kappa: Option<f64>,
+        /// The assessment stage's method: exact, screened or auto (assess.method) [default: exact].
+        #[arg(long, value_enum)]
+        assess_method: Option<AssessMethod>,
         /// Run folder (default: OUT with the extension .run).
         #[arg(long, value_name = "DIR")]
         run: Option<PathBuf>,
@@ -365,14 +372,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             write_report(report_md.as_deref(), || Ok(report::markdown(&outcome.report)))?;
             write_report(report_svg.as_deref(), || Ok(report::chart(&outcome.report)))?;
         }
-        Command::Assess { model, common, out, naive, kappa, shard, merge } => {
+        Command::Assess { model, common, out, naive, method, kappa, shard, merge } => {
             let partial = out.as_deref().map(assess::partial_path);
             let mut inputs = vec![("model", model.as_ref()), ("configuration", common.config.as_ref())];
             inputs.extend(merge.iter().map(|p| ("artifact to merge", Some(p))));
             guard(&inputs, &[("--out", out.as_ref()), ("--out's partial file", partial.as_ref())])?;
             let assessment = match model {
                 Some(model) if merge.is_empty() => {
-                    let config = with_kappa(common.resolve()?, kappa)?;
+                    let config = with_assess_method(with_kappa(common.resolve()?, kappa)?, method);
                     let options = assess::AssessOptions { naive, kappa: Some(config.train.kappa), shard, out: out.clone() };
                     assess::assess_model(&model, &config, &options).with_context(|| format!("assessing {}", model.display()))?
                 }
@@ -436,8 +443,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("calibrating {}", spec.display()))?;
             print!("{}", calibration.summary());
         }
-        Command::Rewrite { input, output, common, kappa, run, rule, no_eval, require_improvement, target } => {
-            let config = with_kappa(common.resolve()?, kappa)?;
+        Command::Rewrite { input, output, common, kappa, assess_method, run, rule, no_eval, require_improvement, target } => {
+            let config = with_assess_method(with_kappa(common.resolve()?, kappa)?, assess_method);
             let run = run.unwrap_or_else(|| onnx_deeppatch::pipeline::default_run(&output));
             let files = onnx_deeppatch::pipeline::run_files(&run);
             let mut outputs = vec![("output", Some(&output))];
@@ -518,6 +525,14 @@ const EXIT_UNCHANGED: u8 = 5;
 #[derive(Debug, thiserror::Error)]
 #[error("the output is the original model, unchanged ({0}); exit {EXIT_UNCHANGED} because of --require-improvement")]
 struct Unchanged(String);
+
+/// The configuration with `assess.method` set from a subcommand's flag, when given.
+fn with_assess_method(mut config: Config, method: Option<AssessMethod>) -> Config {
+    if let Some(method) = method {
+        config.assess.method = method;
+    }
+    config
+}
 
 /// The configuration with `train.kappa` set from a subcommand's `--kappa`, when given.
 fn with_kappa(mut config: Config, kappa: Option<f64>) -> anyhow::Result<Config> {

@@ -173,8 +173,11 @@ pub fn rewrite(input: &Path, output: &Path, config: &Config, options: &RewriteOp
 /// from its partial file when there is one).
 fn assessment(input: &Path, model: &crate::onnx::proto::ModelProto, data: &TrainData, config: &Config, run: &Path) -> Result<Assessment> {
     let path = run.join("assessment.json");
+    let images = data.corrupted.val.iter().flat_map(|g| &g.levels).map(|l| l.items.len()).sum();
+    let plan = assess::Plan::choose(model, config.assess.method, false, config.train.kappa, config.data.seed, images)?;
     if let Ok(found) = assess::load(&path) {
-        if found.model_sha256 == model_sha256(model) && found.data_fingerprint == data.fingerprint && found.shard.is_none() && found.layers.len() == found.layers_total {
+        let same_method = found.method == plan.name() && found.screen.as_ref() == plan.screen();
+        if found.model_sha256 == model_sha256(model) && found.data_fingerprint == data.fingerprint && found.shard.is_none() && found.layers.len() == found.layers_total && same_method {
             progress::info(&format!("reusing {}", path.display()));
             return Ok(found);
         }

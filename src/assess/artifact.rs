@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Counts, LayerCounts};
+use super::{Counts, LayerRecord, LayerScreen, ScreenSettings};
 use crate::error::{Error, Result};
 
 /// One layer of the artifact.
@@ -23,6 +23,10 @@ pub struct LayerScores {
     pub ranking: Vec<usize>,
     /// The first ⌊κ·m⌋ of `ranking`, ascending.
     pub blamed: Vec<usize>,
+    /// From the screened method: which counts are exact and the stages run. The other counts
+    /// (and their scores) are scaled estimates, and `ranking` puts the blamed filters first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screen: Option<LayerScreen>,
 }
 
 /// The `assess` artifact.
@@ -35,8 +39,11 @@ pub struct Assessment {
     pub correct0: usize,
     pub acc0: f64,
     pub kappa: f64,
-    /// `naive` or `fast`.
+    /// `naive`, `fast` or `screened`.
     pub method: String,
+    /// The screened method's settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screen: Option<ScreenSettings>,
     /// Assessable convolutions of the model; `layers` holds all of them unless `shard` is set.
     pub layers_total: usize,
     /// The part of the layers this artifact holds (absent: all).
@@ -53,10 +60,15 @@ pub fn ranking(correct: &[usize]) -> Vec<usize> {
     order
 }
 
+/// ⌊κ·m⌋ of `filters` m.
+pub(super) fn blamed_count(filters: usize, kappa: f64) -> usize {
+    ((kappa * filters as f64).floor().max(0.0) as usize).min(filters)
+}
+
 /// The first ⌊κ·m⌋ channels of `ranking`, ascending.
 pub fn blamed(ranking: &[usize], kappa: f64) -> Vec<usize> {
-    let count = ((kappa * ranking.len() as f64).floor().max(0.0) as usize).min(ranking.len());
-    let mut chosen = ranking[..count].to_vec();
+    let count = blamed_count(ranking.len(), kappa);
+    let mut chosen = ranking.iter().take(count).copied().collect::<Vec<_>>();
     chosen.sort_unstable();
     chosen
 }
@@ -86,6 +98,7 @@ impl Assessment {
                     correct: l.correct.clone(),
                     blamed: blamed(&ranking, kappa),
                     ranking,
+                    screen: None,
                 }
             })
             .collect();
@@ -97,15 +110,42 @@ impl Assessment {
             acc0,
             kappa,
             method: method.into(),
+            screen: None,
             layers_total,
             shard: None,
             layers,
         })
     }
 
+    /// The screened method's result: per layer the blamed filters it settled (first in the
+    /// ranking, the rest by count) and how; `records` holds every layer of `self`.
+    pub(super) fn screened(mut self, settings: &ScreenSettings, records: &[LayerRecord]) -> Result<Assessment> {
+        if settings.kappa != self.kappa {
+            return Err(Error::Internal(format!("a screen for κ = {} in an artifact for κ = {}", settings.kappa, self.kappa)));
+        }
+        for layer in &mut self.layers {
+            let screen = records.iter().find(|r| r.counts.index == layer.index).and_then(|r| r.screen.clone());
+            let screen = screen.ok_or_else(|| Error::Internal(format!("layer {} has no screen", layer.index)))?;
+            let blamed = &screen.blamed;
+            layer.ranking.sort_by_key(|j| (!blamed.contains(j), std::cmp::Reverse(layer.correct.get(*j).copied()), *j));
+            layer.blamed = blamed.clone();
+            layer.screen = Some(screen);
+        }
+        self.screen = Some(settings.clone());
+        Ok(self)
+    }
+
     /// A terminal summary: acc₀ and per layer the best and worst δ and the blamed filters.
     pub fn summary(&self) -> String {
         let mut text = format!("acc0 {:.2} % on {} T_val* images ({} correct), κ = {}\n", self.acc0, self.images, self.correct0, self.kappa);
+        let screens: Vec<&LayerScreen> = self.layers.iter().filter_map(|l| l.screen.as_ref()).collect();
+        if !screens.is_empty() {
+            let filters: usize = self.layers.iter().map(|l| l.filters).sum();
+            let exact: usize = screens.iter().map(|s| s.exact.len()).sum();
+            let work: usize = screens.iter().map(|s| s.work()).sum();
+            let share = percent(work, filters.saturating_mul(self.images));
+            text += &format!("screened: {exact} of {filters} filters counted exactly; {share:.1} % of the exact method's masked images run\n");
+        }
         text += &format!("{:<32} {:>7} {:>9} {:>9}  blamed\n", "layer", "filters", "best δ", "worst δ");
         for l in &self.layers {
             let best = l.ranking.first().map_or(0.0, |&j| l.scores[j]);
@@ -170,6 +210,9 @@ pub(super) struct PartialHeader {
     pub(super) data_fingerprint: String,
     pub(super) images: usize,
     pub(super) layers: Vec<usize>,
+    /// The screen's settings (absent: an exact method).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) screen: Option<ScreenSettings>,
 }
 
 /// Where a run with `--out FILE` records finished layers: `FILE.partial`, JSON lines.
@@ -184,10 +227,10 @@ pub fn partial_path(out: &Path) -> std::path::PathBuf {
 #[derive(Serialize, Deserialize)]
 struct CheckedRecord {
     sha256: String,
-    record: LayerCounts,
+    record: LayerRecord,
 }
 
-fn record_sha256(record: &LayerCounts) -> Result<String> {
+fn record_sha256(record: &LayerRecord) -> Result<String> {
     use sha2::{Digest, Sha256};
     let json = serde_json::to_string(record).map_err(|e| Error::Internal(e.to_string()))?;
     Ok(Sha256::digest(json.as_bytes()).iter().map(|b| format!("{b:02x}")).collect())
@@ -197,21 +240,22 @@ fn record_sha256(record: &LayerCounts) -> Result<String> {
 /// run are dropped silently; a torn line (the run was killed while writing it), a record whose
 /// checksum or counts do not hold, or a layer recorded twice is dropped with a warning, and those
 /// layers are assessed again.
-pub(super) fn read_partial(path: &Path, header: &PartialHeader) -> Vec<LayerCounts> {
+pub(super) fn read_partial(path: &Path, header: &PartialHeader) -> Vec<LayerRecord> {
     let Ok(text) = crate::onnx::io::read_text(path, crate::onnx::io::TEXT_LIMIT) else { return Vec::new() };
     let mut lines = text.lines();
     match lines.next().map(serde_json::from_str::<PartialHeader>) {
         Some(Ok(found)) if found == *header => {}
         _ => return Vec::new(),
     }
-    let mut kept: Vec<LayerCounts> = Vec::new();
+    let mut kept: Vec<LayerRecord> = Vec::new();
     for (number, line) in lines.enumerate() {
         let record = serde_json::from_str::<CheckedRecord>(line).ok().filter(|c| record_sha256(&c.record).ok().as_deref() == Some(c.sha256.as_str()));
         match record.map(|c| c.record) {
-            Some(r) if header.layers.contains(&r.index)
-                && r.correct.len() == r.filters
-                && r.correct.iter().all(|&c| c <= header.images)
-                && !kept.iter().any(|k| k.index == r.index) => kept.push(r),
+            Some(r) if header.layers.contains(&r.counts.index)
+                && r.counts.correct.len() == r.counts.filters
+                && r.counts.correct.iter().all(|&c| c <= header.images)
+                && r.screen.is_some() == header.screen.is_some()
+                && !kept.iter().any(|k| k.counts.index == r.counts.index) => kept.push(r),
             _ => crate::progress::info(&format!("warning: {}: record {} is damaged or repeated; its layer is assessed again", path.display(), number + 1)),
         }
     }
@@ -226,7 +270,7 @@ pub(super) struct PartialWriter {
 
 impl PartialWriter {
     /// Rewrites the partial artifact with `header` and the `done` layers, then keeps it open.
-    pub(super) fn create(path: std::path::PathBuf, header: &PartialHeader, done: &[LayerCounts]) -> Result<PartialWriter> {
+    pub(super) fn create(path: std::path::PathBuf, header: &PartialHeader, done: &[LayerRecord]) -> Result<PartialWriter> {
         let mut text = json_line(header)?;
         for layer in done {
             text += &checked_line(layer)?;
@@ -236,14 +280,14 @@ impl PartialWriter {
         Ok(PartialWriter { file, path })
     }
 
-    pub(super) fn append(&mut self, layer: &LayerCounts) -> Result<()> {
+    pub(super) fn append(&mut self, layer: &LayerRecord) -> Result<()> {
         use std::io::Write;
         self.file.write_all(checked_line(layer)?.as_bytes()).map_err(|e| Error::io(&self.path, e))?;
         self.file.sync_data().map_err(|e| Error::io(&self.path, e))
     }
 }
 
-fn checked_line(layer: &LayerCounts) -> Result<String> {
+fn checked_line(layer: &LayerRecord) -> Result<String> {
     json_line(&CheckedRecord { sha256: record_sha256(layer)?, record: layer.clone() })
 }
 
@@ -263,7 +307,8 @@ pub fn load(path: &Path) -> Result<Assessment> {
     serde_json::from_slice(&bytes).map_err(|e| Error::data(path, format!("not an assessment artifact: {e}")))
 }
 
-/// Joins shard artifacts of one model, data and κ into the artifact of an unsharded run.
+/// Joins shard artifacts of one model, data and κ into the artifact of an unsharded run; screened
+/// shards only with screened shards of the same settings.
 pub fn merge(parts: &[Assessment]) -> Result<Assessment> {
     let first = parts.first().ok_or_else(|| Error::Config("nothing to merge".into()))?;
     let mut merged = Assessment { shard: None, layers: Vec::new(), ..first.clone() };
@@ -276,6 +321,9 @@ pub fn merge(parts: &[Assessment]) -> Result<Assessment> {
             && part.layers_total == first.layers_total;
         if !same {
             return Err(Error::Config("the artifacts to merge differ in model, data, κ or acc0".into()));
+        }
+        if part.screen != first.screen {
+            return Err(Error::Config("the artifacts to merge differ in method: a screened artifact merges only with screened shards of the same settings".into()));
         }
         if part.method != merged.method {
             merged.method = "mixed".into();
@@ -297,6 +345,7 @@ pub fn merge(parts: &[Assessment]) -> Result<Assessment> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::assess::LayerCounts;
 
     #[test]
     fn ranking_sorts_by_score_then_index() {

@@ -37,8 +37,12 @@ type Variant = (usize, usize);
 /// What the fast method did on one layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct FastRun {
-    /// Correct predictions per channel.
+    /// Correct predictions per channel (0 for a channel outside the subset run).
     pub correct: Vec<usize>,
+    /// Per channel, the images (positions in T_val*, in order) whose prediction the masked model
+    /// gets right where the original gets it wrong (`true`) or the reverse (`false`); empty from
+    /// the oracle.
+    pub flips: Vec<Vec<(usize, bool)>>,
     /// Masked images the backend ran (the others kept their original prediction), those of them
     /// that went through the consumer-convolution correction, and those of these rerun on the
     /// exact path because their logits were close to a tie.
@@ -47,8 +51,28 @@ pub(super) struct FastRun {
     pub rows_rerun: usize,
 }
 
-/// Correct predictions per channel of `conv` on T_val*, and how the masked images were run.
-pub(super) fn layer(model: &ModelProto, conv: &ConvInfo, io: &ModelIo, data: &ValStar, options: &BackendOptions, original: &Original) -> Result<FastRun> {
+impl FastRun {
+    /// Counts the masked image of channel `j` and T_val* image `image`: `ok` its answer,
+    /// `original` the original model's.
+    fn tally(&mut self, j: usize, image: usize, ok: bool, original: bool) -> Result<()> {
+        let (Some(correct), Some(flips)) = (self.correct.get_mut(j), self.flips.get_mut(j)) else {
+            return Err(Error::Internal(format!("channel {j} is not in the layer")));
+        };
+        *correct += usize::from(ok);
+        if ok != original {
+            flips.push((image, ok));
+        }
+        Ok(())
+    }
+}
+
+/// Correct predictions per channel of `conv` on T_val*, and how the masked images were run; only
+/// the channels `only` marks when given (a filter on the (channel, image) pairs, so every other
+/// pair is run exactly as without it).
+pub(super) fn layer(model: &ModelProto, conv: &ConvInfo, io: &ModelIo, data: &ValStar, options: &BackendOptions, original: &Original, only: Option<&[bool]>) -> Result<FastRun> {
+    if only.is_some_and(|only| only.len() != conv.filters) {
+        return Err(Error::Internal(format!("a channel subset for {} filters", conv.filters)));
+    }
     let graph = model.graph.as_ref().ok_or_else(|| Error::InvalidGraph("the model has no graph".into()))?;
     let cut = cut(graph, conv)?;
     let first = data.batches.first().ok_or_else(|| Error::Config("the validation set is empty".into()))?;
@@ -114,22 +138,24 @@ pub(super) fn layer(model: &ModelProto, conv: &ConvInfo, io: &ModelIo, data: &Va
         logits: &io.output,
         options,
         constant_integers,
+        only,
         exact: None,
         corrected: None,
-        run: FastRun { correct: vec![0; conv.filters], rows_run: 0, rows_corrected: 0, rows_rerun: 0 },
+        run: FastRun { correct: vec![0; conv.filters], flips: vec![Vec::new(); conv.filters], rows_run: 0, rows_corrected: 0, rows_rerun: 0 },
     };
     // This layer's values of the original graph, kept for the next layer within KEPT_BYTES.
     let index = GraphIndex::new(graph)?;
     let first_outputs = outputs.as_deref().unwrap_or_default();
     let keep: Vec<usize> = (0..names.len()).filter(|&p| index.producer(&names[p]).is_some() && matches!(first_outputs.get(p), Some(Tensor::F32(_)))).collect();
     let mut this = Kept { names: keep.iter().map(|&p| names[p].clone()).collect(), batches: Vec::new() };
-    let mut bytes = 0;
+    let (mut bytes, mut offset) = (0, 0);
     for (b, (labels, correct)) in data.labels.iter().zip(&original.correct).enumerate() {
         let outputs = match outputs.take() {
             Some(first) => first,
             None => run(b, false)?,
         };
-        layer.images(&outputs, labels, correct)?;
+        layer.images(&outputs, labels, correct, offset)?;
+        offset += labels.len();
         bytes += keep.iter().map(|&p| outputs[p].shape().iter().product::<usize>() * 4).sum::<usize>();
         if bytes <= KEPT_BYTES {
             this.batches.push(keep.iter().map(|&p| outputs[p].clone()).collect());
@@ -187,6 +213,8 @@ struct LayerRun<'a> {
     logits: &'a str,
     options: &'a BackendOptions,
     constant_integers: bool,
+    /// The channels to run (all when `None`).
+    only: Option<&'a [bool]>,
     /// The downstream part from the cut, and the one after the corrected convolutions; opened
     /// when first needed.
     exact: Option<Open>,
@@ -267,9 +295,9 @@ fn feeds<'o>(
 }
 
 impl LayerRun<'_> {
-    /// Counts the variants of one batch: `outputs` (the upstream part's, [`ordered`]), the labels
-    /// and whether the original model classifies each image correctly.
-    fn images(&mut self, outputs: &[Tensor], labels: &[i64], original: &[bool]) -> Result<()> {
+    /// Counts the variants of one batch: `outputs` (the upstream part's, [`ordered`]), the labels,
+    /// whether the original model classifies each image correctly and the batch's position in T_val*.
+    fn images(&mut self, outputs: &[Tensor], labels: &[i64], original: &[bool], offset: usize) -> Result<()> {
         let n = labels.len();
         let (fill, cut) = (self.fill, self.cut);
         let at_cut = outputs[0].as_f32()?;
@@ -284,7 +312,8 @@ impl LayerRun<'_> {
         let (exact, stackable) = feeds(outputs, self.names, &cut.frontier, n, self.constant_integers, |name| Ok((name == cut.value).then_some(Feed::Masked(at_cut, fill))))?;
         let mut rows: Vec<Variant> = Vec::new();
         let mut correct = vec![0usize; self.conv.filters];
-        for (j, images) in changed.iter().enumerate() {
+        let only = self.only;
+        for (j, images) in changed.iter().enumerate().filter(|(j, _)| only.is_none_or(|only| only.get(*j) == Some(&true))) {
             if stackable {
                 for (i, &differs) in images.iter().enumerate() {
                     if differs {
@@ -300,8 +329,11 @@ impl LayerRun<'_> {
             }
         }
         self.run.rows_run += rows.len();
+        for (total, c) in self.run.correct.iter_mut().zip(correct) {
+            *total += c;
+        }
         let rerun = match self.correction.filter(|_| stackable) {
-            Some(correction) => self.corrected(correction, outputs, rows, labels, &mut correct)?,
+            Some(correction) => self.corrected(correction, outputs, rows, labels, original, offset)?,
             None => rows,
         };
         // The exact path: without a batch axis on some value, a call holds one channel's batch.
@@ -318,21 +350,18 @@ impl LayerRun<'_> {
                 correct_rows(&call(session, at, &exact, chunk)?, &row_labels)
             })?;
             for (chunk, results) in chunks.iter().zip(results) {
-                for (&(j, _), ok) in chunk.iter().zip(results) {
-                    correct[j] += usize::from(ok);
+                for (&(j, i), ok) in chunk.iter().zip(results) {
+                    self.run.tally(j, offset + i, ok, original.get(i) == Some(&true))?;
                 }
             }
-        }
-        for (total, c) in self.run.correct.iter_mut().zip(correct) {
-            *total += c;
         }
         Ok(())
     }
 
-    /// Runs the variants `rows` (grouped by channel) on the corrected path, counting into
-    /// `correct` those decided beyond doubt; returns the others, for the exact path (all of them
-    /// when some value lacks the batch axis).
-    fn corrected(&mut self, correction: &Correction, outputs: &[Tensor], rows: Vec<Variant>, labels: &[i64], correct: &mut [usize]) -> Result<Vec<Variant>> {
+    /// Runs the variants `rows` (grouped by channel) on the corrected path, counting those
+    /// decided beyond doubt; returns the others, for the exact path (all of them when some value
+    /// lacks the batch axis).
+    fn corrected(&mut self, correction: &Correction, outputs: &[Tensor], rows: Vec<Variant>, labels: &[i64], original: &[bool], offset: usize) -> Result<Vec<Variant>> {
         let (names, fill) = (self.names, self.fill);
         let replacement = match &correction.masked {
             Some(masked) => value(outputs, names, masked)?.as_f32()?,
@@ -381,7 +410,7 @@ impl LayerRun<'_> {
         for (chunk, decisions) in chunks.iter().zip(results) {
             for (&(j, i), decision) in chunk.iter().zip(decisions) {
                 match decision {
-                    (ok, true) => correct[j] += usize::from(ok),
+                    (ok, true) => self.run.tally(j, offset + i, ok, original.get(i) == Some(&true))?,
                     (_, false) => rerun.push((j, i)),
                 }
             }

@@ -14,6 +14,9 @@
 //! computes exactly the original model for it, so it keeps its original prediction ([`fast`]'s
 //! module).
 //!
+//! [`screen`] is the screened method: the exact method's blamed filters, with exact counts only
+//! where a small-sample screen leaves the boundary of the blamed set in doubt.
+//!
 //! Exactness: runtimes fuse a convolution with the per-channel operators that follow it
 //! (BatchNormalization, activations) and with the α unit's mask. So the cut is placed after that
 //! channel-wise chain, and the zeroed channel is overwritten with what the α model itself computes
@@ -24,6 +27,7 @@ mod artifact;
 mod correct;
 mod cut;
 mod fast;
+mod screen;
 
 use std::path::Path;
 use std::time::Instant;
@@ -34,9 +38,10 @@ use serde::{Deserialize, Serialize};
 pub use self::artifact::{blamed, load, merge, partial_path, ranking, save, Assessment, LayerScores, Shard};
 use self::artifact::{read_partial, PartialHeader, PartialWriter};
 pub use self::cut::{cut, downstream_model, upstream_model, Cut};
+pub use self::screen::{LayerScreen, ScreenSettings, StageRun};
 use crate::analysis::{convolutions, ConvInfo};
 use crate::backend::{BackendOptions, Pool};
-use crate::config::Config;
+use crate::config::{AssessMethod, Config};
 use crate::data::make_mixed_batch;
 use crate::error::{Error, Result};
 use crate::eval::{argmax, ModelIo};
@@ -55,6 +60,9 @@ pub struct ValStar {
     pub batches: Vec<Tensor>,
     /// True labels per batch.
     pub labels: Vec<Vec<i64>>,
+    /// Per batch, per image: the validation image it is a corrupted copy of (its position in the
+    /// data set).
+    pub sources: Vec<Vec<usize>>,
     /// Validation images (before blurring).
     pub images: usize,
     /// Fingerprint of the validation images and labels (see `Dataset::fingerprint`).
@@ -80,13 +88,15 @@ pub fn load_val_star(config: &Config) -> Result<ValStar> {
     let batch_size = config.eval.batch_size.max(1);
     let mut batches = Vec::new();
     let mut labels = Vec::new();
+    let mut sources = Vec::new();
     for level in data.corrupted.val.iter().flat_map(|g| &g.levels) {
         for chunk in level.items.chunks(batch_size) {
             batches.push(Tensor::F32(make_mixed_batch(&data.images, chunk, &data.preprocess)?));
             labels.push(chunk.iter().map(|&(i, _)| data.images.labels[i]).collect());
+            sources.push(chunk.iter().map(|&(i, _)| i).collect());
         }
     }
-    Ok(ValStar { batches, labels, images: data.val.len(), fingerprint: data.fingerprint })
+    Ok(ValStar { batches, labels, sources, images: data.val.len(), fingerprint: data.fingerprint })
 }
 
 /// Correct predictions per channel of one convolution.
@@ -98,6 +108,16 @@ pub struct LayerCounts {
     pub filters: usize,
     /// Correct predictions on T_val* with channel j zeroed.
     pub correct: Vec<usize>,
+}
+
+/// One assessed layer as the partial artifact records it: its counts and, from the screened
+/// method, how they were settled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    #[serde(flatten)]
+    pub counts: LayerCounts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screen: Option<LayerScreen>,
 }
 
 /// Raw result of an assessment: exact counts.
@@ -183,7 +203,7 @@ impl Original {
 /// The oracle: one α model and one full pass over T_val* per filter of every selected layer
 /// (`layers`: indices into [`assessable`], all when `None`).
 pub fn naive(model: &ModelProto, io: &ModelIo, data: &ValStar, options: &BackendOptions, layers: Option<&[usize]>) -> Result<Counts> {
-    assess_layers(model, io, data, options, Method::Naive, layers, Vec::new(), &mut |_| Ok(()))
+    Ok(assess_layers(model, io, data, options, &Plan::Exact(Method::Naive), layers, Vec::new(), &mut |_| Ok(()))?.0)
 }
 
 /// One layer of [`naive`].
@@ -199,7 +219,24 @@ fn naive_layer(model: &ModelProto, conv: &ConvInfo, io: &ModelIo, data: &ValStar
 
 /// Same counts as [`naive`], computed layer by layer on the frontier of each (module docs).
 pub fn fast(model: &ModelProto, io: &ModelIo, data: &ValStar, options: &BackendOptions, layers: Option<&[usize]>) -> Result<Counts> {
-    assess_layers(model, io, data, options, Method::Fast, layers, Vec::new(), &mut |_| Ok(()))
+    Ok(assess_layers(model, io, data, options, &Plan::Exact(Method::Fast), layers, Vec::new(), &mut |_| Ok(()))?.0)
+}
+
+/// The counts of `fast` for the channels `only` marks of the layer at `index` (0 for the others):
+/// the screened method's building block, exposed so that its exactness can be checked.
+pub fn fast_channels(model: &ModelProto, io: &ModelIo, data: &ValStar, options: &BackendOptions, index: usize, only: &[bool]) -> Result<LayerCounts> {
+    let (_, conv) = selected(model, Some(&[index]))?.remove(0);
+    let original = Original::predict(model, io, data, options)?;
+    let run = fast::layer(model, &conv, io, data, options, &original, Some(only))?;
+    Ok(LayerCounts { index, name: conv.name, filters: conv.filters, correct: run.correct })
+}
+
+/// The screened method (see [`screen`]) on the selected layers (all when `None`): counts per
+/// layer, and how each layer was settled.
+pub fn screened(model: &ModelProto, io: &ModelIo, data: &ValStar, options: &BackendOptions, settings: &ScreenSettings, layers: Option<&[usize]>) -> Result<(Counts, Vec<LayerScreen>)> {
+    let plan = Plan::Screened(settings.clone());
+    let (counts, records) = assess_layers(model, io, data, options, &plan, layers, Vec::new(), &mut |_| Ok(()))?;
+    Ok((counts, records.into_iter().filter_map(|r| r.screen).collect()))
 }
 
 /// What assessing one layer did.
@@ -231,9 +268,9 @@ pub fn assess_layer(
     let (_, conv) = selected(model, Some(&[index]))?.remove(0);
     let rows_total = conv.filters * data.len();
     let run = match method {
-        Method::Naive => fast::FastRun { correct: naive_layer(model, &conv, io, data, options, progress)?, rows_run: rows_total, rows_corrected: 0, rows_rerun: 0 },
+        Method::Naive => fast::FastRun { correct: naive_layer(model, &conv, io, data, options, progress)?, flips: Vec::new(), rows_run: rows_total, rows_corrected: 0, rows_rerun: 0 },
         Method::Fast => {
-            let run = fast::layer(model, &conv, io, data, options, original)?;
+            let run = fast::layer(model, &conv, io, data, options, original, None)?;
             progress.advance(conv.filters);
             run
         }
@@ -247,38 +284,52 @@ pub fn assess_layer(
     })
 }
 
-/// Assesses the selected layers (all when `None`) with `method`, skipping those in `done` (a
+/// Assesses the selected layers (all when `None`) as `plan` says, skipping those in `done` (a
 /// resumed run) and handing each newly finished layer to `finished` (which records it) before
-/// the next starts.
+/// the next starts. Returns the counts and the records of all selected layers, in order.
 #[allow(clippy::too_many_arguments)]
-pub fn assess_layers(
+fn assess_layers(
     model: &ModelProto,
     io: &ModelIo,
     data: &ValStar,
     options: &BackendOptions,
-    method: Method,
+    plan: &Plan,
     layers: Option<&[usize]>,
-    done: Vec<LayerCounts>,
-    finished: &mut dyn FnMut(&LayerCounts) -> Result<()>,
-) -> Result<Counts> {
+    done: Vec<LayerRecord>,
+    finished: &mut dyn FnMut(&LayerRecord) -> Result<()>,
+) -> Result<(Counts, Vec<LayerRecord>)> {
     let convs = selected(model, layers)?;
     let original = Original::predict(model, io, data, options)?;
-    let todo: Vec<&(usize, ConvInfo)> = convs.iter().filter(|(i, _)| !done.iter().any(|d| d.index == *i)).collect();
-    let label = match method {
-        Method::Naive => "assessing filters (naive)",
-        Method::Fast => "assessing filters",
+    let todo: Vec<&(usize, ConvInfo)> = convs.iter().filter(|(i, _)| !done.iter().any(|d| d.counts.index == *i)).collect();
+    let stages = match plan {
+        Plan::Screened(settings) if !todo.is_empty() => Some((settings, screen::Stages::new(data, &original, settings)?)),
+        _ => None,
+    };
+    let label = match plan {
+        Plan::Exact(Method::Naive) => "assessing filters (naive)",
+        Plan::Exact(Method::Fast) => "assessing filters",
+        Plan::Screened(_) => "assessing filters (screened)",
     };
     let mut progress = Progress::new(label, todo.iter().map(|(_, c)| c.filters).sum());
     let mut out = done;
-    for (index, _) in todo {
-        let layer = assess_layer(model, io, data, options, method, *index, &original, &mut progress)?.counts;
-        finished(&layer)?;
-        out.push(layer);
+    for (index, conv) in todo {
+        let record = match (&stages, plan) {
+            (Some((settings, stages)), _) => {
+                let (correct, screen) = screen::layer(model, conv, io, stages, options, settings)?;
+                progress.advance(conv.filters);
+                LayerRecord { counts: LayerCounts { index: *index, name: conv.name.clone(), filters: conv.filters, correct }, screen: Some(screen) }
+            }
+            (None, Plan::Exact(method)) => LayerRecord { counts: assess_layer(model, io, data, options, *method, *index, &original, &mut progress)?.counts, screen: None },
+            (None, Plan::Screened(_)) => return Err(Error::Internal("the screen's stages were not built".into())),
+        };
+        finished(&record)?;
+        out.push(record);
     }
     progress.finish();
-    out.retain(|l| convs.iter().any(|(i, _)| *i == l.index));
-    out.sort_by_key(|l| l.index);
-    Ok(Counts { total: data.len(), correct0: original.count(), layers: out })
+    out.retain(|l| convs.iter().any(|(i, _)| *i == l.counts.index));
+    out.sort_by_key(|l| l.counts.index);
+    let counts = Counts { total: data.len(), correct0: original.count(), layers: out.iter().map(|l| l.counts.clone()).collect() };
+    Ok((counts, out))
 }
 
 /// Which implementation computes the counts.
@@ -297,9 +348,55 @@ impl Method {
     }
 }
 
+/// How a run computes its counts: an exact method, or the screen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    Exact(Method),
+    Screened(ScreenSettings),
+}
+
+/// Above this many (filter, T_val* image) pairs, `auto` screens. ResNet20 at the default T_val
+/// (688 filters × 6 000 images, 4.1 M pairs) stays exact; the exact method runs about 4 000 pairs
+/// a second on two cores (docs/assessment.md), so this is about two hours of exact assessment.
+pub const AUTO_SCREEN_ABOVE: usize = 25_000_000;
+
+impl Plan {
+    /// The plan for `method` (`naive` picks the oracle) on `model` with `images` T_val* images:
+    /// `auto` screens when the exact method's pairs, every assessable filter of the model (not
+    /// only a shard's) × images, exceed [`AUTO_SCREEN_ABOVE`].
+    pub fn choose(model: &ModelProto, method: AssessMethod, naive: bool, kappa: f64, seed: u64, images: usize) -> Result<Plan> {
+        let screened = Plan::Screened(ScreenSettings::new(kappa, seed));
+        Ok(match (naive, method) {
+            (true, _) => Plan::Exact(Method::Naive),
+            (false, AssessMethod::Exact) => Plan::Exact(Method::Fast),
+            (false, AssessMethod::Screened) => screened,
+            (false, AssessMethod::Auto) => {
+                let filters: usize = assessable(model)?.iter().map(|c| c.filters).sum();
+                if filters.saturating_mul(images) > AUTO_SCREEN_ABOVE { screened } else { Plan::Exact(Method::Fast) }
+            }
+        })
+    }
+
+    /// The artifact's `method`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Plan::Exact(method) => method.name(),
+            Plan::Screened(_) => "screened",
+        }
+    }
+
+    pub fn screen(&self) -> Option<&ScreenSettings> {
+        match self {
+            Plan::Exact(_) => None,
+            Plan::Screened(settings) => Some(settings),
+        }
+    }
+}
+
 /// What one `assess` run does besides the data and backend of the configuration.
 #[derive(Debug, Clone, Default)]
 pub struct AssessOptions {
+    /// The oracle, whatever the configuration's `assess.method`.
     pub naive: bool,
     pub kappa: Option<f64>,
     pub shard: Option<Shard>,
@@ -311,18 +408,21 @@ pub struct AssessOptions {
 /// from the partial artifact when there is one, writes the artifact atomically and returns it.
 pub fn assess_model(model_path: &Path, config: &Config, options: &AssessOptions) -> Result<Assessment> {
     let kappa = options.kappa.unwrap_or(DEFAULT_KAPPA);
-    let method = if options.naive { Method::Naive } else { Method::Fast };
     let model = crate::analysis::load(model_path)?;
     let io = ModelIo::resolve(&model, &config.preprocess)?;
     let data = load_val_star(config)?;
     if data.is_empty() {
         return Err(Error::Config("the validation set is empty".into()));
     }
+    let plan = Plan::choose(&model, config.assess.method, options.naive, kappa, config.data.seed, data.len())?;
+    if config.assess.method == AssessMethod::Auto {
+        crate::progress::info(&format!("assessment method: {} (auto)", plan.name()));
+    }
     let backend = BackendOptions { kind: config.backend.kind, device: config.backend.device, threads: config.backend.threads };
     let total = assessable(&model)?.len();
     let layers = options.shard.map_or_else(|| (0..total).collect(), |s| s.layers(total));
     let model_sha256 = crate::units::spec::model_sha256(&model);
-    let header = PartialHeader { model_sha256: model_sha256.clone(), data_fingerprint: data.fingerprint.clone(), images: data.len(), layers: layers.clone() };
+    let header = PartialHeader { model_sha256: model_sha256.clone(), data_fingerprint: data.fingerprint.clone(), images: data.len(), layers: layers.clone(), screen: plan.screen().cloned() };
     let partial = options.out.as_deref().map(partial_path);
     let done = partial.as_deref().map(|p| read_partial(p, &header)).unwrap_or_default();
     if !done.is_empty() {
@@ -330,12 +430,15 @@ pub fn assess_model(model_path: &Path, config: &Config, options: &AssessOptions)
     }
     let mut writer = partial.map(|p| PartialWriter::create(p, &header, &done)).transpose()?;
     let start = Instant::now();
-    let counts = assess_layers(&model, &io, &data, &backend, method, Some(&layers), done, &mut |layer| match writer.as_mut() {
+    let (counts, records) = assess_layers(&model, &io, &data, &backend, &plan, Some(&layers), done, &mut |layer| match writer.as_mut() {
         Some(w) => w.append(layer),
         None => Ok(()),
     })?;
     crate::progress::info(&format!("assessed in {:.1} s", start.elapsed().as_secs_f64()));
-    let mut assessment = Assessment::from_counts(&counts, kappa, model_sha256, data.fingerprint, method.name(), total)?;
+    let mut assessment = Assessment::from_counts(&counts, kappa, model_sha256, data.fingerprint, plan.name(), total)?;
+    if let Some(settings) = plan.screen() {
+        assessment = assessment.screened(settings, &records)?;
+    }
     assessment.shard = options.shard;
     if let Some(out) = options.out.as_deref() {
         save(&assessment, out)?;

@@ -115,6 +115,10 @@ pub fn initial_spec(model: &ModelProto, assessment: &Assessment, kappa: f64, see
     if assessment.model_sha256 != sha {
         return Err(Error::Config("the assessment was made for another model (its model_sha256 differs)".into()));
     }
+    // A screen settles the boundary of one κ only; the rest of its ranking is estimated.
+    if let Some(screen) = assessment.screen.as_ref().filter(|s| s.kappa != kappa) {
+        return Err(Error::Config(format!("the screened assessment settled the blamed filters for κ = {}, not {kappa}; assess again with --kappa {kappa} or --method exact", screen.kappa)));
+    }
     let convs = crate::analysis::convolutions(model)?;
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
     let mut layers = Vec::new();
