@@ -59,8 +59,8 @@ fn flatten(node: &Node, symbols: &mut Symbols) -> Vec<Fact> {
     vec![Fact::of(node.dtype(0), shape)]
 }
 
-fn unsqueeze(node: &Node, _: &mut Symbols) -> Vec<Fact> {
-    rearranged(node, |shape, axes| {
+fn unsqueeze(node: &Node, symbols: &mut Symbols) -> Vec<Fact> {
+    rearranged(node, symbols, usize::checked_add, |shape, axes| {
         let rank = shape.len().checked_add(axes.len())?;
         let axes: Vec<usize> = axes.iter().map(|&a| normalize_axis(a, rank)).collect::<Option<_>>()?;
         let mut rest = shape.iter();
@@ -68,8 +68,8 @@ fn unsqueeze(node: &Node, _: &mut Symbols) -> Vec<Fact> {
     })
 }
 
-fn squeeze(node: &Node, _: &mut Symbols) -> Vec<Fact> {
-    rearranged(node, |shape, axes| {
+fn squeeze(node: &Node, symbols: &mut Symbols) -> Vec<Fact> {
+    rearranged(node, symbols, usize::checked_sub, |shape, axes| {
         if axes.is_empty() {
             return Some(shape.iter().filter(|d| d.value() != Some(1)).cloned().collect());
         }
@@ -79,10 +79,22 @@ fn squeeze(node: &Node, _: &mut Symbols) -> Vec<Fact> {
 }
 
 /// The fact of a Squeeze or Unsqueeze, whose new shape `dims` computes from the input's shape and
-/// the node's axes.
-fn rearranged(node: &Node, dims: impl FnOnce(&[Dim], &[i64]) -> Option<Vec<Dim>>) -> Vec<Fact> {
+/// the node's axes. When the axes are computed (their values unknown) but their number is known,
+/// the output's rank still is (`rank` of the input's rank and that number), its sizes unknown: a
+/// later node that needs another rank is then refused instead of failing at run time.
+fn rearranged(
+    node: &Node,
+    symbols: &mut Symbols,
+    rank: fn(usize, usize) -> Option<usize>,
+    dims: impl FnOnce(&[Dim], &[i64]) -> Option<Vec<Dim>>,
+) -> Vec<Fact> {
     let Some(data) = node.fact(0) else { return vec![Fact::default()] };
-    let (Some(shape), Some(axes)) = (data.shape.as_deref(), node.axes()) else { return vec![Fact::of(data.dtype, None)] };
+    let Some(shape) = data.shape.as_deref() else { return vec![Fact::of(data.dtype, None)] };
+    let Some(axes) = node.axes() else {
+        let count = node.shape(1).and_then(|s| s.iter().try_fold(1usize, |n, d| n.checked_mul(usize::try_from(d.value()?).ok()?)));
+        let dims = count.and_then(|count| rank(shape.len(), count)).filter(|&r| r <= MAX_RANK).map(|r| (0..r).map(|_| symbols.fresh()).collect());
+        return vec![Fact::of(data.dtype, dims)];
+    };
     let dims = dims(shape, &axes);
     let value = data.value.as_ref().zip(dims.as_ref()).and_then(|(v, dims)| reshape_value(v, dims));
     vec![Fact { dtype: data.dtype, shape: dims, value, guessed: false }]
@@ -166,5 +178,18 @@ mod tests {
         assert_eq!(dims(&lifted), Some(vec![Some(1), Some(3), Some(1)]));
         let tiled = fact_of(&[("repeats", &[2, 1])], &[3, 4], node("Tile", &["x", "repeats"], vec![]));
         assert_eq!(dims(&tiled), Some(vec![Some(6), Some(4)]));
+    }
+
+    /// Fuzz seed 105, case 791: a ResNet20 whose shape subgraph's Unsqueeze had its inputs swapped
+    /// (the axes computed from the batch size, a scalar). The values stay unknown, but one axis is
+    /// added, so the rank is known, and the Concat after it can be checked.
+    #[test]
+    fn computed_axes_still_give_the_rank() {
+        let lifted = fact_of(&[("data", &[0])], &[], node("Unsqueeze", &["data", "x"], vec![]));
+        assert_eq!(dims(&lifted), Some(vec![None, None]));
+        let dropped = fact_of(&[("data", &[0])], &[1], node("Squeeze", &["data", "x"], vec![]));
+        assert_eq!(dims(&dropped), Some(vec![]));
+        let unknown_count = fact_of(&[("data", &[0])], &[-1], node("Unsqueeze", &["data", "x"], vec![]));
+        assert!(unknown_count.shape.is_none());
     }
 }
