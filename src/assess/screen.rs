@@ -2,9 +2,10 @@
 //!
 //! Per layer, stage by stage on growing subsets of T_val* (whole validation images, each with all
 //! its corrupted copies, in a seeded order): the fast method counts the filters still open on the
-//! stage's new images, and each filter gets an interval on its count over all of T_val* from its
-//! per-image outcomes so far (the images the masked model gets right that the original gets wrong,
-//! and the reverse). A filter whose interval puts it beyond doubt among the first ⌊κ·m⌋ of the
+//! stage's new images, recording per image which answers each mask turns right or wrong. Open
+//! filters have run on the same images, so each pair of them gets an interval on the difference
+//! of their counts over all of T_val* from the differences of their changes image by image
+//! ([`Paired`]). A filter that the intervals put beyond doubt among the first ⌊κ·m⌋ of the
 //! ranking, or beyond doubt after them, is settled and not run again; the others run on the next,
 //! larger stage, and those that reach the whole of T_val* have exact counts (docs/assessment.md).
 
