@@ -40,8 +40,9 @@ pub(super) struct FastRun {
     /// Correct predictions per channel (0 for a channel outside the subset run).
     pub correct: Vec<usize>,
     /// Per channel, the images (positions in T_val*, in order) whose prediction the masked model
-    /// gets right where the original gets it wrong (`true`) or the reverse (`false`); empty from
-    /// the oracle.
+    /// gets right where the original gets it wrong (`true`) or the reverse (`false`). Recorded only
+    /// for a channel subset (the screen reads them); empty otherwise, so an exact run keeps no
+    /// per-image record.
     pub flips: Vec<Vec<(usize, bool)>>,
     /// Masked images the backend ran (the others kept their original prediction), those of them
     /// that went through the consumer-convolution correction, and those of these rerun on the
@@ -55,11 +56,9 @@ impl FastRun {
     /// Counts the masked image of channel `j` and T_val* image `image`: `ok` its answer,
     /// `original` the original model's.
     fn tally(&mut self, j: usize, image: usize, ok: bool, original: bool) -> Result<()> {
-        let (Some(correct), Some(flips)) = (self.correct.get_mut(j), self.flips.get_mut(j)) else {
-            return Err(Error::Internal(format!("channel {j} is not in the layer")));
-        };
+        let correct = self.correct.get_mut(j).ok_or_else(|| Error::Internal(format!("channel {j} is not in the layer")))?;
         *correct += usize::from(ok);
-        if ok != original {
+        if let Some(flips) = self.flips.get_mut(j).filter(|_| ok != original) {
             flips.push((image, ok));
         }
         Ok(())
@@ -141,7 +140,7 @@ pub(super) fn layer(model: &ModelProto, conv: &ConvInfo, io: &ModelIo, data: &Va
         only,
         exact: None,
         corrected: None,
-        run: FastRun { correct: vec![0; conv.filters], flips: vec![Vec::new(); conv.filters], rows_run: 0, rows_corrected: 0, rows_rerun: 0 },
+        run: FastRun { correct: vec![0; conv.filters], flips: if only.is_some() { vec![Vec::new(); conv.filters] } else { Vec::new() }, rows_run: 0, rows_corrected: 0, rows_rerun: 0 },
     };
     // This layer's values of the original graph, kept for the next layer within KEPT_BYTES.
     let index = GraphIndex::new(graph)?;
